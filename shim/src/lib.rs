@@ -1,0 +1,28 @@
+//! wasmcri: a Kubernetes CRI (`runtime.v1`) runtime that runs WebAssembly under wasmtime.
+//!
+//! The crate is both the daemon (`wasmcri serve`) and the per-container runner process
+//! (`wasmcri runner`, hidden), plus the image CLI.
+//!
+//! - [`server`]: the gRPC edge, one module per CRI RPC; the only place protobuf types live.
+//! - [`pod`], [`container`]: domain state and lifecycle of sandboxes and containers.
+//! - [`store`]: durable, crash-safe metadata records.
+//! - [`images`]: content store, OCI layout import, registry pull/push, safe layer unpacking.
+//! - [`wasm`]: the wasmtime engine configuration and the precompiled-artifact cache.
+//! - [`runner`]: the process that runs one container's wasm, and its spec/exit contract.
+//! - [`logs`]: the kubelet's CRI log format writer.
+//! - [`cgroups`]: cgroup v1/v2 limits and stats.
+//! - [`network`]: network namespaces and CNI.
+
+pub mod cgroups;
+pub mod config;
+pub mod container;
+pub mod daemon;
+pub mod ids;
+pub mod images;
+pub mod logs;
+pub mod network;
+pub mod pod;
+pub mod runner;
+pub mod server;
+pub mod store;
+pub mod wasm;

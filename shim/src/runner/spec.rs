@@ -1,0 +1,95 @@
+//! The contract between the daemon and a runner process: what to run ([`RunnerSpec`], written
+//! by the daemon as JSON) and how it ended ([`ExitRecord`], written by the runner, atomically).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a runner needs to run one container (or one ExecSync command). Paths are host
+/// paths. Written by the daemon to `<state>/containers/<id>/runner.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunnerSpec {
+    /// The container ID (64 hex), for logging.
+    pub container_id: String,
+    /// How to run the guest.
+    pub mode: RunMode,
+    /// The `.wasm` module or component on the host.
+    pub wasm: PathBuf,
+    /// The precompiled artifact for `wasm` (from [`crate::wasm`]'s cache), if there is one.
+    /// A runner falls back to compiling `wasm` when it is absent or incompatible.
+    pub precompiled: Option<PathBuf>,
+    /// argv, including argv\[0\].
+    pub args: Vec<String>,
+    /// Environment, in order; later entries win.
+    pub env: Vec<(String, String)>,
+    /// Guest working directory (a guest path).
+    pub cwd: String,
+    /// Host directories the guest sees, `/` (the container rootfs) first.
+    pub preopens: Vec<Preopen>,
+    /// The CRI log file (`<log_directory>/<log_path>`); `None` discards output. Ignored in
+    /// [`RunMode::Exec`], where stdout/stderr are the runner's own.
+    pub log_path: Option<PathBuf>,
+    /// Where the runner writes its [`ExitRecord`] (write to a temp file, fsync, rename).
+    pub exit_file: PathBuf,
+    /// Files to write the runner's PID into before any guest code runs (`cgroup.procs` of the
+    /// container's cgroup, one per v1 hierarchy or one for v2).
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The pod's network namespace (a bind-mounted nsfs file); `None` = the host network.
+    pub netns: Option<PathBuf>,
+    /// Credentials to switch to after joining cgroup and netns.
+    pub uid: Option<u32>,
+    /// Primary group.
+    pub gid: Option<u32>,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Keep stdin open for the guest (CRI `stdin`); otherwise the guest's stdin is empty.
+    pub stdin: bool,
+    /// Value to write to `/proc/self/oom_score_adj` (EPERM is tolerated).
+    pub oom_score_adj: Option<i64>,
+}
+
+/// How the guest is driven.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// Run `_start` (core module, WASI preview 1) or `wasi:cli/run` (component) once.
+    Command,
+    /// Serve a `wasi:http/incoming-handler` component on `0.0.0.0:port`.
+    Http {
+        /// TCP port to listen on inside the pod's network namespace.
+        port: u16,
+    },
+    /// ExecSync: run once with stdout/stderr going to the runner's own stdout/stderr and
+    /// the guest interrupted after `timeout_ms` (0 = no timeout).
+    Exec {
+        /// Deadline in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+/// A directory preopened for the guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Preopen {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+    /// Deny writes.
+    pub read_only: bool,
+}
+
+/// How a container ended, as the kubelet needs to see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    /// Process-style exit code: the guest's `exit(n)`, 0 on return, 1 for a trap or a module
+    /// that cannot run, 128+signal when the runner was signalled (137 = killed / OOM).
+    pub exit_code: i32,
+    /// CRI reason: `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    /// One line saying what happened (trap message, load error), or empty.
+    pub message: String,
+    /// When the guest started, Unix nanoseconds.
+    pub started_at: i64,
+    /// When it finished, Unix nanoseconds.
+    pub finished_at: i64,
+}
