@@ -1,1 +1,201 @@
-//! TODO-skeleton
+//! Daemon configuration: defaults that need no file, a TOML file for everything else, and
+//! command-line flags that override both.
+//!
+//! ```toml
+//! socket = "/run/wasmcri/wasmcri.sock"
+//! root = "/var/lib/wasmcri"        # images, precompiled artifacts (persistent)
+//! state = "/run/wasmcri/state"     # pods, containers, netns (survives daemon restarts)
+//! cgroup_root = "/sys/fs/cgroup"
+//! default_cgroup_parent = "/wasmcri"
+//! runtime_handlers = ["wasmtime"]
+//!
+//! [cni]
+//! conf_dir = "/etc/cni/net.d"
+//! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+//!
+//! [registry]                       # see images::RegistryConfig
+//! insecure = ["registry.local:5000"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon listens when nothing else is said.
+pub const DEFAULT_SOCKET: &str = "/run/wasmcri/wasmcri.sock";
+/// Persistent data: images, content, precompiled modules, pod and container metadata.
+pub const DEFAULT_ROOT: &str = "/var/lib/wasmcri";
+/// Runtime data that must survive a daemon restart but not a reboot: network namespaces.
+pub const DEFAULT_STATE: &str = "/run/wasmcri";
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket the CRI server listens on.
+    pub socket: PathBuf,
+    /// Persistent root: images, metadata.
+    pub root: PathBuf,
+    /// Volatile state: network namespaces, runner specs.
+    pub state: PathBuf,
+    /// `tracing` filter, e.g. `info` or `wasmcri=debug`.
+    pub log_level: String,
+    /// Where cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+    /// Parent cgroup for containers whose pod gives no `cgroup_parent`.
+    pub default_cgroup_parent: String,
+    /// Runtime handlers accepted besides the default `""` handler.
+    pub runtime_handlers: Vec<String>,
+    /// Grace period given to wasi:http servers to drain on stop when the kubelet gives none.
+    pub default_stop_timeout_secs: u64,
+    /// CNI settings.
+    pub cni: CniConfig,
+    /// Registry settings (mirrors, credentials, insecure registries, CA bundle).
+    pub registry: crate::images::RegistryConfig,
+}
+
+/// CNI plugin and configuration locations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Directory holding `*.conflist` / `*.conf`.
+    pub conf_dir: PathBuf,
+    /// Directories searched for plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            root: DEFAULT_ROOT.into(),
+            state: DEFAULT_STATE.into(),
+            log_level: "info".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            default_cgroup_parent: "/wasmcri".into(),
+            runtime_handlers: vec!["wasmtime".into()],
+            default_stop_timeout_secs: 10,
+            cni: CniConfig::default(),
+            registry: Default::default(),
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults, unknown keys are an error.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Whether `handler` names a runtime handler this daemon serves.
+    pub fn accepts_handler(&self, handler: &str) -> bool {
+        handler.is_empty() || self.runtime_handlers.iter().any(|h| h == handler)
+    }
+
+    /// Directory of image content and precompiled artifacts.
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// Directory of precompiled wasm artifacts.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// Directory of durable pod and container metadata.
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join("meta")
+    }
+
+    /// Directory of per-pod network namespaces.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.state.join("netns")
+    }
+
+    /// Directory of per-container runtime files (runner spec, exit record, file mounts).
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    /// Directory of per-pod runtime files (resolv.conf, hostname).
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn overrides_and_unknown_keys() {
+        let c: Config =
+            toml::from_str("root = \"/x\"\n[cni]\nconf_dir = \"/c\"\n").unwrap();
+        assert_eq!(c.root, PathBuf::from("/x"));
+        assert_eq!(c.cni.conf_dir, PathBuf::from("/c"));
+        assert_eq!(c.cni.bin_dirs, CniConfig::default().bin_dirs);
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn handlers() {
+        let c = Config::default();
+        assert!(c.accepts_handler(""));
+        assert!(c.accepts_handler("wasmtime"));
+        assert!(!c.accepts_handler("runc"));
+    }
+
+    #[test]
+    fn load_reports_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "socket = 3").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml"), "{e}");
+        assert!(Config::load(&dir.path().join("missing")).is_err());
+    }
+}

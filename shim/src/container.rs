@@ -1,1 +1,251 @@
-//! TODO-skeleton
+//! Containers: fixed metadata ([`ContainerMeta`]) and changing state ([`ContainerState`]),
+//! persisted together as a [`ContainerRecord`].
+//!
+//! State machine (the CRI's): `Created` → `Running` → `Exited`; `Created` → `Exited` when a
+//! start fails (with exit code and reason recorded). `Unknown` only when the record says
+//! running but the process can be neither found nor explained.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runner::ExitRecord;
+
+/// A bind mount the kubelet asked for, as the guest will see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountSpec {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// What the kubelet fixed when it created the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerMeta {
+    /// 64-hex ID.
+    pub id: String,
+    /// The sandbox it belongs to.
+    pub pod_id: String,
+    /// Container name from the pod spec.
+    pub name: String,
+    /// Restart count, as the kubelet numbers attempts.
+    pub attempt: u32,
+    /// Labels, verbatim.
+    pub labels: HashMap<String, String>,
+    /// Annotations, verbatim.
+    pub annotations: HashMap<String, String>,
+    /// The image as the kubelet named it.
+    pub image: String,
+    /// The image ID (`sha256:` config digest).
+    pub image_id: String,
+    /// A repo digest of the image if known, else the image ID.
+    pub image_ref: String,
+    /// Creation time, Unix nanoseconds.
+    pub created_at: i64,
+    /// The CRI `log_path`, relative to the sandbox log directory (as given).
+    pub log_path: String,
+    /// The resolved log file, if any.
+    pub log_file: Option<PathBuf>,
+    /// Mounts.
+    pub mounts: Vec<MountSpec>,
+    /// argv (after Kubernetes' command/args vs entrypoint/cmd rules).
+    pub args: Vec<String>,
+    /// Environment (image env overridden by CRI env).
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    pub cwd: String,
+    /// The image's unpacked rootfs, preopened as `/`.
+    pub rootfs: PathBuf,
+    /// The `.wasm` to run.
+    pub wasm: PathBuf,
+    /// Its precompiled artifact, if one was made.
+    pub precompiled: Option<PathBuf>,
+    /// Serve over HTTP on this port (wasi:http components).
+    pub http_port: Option<u16>,
+    /// cgroupfs-style path of the container's cgroup.
+    pub cgroup_path: String,
+    /// The container's runtime directory (runner spec, exit record, file-mount shims).
+    pub dir: PathBuf,
+    /// User to run as.
+    pub uid: Option<u32>,
+    /// Group to run as.
+    pub gid: Option<u32>,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// oom_score_adj the kubelet asked for.
+    pub oom_score_adj: Option<i64>,
+    /// Resource limits as last applied.
+    pub resources: crate::cgroups::Resources,
+}
+
+/// Container state as the CRI defines it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ContainerPhase {
+    /// Created, never started.
+    Created,
+    /// Its runner process is alive.
+    Running,
+    /// Finished; exit code and reason are known.
+    Exited,
+    /// Cannot be determined.
+    Unknown,
+}
+
+/// What changes over a container's life.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    /// Phase.
+    pub phase: ContainerPhase,
+    /// Runner PID while running.
+    pub pid: Option<i32>,
+    /// The runner's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
+    /// reused PID is never mistaken for our runner after a daemon restart.
+    pub pid_start: Option<u64>,
+    /// Unix nanoseconds; 0 if never started.
+    pub started_at: i64,
+    /// Unix nanoseconds; 0 if not finished.
+    pub finished_at: i64,
+    /// Exit code once exited.
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, or empty.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl ContainerState {
+    /// The state of a freshly created container.
+    pub fn created() -> Self {
+        Self {
+            phase: ContainerPhase::Created,
+            pid: None,
+            pid_start: None,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+
+    /// Moves to `Exited` with what the runner (or the daemon on its behalf) recorded.
+    pub fn exit_with(&mut self, rec: &ExitRecord) {
+        self.phase = ContainerPhase::Exited;
+        self.pid = None;
+        if self.started_at == 0 {
+            self.started_at = rec.started_at;
+        }
+        self.finished_at = rec.finished_at;
+        self.exit_code = rec.exit_code;
+        self.reason = rec.reason.clone();
+        self.message = rec.message.clone();
+    }
+}
+
+/// The durable record of a container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    /// Fixed metadata.
+    pub meta: ContainerMeta,
+    /// Current state.
+    pub state: ContainerState,
+}
+
+/// Kubernetes' rules for the process argv: `command` replaces the image Entrypoint (and then
+/// the image Cmd is ignored), `args` replaces the image Cmd.
+pub fn resolve_argv(
+    command: &[String],
+    args: &[String],
+    entrypoint: &[String],
+    cmd: &[String],
+) -> Vec<String> {
+    let mut argv: Vec<String> = if command.is_empty() {
+        entrypoint.to_vec()
+    } else {
+        command.to_vec()
+    };
+    if !args.is_empty() {
+        argv.extend_from_slice(args);
+    } else if command.is_empty() {
+        argv.extend_from_slice(cmd);
+    }
+    argv
+}
+
+/// Image env overridden by CRI env (same key: CRI wins, position of the first occurrence).
+pub fn merge_env(image_env: &[String], cri_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        if let Some(e) = out.iter_mut().find(|(ek, _)| ek == k) {
+            e.1 = v.to_owned();
+        } else {
+            out.push((k.to_owned(), v.to_owned()));
+        }
+    };
+    for kv in image_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        set(k, v);
+    }
+    for (k, v) in cri_env {
+        set(k, v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn argv_rules() {
+        let ep = v(&["/app.wasm"]);
+        let cmd = v(&["--default"]);
+        assert_eq!(resolve_argv(&[], &[], &ep, &cmd), v(&["/app.wasm", "--default"]));
+        assert_eq!(resolve_argv(&[], &v(&["x"]), &ep, &cmd), v(&["/app.wasm", "x"]));
+        assert_eq!(resolve_argv(&v(&["/o.wasm"]), &[], &ep, &cmd), v(&["/o.wasm"]));
+        assert_eq!(
+            resolve_argv(&v(&["/o.wasm"]), &v(&["a"]), &ep, &cmd),
+            v(&["/o.wasm", "a"])
+        );
+    }
+
+    #[test]
+    fn env_override_keeps_order() {
+        let merged = merge_env(
+            &v(&["PATH=/bin", "A=1", "EMPTY"]),
+            &[("A".into(), "2".into()), ("B".into(), "3".into())],
+        );
+        let want: Vec<(String, String)> = [("PATH", "/bin"), ("A", "2"), ("EMPTY", ""), ("B", "3")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn exit_with_sets_everything() {
+        let mut s = ContainerState::created();
+        s.phase = ContainerPhase::Running;
+        s.pid = Some(5);
+        s.started_at = 10;
+        s.exit_with(&ExitRecord {
+            exit_code: 3,
+            reason: "Error".into(),
+            message: "m".into(),
+            started_at: 11,
+            finished_at: 20,
+        });
+        assert_eq!(s.phase, ContainerPhase::Exited);
+        assert_eq!((s.pid, s.started_at, s.finished_at, s.exit_code), (None, 10, 20, 3));
+    }
+}

@@ -22,6 +22,7 @@ pub mod images;
 pub mod logs;
 pub mod network;
 pub mod pod;
+pub mod runtime;
 pub mod runner;
 pub mod server;
 pub mod store;

@@ -1,1 +1,138 @@
-//! TODO-skeleton
+//! Pod sandboxes: the fixed metadata the kubelet gave us ([`PodMeta`]) and the status that
+//! changes over the sandbox's life ([`PodState`]). Both are persisted as one record.
+//!
+//! A Wasm pod has no pause process: the sandbox is its network namespace, its cgroup parent,
+//! its DNS/hostname files and the metadata here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What the kubelet fixed when it ran the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodMeta {
+    /// 64-hex ID.
+    pub id: String,
+    /// Kubernetes pod name.
+    pub name: String,
+    /// Kubernetes pod UID.
+    pub uid: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Attempt number, incremented by the kubelet when it recreates the sandbox.
+    pub attempt: u32,
+    /// Labels, verbatim.
+    pub labels: HashMap<String, String>,
+    /// Annotations, verbatim.
+    pub annotations: HashMap<String, String>,
+    /// Runtime handler (`""` or `wasmtime`).
+    pub runtime_handler: String,
+    /// Creation time, Unix nanoseconds.
+    pub created_at: i64,
+    /// Directory where the kubelet wants container logs (may be empty).
+    pub log_directory: String,
+    /// Pod hostname.
+    pub hostname: String,
+    /// cgroupfs-style parent for the pod's containers.
+    pub cgroup_parent: String,
+    /// DNS servers, search domains and options for `/etc/resolv.conf`.
+    pub dns: Option<DnsConfig>,
+    /// Whether the pod uses the node's network namespace.
+    pub host_network: bool,
+    /// Port mappings for the CNI portmap plugin.
+    pub port_mappings: Vec<PortMapping>,
+    /// The pod's network namespace file, when it has its own.
+    pub netns: Option<PathBuf>,
+    /// The runtime-side pod directory (resolv.conf, hostname, hosts).
+    pub dir: PathBuf,
+}
+
+/// Pod DNS settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DnsConfig {
+    /// Nameserver addresses.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    /// The `/etc/resolv.conf` text.
+    pub fn resolv_conf(&self) -> String {
+        let mut out = String::new();
+        for s in &self.servers {
+            out.push_str(&format!("nameserver {s}\n"));
+        }
+        if !self.searches.is_empty() {
+            out.push_str(&format!("search {}\n", self.searches.join(" ")));
+        }
+        if !self.options.is_empty() {
+            out.push_str(&format!("options {}\n", self.options.join(" ")));
+        }
+        out
+    }
+}
+
+/// A port to publish on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortMapping {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// Port inside the pod.
+    pub container_port: i32,
+    /// Port on the host.
+    pub host_port: i32,
+    /// Host IP to bind, empty for all.
+    pub host_ip: String,
+}
+
+/// Sandbox state as the CRI defines it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PodPhase {
+    /// Running and usable.
+    Ready,
+    /// Stopped (or failed).
+    NotReady,
+}
+
+/// What changes over a sandbox's life.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodState {
+    /// Ready or not.
+    pub phase: PodPhase,
+    /// Pod IPs from CNI, primary first.
+    pub ips: Vec<String>,
+    /// Whether the network (CNI DEL + netns removal) still needs tearing down.
+    pub network_attached: bool,
+}
+
+/// The durable record of a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodRecord {
+    /// Fixed metadata.
+    pub meta: PodMeta,
+    /// Current state.
+    pub state: PodState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_text() {
+        let d = DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            d.resolv_conf(),
+            "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
+        );
+        assert_eq!(DnsConfig::default().resolv_conf(), "");
+    }
+}

@@ -1,0 +1,508 @@
+//! Container lifecycle: create (image → argv/env/preopens, cgroup, rootfs), start (runner
+//! process), stop (SIGTERM, then SIGKILL after the timeout), remove, exec, log reopen.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Container, Result, Runtime, RuntimeError, Undo, container_name_key, run_undo, with_cleanup};
+use crate::container::{
+    ContainerMeta, ContainerPhase, ContainerRecord, ContainerState, MountSpec, merge_env,
+    resolve_argv,
+};
+use crate::runner::{Preopen, RunMode, RunnerSpec};
+
+/// Annotation (on the container or its pod) choosing the port a wasi:http component is
+/// served on. Default [`DEFAULT_HTTP_PORT`].
+pub const HTTP_PORT_ANNOTATION: &str = "wasmcri.io/http-port";
+/// Environment variable with the same meaning, for manifests that cannot set annotations.
+pub const HTTP_PORT_ENV: &str = "WASMCRI_HTTP_PORT";
+/// Port wasi:http components listen on when nothing else is said.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// ExecSync output beyond this is cut, as the kubelet does for probe output.
+const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What CreateContainer asks for, in domain terms.
+#[derive(Debug, Clone, Default)]
+pub struct NewContainer {
+    /// The sandbox.
+    pub pod_id: String,
+    /// Container name.
+    pub name: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+    /// Image reference or ID.
+    pub image: String,
+    /// Replaces the image Entrypoint.
+    pub command: Vec<String>,
+    /// Replaces the image Cmd.
+    pub args: Vec<String>,
+    /// Working directory (else the image's, else `/`).
+    pub working_dir: String,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Mounts.
+    pub mounts: Vec<MountSpec>,
+    /// Log path relative to the sandbox log directory.
+    pub log_path: String,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Limits.
+    pub resources: crate::cgroups::Resources,
+    /// oom_score_adj.
+    pub oom_score_adj: Option<i64>,
+    /// User.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+}
+
+/// What ExecSync returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutput {
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+}
+
+impl Runtime {
+    /// CreateContainer.
+    pub async fn create_container(self: &Arc<Self>, req: NewContainer) -> Result<String> {
+        if req.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument("container metadata.name is empty".into()));
+        }
+        let pod = self.pod(&req.pod_id)?;
+        if !super::pod_ready(&pod.record.lock().await.state) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.meta.id
+            )));
+        }
+        let this = self.clone();
+        let pod_meta = pod.meta.clone();
+        tokio::spawn(async move {
+            let id = crate::ids::new_id();
+            let key = container_name_key(&pod_meta.id, &req.name, req.attempt);
+            this.reserve("container", &key, &id)?;
+            let mut undo: Vec<Undo> = Vec::new();
+            {
+                let (this, key, id) = (this.clone(), key.clone(), id.clone());
+                undo.push(Box::pin(async move {
+                    this.release(&key, &id);
+                    Ok(())
+                }));
+            }
+            match this.create_steps(&id, &pod_meta, req, &mut undo).await {
+                Ok(()) => Ok(id),
+                Err(e) => Err(with_cleanup(e, run_undo(undo).await)),
+            }
+        })
+        .await
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("create task: {e}")))?
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        id: &str,
+        pod: &crate::pod::PodMeta,
+        req: NewContainer,
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let image = self.images.get(&req.image).await?;
+        let argv = resolve_argv(&req.command, &req.args, &image.config.entrypoint, &image.config.cmd);
+        // The module to run: argv[0] if it names a .wasm file in the image, else the image's.
+        let wasm = argv
+            .first()
+            .filter(|a| a.ends_with(".wasm"))
+            .map(|a| image.rootfs.join(a.trim_start_matches('/')))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| image.wasm_host_path());
+        let env = merge_env(&image.config.env, &req.env);
+        let cwd = if !req.working_dir.is_empty() {
+            req.working_dir.clone()
+        } else if !image.config.working_dir.is_empty() {
+            image.config.working_dir.clone()
+        } else {
+            "/".into()
+        };
+        let http_port = if image.is_http() {
+            Some(http_port(&req.annotations, &pod.annotations, &env)?)
+        } else {
+            None
+        };
+
+        let dir = self.config.containers_dir().join(id);
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        {
+            let dir = dir.clone();
+            undo.push(Box::pin(async move { crate::store::remove(&dir).map_err(|e| e.to_string()) }));
+        }
+
+        let log_file = if req.log_path.is_empty() || pod.log_directory.is_empty() {
+            None
+        } else {
+            let p = Path::new(&pod.log_directory).join(&req.log_path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(RuntimeError::io(format!("create log dir {}", parent.display())))?;
+            }
+            Some(p)
+        };
+
+        let cgroup_path = format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id);
+        if let Some(cg) = &self.cgroups {
+            cg.create(&cgroup_path, &req.resources)?;
+            let (cg, path) = (cg.clone(), cgroup_path.clone());
+            undo.push(Box::pin(async move { cg.remove(&path).map_err(|e| e.to_string()) }));
+        }
+
+        let precompiled = self.precompiled_for(&wasm).await;
+        let meta = ContainerMeta {
+            id: id.to_owned(),
+            pod_id: pod.id.clone(),
+            name: req.name,
+            attempt: req.attempt,
+            labels: req.labels,
+            annotations: req.annotations,
+            image: req.image,
+            image_id: image.id.clone(),
+            image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+            created_at: crate::ids::now_ns(),
+            log_path: req.log_path,
+            log_file,
+            mounts: req.mounts,
+            args: argv,
+            env,
+            cwd,
+            rootfs: image.rootfs.clone(),
+            wasm,
+            precompiled,
+            http_port,
+            cgroup_path,
+            dir,
+            uid: req.uid,
+            gid: req.gid,
+            additional_gids: req.additional_gids,
+            stdin: req.stdin,
+            oom_score_adj: req.oom_score_adj,
+            resources: req.resources,
+        };
+        let record = ContainerRecord { meta, state: ContainerState::created() };
+        let c = Container::new(record);
+        self.save_container(&c)?;
+        self.containers.write().expect("containers lock").insert(id.to_owned(), c);
+        Ok(())
+    }
+
+    /// The precompiled artifact for a module, compiling it (once) if the cache has none.
+    /// A failure is not fatal here: the runner compiles for itself and reports a broken
+    /// module as the container's exit reason.
+    async fn precompiled_for(&self, wasm: &Path) -> Option<PathBuf> {
+        if let Some(p) = self.precompiled.lock().expect("precompiled lock").get(wasm) {
+            if p.exists() {
+                return Some(p.clone());
+            }
+        }
+        let (engine, cache, w) = (self.engine.clone(), self.config.cache_dir(), wasm.to_owned());
+        match tokio::task::spawn_blocking(move || crate::wasm::precompile_cached(&engine, &cache, &w)).await {
+            Ok(Ok(p)) => {
+                self.precompiled.lock().expect("precompiled lock").insert(wasm.to_owned(), p.clone());
+                Some(p)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(wasm = %wasm.display(), error = %e, "precompile failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "precompile task failed");
+                None
+            }
+        }
+    }
+
+    /// Builds the runner spec for a container (or an exec in it).
+    fn runner_spec(&self, c: &Container, mode: RunMode, exit_file: PathBuf) -> Result<RunnerSpec> {
+        let m = &c.meta;
+        let pod = self.pod(&m.pod_id)?;
+        let preopens = self.preopens(c, &pod.meta)?;
+        let cgroup_procs = match &self.cgroups {
+            Some(cg) => cg.procs_files(&m.cgroup_path),
+            None => Vec::new(),
+        };
+        Ok(RunnerSpec {
+            container_id: m.id.clone(),
+            mode,
+            wasm: m.wasm.clone(),
+            precompiled: m.precompiled.clone(),
+            args: m.args.clone(),
+            env: m.env.clone(),
+            cwd: m.cwd.clone(),
+            preopens,
+            log_path: m.log_file.clone(),
+            exit_file,
+            cgroup_procs,
+            netns: pod.meta.netns.clone(),
+            uid: m.uid,
+            gid: m.gid,
+            additional_gids: m.additional_gids.clone(),
+            stdin: m.stdin,
+            oom_score_adj: m.oom_score_adj,
+        })
+    }
+
+    /// The guest's filesystem: the image rootfs at `/`, then the pod's `/etc` files and the
+    /// kubelet's mounts. WASI preopens are directories, so file mounts (`/etc/hosts`,
+    /// `/dev/termination-log`) are gathered per parent directory into a directory of hard
+    /// links (copies across filesystems) that is preopened at that parent.
+    fn preopens(&self, c: &Container, pod: &crate::pod::PodMeta) -> Result<Vec<Preopen>> {
+        let m = &c.meta;
+        let mut out = vec![Preopen { host: m.rootfs.clone(), guest: "/".into(), read_only: true }];
+        let mut files: Vec<(String, PathBuf, bool)> = Vec::new();
+        for mount in &m.mounts {
+            let host = PathBuf::from(&mount.host_path);
+            let meta = std::fs::metadata(&host).map_err(RuntimeError::io(format!(
+                "mount source {} for {}",
+                mount.host_path, mount.container_path
+            )))?;
+            if meta.is_dir() {
+                out.push(Preopen {
+                    host,
+                    guest: mount.container_path.clone(),
+                    read_only: mount.read_only,
+                });
+            } else {
+                files.push((mount.container_path.clone(), host, mount.read_only));
+            }
+        }
+        for name in ["resolv.conf", "hostname"] {
+            let guest = format!("/etc/{name}");
+            let host = pod.dir.join("etc").join(name);
+            if host.exists() && !files.iter().any(|(g, _, _)| *g == guest) {
+                files.push((guest, host, true));
+            }
+        }
+        let mut by_dir: HashMap<String, Vec<(String, PathBuf, bool)>> = HashMap::new();
+        for (guest, host, ro) in files {
+            let p = Path::new(&guest);
+            let parent = p.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            by_dir.entry(parent).or_default().push((name, host, ro));
+        }
+        let mut dirs: Vec<_> = by_dir.into_iter().collect();
+        dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        for (i, (guest_dir, entries)) in dirs.into_iter().enumerate() {
+            let shim = m.dir.join("files").join(i.to_string());
+            std::fs::create_dir_all(&shim).map_err(RuntimeError::io(format!("create {}", shim.display())))?;
+            let mut all_ro = true;
+            for (name, host, ro) in entries {
+                let dst = shim.join(&name);
+                let _ = std::fs::remove_file(&dst);
+                if std::fs::hard_link(&host, &dst).is_err() {
+                    std::fs::copy(&host, &dst).map_err(RuntimeError::io(format!(
+                        "copy mount source {} to {}",
+                        host.display(),
+                        dst.display()
+                    )))?;
+                }
+                all_ro &= ro;
+            }
+            out.push(Preopen { host: shim, guest: guest_dir, read_only: all_ro });
+        }
+        Ok(out)
+    }
+
+    /// StartContainer: spawns the runner and waits for it to report that the guest is
+    /// about to run. A runner that cannot start leaves the container Exited with its reason.
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let _op = c.op.lock().await;
+        if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RuntimeError::FailedPrecondition(format!("container {} is being removed", c.meta.id)));
+        }
+        let phase = c.snapshot().phase;
+        if phase != ContainerPhase::Created {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is {phase:?}, not Created",
+                c.meta.id
+            )));
+        }
+        let mode = match c.meta.http_port {
+            Some(port) => RunMode::Http { port },
+            None => RunMode::Command,
+        };
+        let exit_file = c.meta.dir.join("exit.json");
+        let spec = self.runner_spec(&c, mode, exit_file)?;
+        let spec_path = c.meta.dir.join("runner.json");
+        crate::store::save(&spec_path, &spec)?;
+        let started = self.spawn_runner(&c, &spec_path).await;
+        match started {
+            Ok((pid, pid_start, child)) => {
+                {
+                    let mut st = c.state.lock().expect("state lock");
+                    st.phase = ContainerPhase::Running;
+                    st.pid = Some(pid);
+                    st.pid_start = pid_start;
+                    st.started_at = crate::ids::now_ns();
+                }
+                self.save_container(&c)?;
+                self.watch_child(c.clone(), child);
+                Ok(())
+            }
+            Err((message, child)) => {
+                let rec = self.finish_failed_start(&c, child, &message).await;
+                Err(RuntimeError::StartFailed { id: c.meta.id.clone(), message: rec.message })
+            }
+        }
+    }
+
+    /// StopContainer: SIGTERM, then SIGKILL after `timeout_s` seconds (0: at once).
+    /// Stopping a container that is not running succeeds.
+    pub async fn stop_container(self: &Arc<Self>, id: &str, timeout_s: i64) -> Result<()> {
+        let c = self.container(id)?;
+        let _op = c.op.lock().await;
+        self.stop_locked(&c, timeout_s).await
+    }
+
+    async fn stop_locked(&self, c: &Arc<Container>, timeout_s: i64) -> Result<()> {
+        let st = c.snapshot();
+        if st.phase != ContainerPhase::Running {
+            return Ok(());
+        }
+        let mut rx = c.exited.subscribe();
+        if timeout_s > 0 {
+            self.signal(c, nix::sys::signal::Signal::SIGTERM);
+            let wait = tokio::time::timeout(Duration::from_secs(timeout_s as u64), rx.wait_for(|v| *v));
+            if wait.await.is_ok() {
+                return Ok(());
+            }
+        }
+        self.signal(c, nix::sys::signal::Signal::SIGKILL);
+        match tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+                "container {} did not exit 10s after SIGKILL",
+                c.meta.id
+            ))),
+        }
+    }
+
+    /// RemoveContainer: force-stops a running container, then removes its cgroup, files,
+    /// record and name. Removing an unknown container succeeds.
+    pub async fn remove_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let c = match self.container(id) {
+            Ok(c) => c,
+            Err(RuntimeError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        c.removing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _op = c.op.lock().await;
+        self.stop_locked(&c, 0).await?;
+        if let Some(cg) = &self.cgroups {
+            cg.remove(&c.meta.cgroup_path)?;
+        }
+        crate::store::remove(&self.container_meta_path(&c.meta.id))?;
+        crate::store::remove(&c.meta.dir)?;
+        self.containers.write().expect("containers lock").remove(&c.meta.id);
+        self.release(&container_name_key(&c.meta.pod_id, &c.meta.name, c.meta.attempt), &c.meta.id);
+        Ok(())
+    }
+
+    /// ReopenContainerLog: asks the runner to reopen its log file (after the kubelet
+    /// rotated it) and waits until the new file exists.
+    pub async fn reopen_log(self: &Arc<Self>, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        if c.snapshot().phase != ContainerPhase::Running {
+            return Err(RuntimeError::FailedPrecondition(format!("container {} is not running", c.meta.id)));
+        }
+        let Some(log) = c.meta.log_file.clone() else { return Ok(()) };
+        self.signal(&c, nix::sys::signal::Signal::SIGUSR1);
+        for _ in 0..200 {
+            if log.exists() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(RuntimeError::DeadlineExceeded(format!("container {} did not reopen {}", c.meta.id, log.display())))
+    }
+
+    /// ExecSync: runs `cmd` as a fresh instance of the container's module (or of the `.wasm`
+    /// in its rootfs that `cmd[0]` names), in the container's cgroup and network namespace,
+    /// with its env and preopens, and returns its output and exit code.
+    pub async fn exec_sync(self: &Arc<Self>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<ExecOutput> {
+        let c = self.container(id)?;
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec cmd is empty".into()));
+        }
+        if c.snapshot().phase != ContainerPhase::Running {
+            return Err(RuntimeError::FailedPrecondition(format!("container {} is not running", c.meta.id)));
+        }
+        let timeout_ms = (timeout_s.max(0) as u64) * 1000;
+        let mut spec = self.runner_spec(&c, RunMode::Exec { timeout_ms }, PathBuf::new())?;
+        spec.log_path = None;
+        let named = c.meta.rootfs.join(cmd[0].trim_start_matches('/'));
+        if cmd[0].ends_with(".wasm") && named.is_file() {
+            spec.wasm = named;
+            spec.precompiled = self.precompiled_for(&spec.wasm).await;
+        }
+        spec.args = cmd;
+        let spec_path = c.meta.dir.join(format!("exec-{}.json", &crate::ids::new_id()[..12]));
+        crate::store::save(&spec_path, &spec)?;
+        let out = self.run_exec(&spec_path, timeout_ms).await;
+        let _ = std::fs::remove_file(&spec_path);
+        out
+    }
+}
+
+/// The port a wasi:http component is served on.
+fn http_port(
+    ctr: &HashMap<String, String>,
+    pod: &HashMap<String, String>,
+    env: &[(String, String)],
+) -> Result<u16> {
+    let raw = ctr
+        .get(HTTP_PORT_ANNOTATION)
+        .or_else(|| pod.get(HTTP_PORT_ANNOTATION))
+        .cloned()
+        .or_else(|| env.iter().find(|(k, _)| k == HTTP_PORT_ENV).map(|(_, v)| v.clone()));
+    match raw {
+        None => Ok(DEFAULT_HTTP_PORT),
+        Some(v) => v.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            RuntimeError::InvalidArgument(format!("invalid HTTP port {v:?} (from {HTTP_PORT_ANNOTATION} or {HTTP_PORT_ENV})"))
+        }),
+    }
+}
+
+/// Exec output cut to the probe limit.
+pub(super) fn cap_output(mut v: Vec<u8>) -> Vec<u8> {
+    v.truncate(EXEC_OUTPUT_LIMIT);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_port_sources() {
+        let none = HashMap::new();
+        assert_eq!(http_port(&none, &none, &[]).unwrap(), 8080);
+        let mut pod = HashMap::new();
+        pod.insert(HTTP_PORT_ANNOTATION.to_string(), "9000".to_string());
+        assert_eq!(http_port(&none, &pod, &[]).unwrap(), 9000);
+        let env = vec![(HTTP_PORT_ENV.to_string(), "7000".to_string())];
+        assert_eq!(http_port(&none, &none, &env).unwrap(), 7000);
+        let mut ctr = HashMap::new();
+        ctr.insert(HTTP_PORT_ANNOTATION.to_string(), "x".to_string());
+        assert!(matches!(http_port(&ctr, &pod, &env), Err(RuntimeError::InvalidArgument(_))));
+    }
+}

@@ -1,0 +1,442 @@
+//! The runtime domain: pods, containers and images as the kubelet drives them, with no
+//! protobuf types. [`crate::server`] translates each CRI RPC into one call here.
+//!
+//! Concurrency: the maps are behind short-held std locks (never across an `.await`); each
+//! pod and container serialises its own lifecycle operations with an async mutex, so a
+//! `StopContainer` racing a `RemoveContainer` see each other's effects in order, while
+//! operations on different objects run in parallel.
+
+mod containers;
+mod pods;
+mod process;
+mod recover;
+mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::config::Config;
+use crate::container::{ContainerRecord, ContainerState};
+use crate::pod::{PodRecord, PodState};
+
+pub use containers::{ExecOutput, NewContainer};
+pub use pods::NewPod;
+pub use stats::Usage;
+
+/// Everything that can go wrong in a runtime operation, with the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No such pod, container or image.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// `pod sandbox`, `container` or `image`.
+        kind: &'static str,
+        /// What was looked up.
+        id: String,
+    },
+    /// An ID prefix matched more than one object.
+    #[error("{kind} ID prefix {prefix:?} is ambiguous")]
+    Ambiguous {
+        /// Object kind.
+        kind: &'static str,
+        /// The prefix.
+        prefix: String,
+    },
+    /// The name is held by another object until that one is removed.
+    #[error("name {name:?} is reserved for {kind} {holder}")]
+    NameReserved {
+        /// Object kind.
+        kind: &'static str,
+        /// The reserved name.
+        name: String,
+        /// ID of the holder.
+        holder: String,
+    },
+    /// A request field is missing or invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The object is not in a state that allows the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The operation did not finish in time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// Not supported by this runtime.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Image store failure.
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
+    /// cgroup failure.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    /// Network (netns/CNI) failure.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    /// Metadata store failure.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Other OS failure, with the path or operation.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The runner could not be started.
+    #[error("container {id} failed to start: {message}")]
+    StartFailed {
+        /// Container ID.
+        id: String,
+        /// The runner's one-line reason.
+        message: String,
+    },
+    /// An operation failed and so did its cleanup: both are reported.
+    #[error("{error}; cleanup also failed: {cleanup}")]
+    CleanupFailed {
+        /// The original failure.
+        error: Box<RuntimeError>,
+        /// What the cleanup said.
+        cleanup: String,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, source }
+    }
+}
+
+/// Result of runtime operations.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// A sandbox in memory: fixed metadata plus state under an async lock (held across CNI calls).
+#[derive(Debug)]
+pub struct Pod {
+    /// The durable record; `meta` never changes after creation.
+    pub record: tokio::sync::Mutex<PodRecord>,
+    /// Copy of the immutable metadata, readable without the lock.
+    pub meta: crate::pod::PodMeta,
+}
+
+/// A container in memory.
+#[derive(Debug)]
+pub struct Container {
+    /// Immutable after creation (resources aside, which live in `state_meta`).
+    pub meta: crate::container::ContainerMeta,
+    /// Current state; short std lock, never held across an `.await`.
+    pub state: Mutex<ContainerState>,
+    /// Resource limits as last applied (changed by UpdateContainerResources).
+    pub resources: Mutex<crate::cgroups::Resources>,
+    /// Serialises start/stop/remove of this container.
+    pub op: tokio::sync::Mutex<()>,
+    /// Flips to `true` once the container has exited.
+    pub exited: tokio::sync::watch::Sender<bool>,
+    /// Set once RemoveContainer has begun; no new operations after it.
+    pub removing: std::sync::atomic::AtomicBool,
+}
+
+impl Container {
+    fn new(record: ContainerRecord) -> Arc<Self> {
+        let exited = record.state.phase == crate::container::ContainerPhase::Exited;
+        Arc::new(Self {
+            resources: Mutex::new(record.meta.resources.clone()),
+            meta: record.meta,
+            state: Mutex::new(record.state),
+            op: tokio::sync::Mutex::new(()),
+            exited: tokio::sync::watch::channel(exited).0,
+            removing: Default::default(),
+        })
+    }
+
+    /// A consistent copy of the state.
+    pub fn snapshot(&self) -> ContainerState {
+        self.state.lock().expect("container state lock").clone()
+    }
+
+    /// The record as it should be persisted now.
+    pub fn record(&self) -> ContainerRecord {
+        let mut meta = self.meta.clone();
+        meta.resources = self.resources.lock().expect("resources lock").clone();
+        ContainerRecord {
+            meta,
+            state: self.snapshot(),
+        }
+    }
+}
+
+/// The runtime: all pods, containers and images of this node.
+pub struct Runtime {
+    /// Configuration in force.
+    pub config: Config,
+    pods: RwLock<HashMap<String, Arc<Pod>>>,
+    containers: RwLock<HashMap<String, Arc<Container>>>,
+    /// Reserved names → holder ID (pods and containers have disjoint key spaces).
+    names: Mutex<HashMap<String, String>>,
+    /// The image store.
+    pub images: crate::images::ImageStore,
+    /// cgroups, when the host has a usable hierarchy.
+    pub cgroups: Option<crate::cgroups::Cgroups>,
+    /// The CNI client.
+    pub cni: crate::network::cni::Cni,
+    /// The engine used to precompile modules (same configuration as the runners').
+    pub engine: wasmtime::Engine,
+    /// Precompiled artifact per wasm path, so a start never hashes or compiles twice.
+    precompiled: Mutex<HashMap<PathBuf, PathBuf>>,
+    /// Binary to exec as the runner (this executable).
+    runner_exe: PathBuf,
+    /// Runtime-config values the kubelet pushed (pod CIDR).
+    pub pod_cidr: Mutex<String>,
+    /// Last CPU sample per container/pod, for usage_nano_cores.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+impl Runtime {
+    /// Opens (or creates) the runtime's directories and rebuilds state from durable
+    /// metadata; running containers are re-attached, not restarted.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+        for dir in [
+            config.meta_dir().join("pods"),
+            config.meta_dir().join("containers"),
+            config.containers_dir(),
+            config.pods_dir(),
+            config.cache_dir(),
+            config.netns_dir(),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        }
+        let engine = crate::wasm::engine()?;
+        let images = crate::images::ImageStore::open(&config.images_dir())?;
+        let cgroups = match crate::cgroups::Cgroups::detect(&config.cgroup_root) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable cgroups; containers run without limits");
+                None
+            }
+        };
+        let cni = crate::network::cni::Cni::new(
+            config.cni.conf_dir.clone(),
+            config.cni.bin_dirs.clone(),
+            config.state.join("cni-cache"),
+        );
+        let runner_exe = std::env::current_exe()?;
+        let rt = Arc::new(Self {
+            pods: Default::default(),
+            containers: Default::default(),
+            names: Default::default(),
+            images,
+            cgroups,
+            cni,
+            engine,
+            precompiled: Default::default(),
+            runner_exe,
+            pod_cidr: Default::default(),
+            cpu_samples: Default::default(),
+            config,
+        });
+        rt.recover().await?;
+        Ok(rt)
+    }
+
+    // ---- lookups ----
+
+    fn find<T: Clone>(
+        map: &HashMap<String, T>,
+        kind: &'static str,
+        id: &str,
+    ) -> Result<(String, T)> {
+        if let Some(v) = map.get(id) {
+            return Ok((id.to_owned(), v.clone()));
+        }
+        if !crate::ids::is_id_prefix(id) {
+            return Err(RuntimeError::NotFound {
+                kind,
+                id: id.to_owned(),
+            });
+        }
+        let mut hits = map.iter().filter(|(k, _)| k.starts_with(id));
+        match (hits.next(), hits.next()) {
+            (Some((k, v)), None) => Ok((k.clone(), v.clone())),
+            (Some(_), Some(_)) => Err(RuntimeError::Ambiguous {
+                kind,
+                prefix: id.to_owned(),
+            }),
+            _ => Err(RuntimeError::NotFound {
+                kind,
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// The pod with this ID or unique ID prefix.
+    pub fn pod(&self, id: &str) -> Result<Arc<Pod>> {
+        Self::find(&self.pods.read().expect("pods lock"), "pod sandbox", id).map(|(_, p)| p)
+    }
+
+    /// The container with this ID or unique ID prefix.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        Self::find(&self.containers.read().expect("containers lock"), "container", id)
+            .map(|(_, c)| c)
+    }
+
+    /// All pods.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.read().expect("pods lock").values().cloned().collect()
+    }
+
+    /// All containers.
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.containers
+            .read()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Containers of one pod.
+    pub fn containers_of(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        self.containers
+            .read()
+            .expect("containers lock")
+            .values()
+            .filter(|c| c.meta.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    // ---- name reservation ----
+
+    fn reserve(&self, kind: &'static str, name: &str, id: &str) -> Result<()> {
+        let mut names = self.names.lock().expect("names lock");
+        match names.get(name) {
+            Some(holder) if holder != id => Err(RuntimeError::NameReserved {
+                kind,
+                name: name.to_owned(),
+                holder: holder.clone(),
+            }),
+            _ => {
+                names.insert(name.to_owned(), id.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, name: &str, id: &str) {
+        let mut names = self.names.lock().expect("names lock");
+        if names.get(name).is_some_and(|h| h == id) {
+            names.remove(name);
+        }
+    }
+
+    fn pod_meta_path(&self, id: &str) -> PathBuf {
+        self.config.meta_dir().join("pods").join(format!("{id}.json"))
+    }
+
+    fn container_meta_path(&self, id: &str) -> PathBuf {
+        self.config
+            .meta_dir()
+            .join("containers")
+            .join(format!("{id}.json"))
+    }
+
+    fn save_container(&self, c: &Container) -> Result<()> {
+        crate::store::save(&self.container_meta_path(&c.meta.id), &c.record())?;
+        Ok(())
+    }
+
+    async fn save_pod(&self, rec: &PodRecord) -> Result<()> {
+        crate::store::save(&self.pod_meta_path(&rec.meta.id), rec)?;
+        Ok(())
+    }
+}
+
+/// Kubelet-style reservation key of a sandbox.
+fn pod_name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String {
+    format!("pod/{name}_{namespace}_{uid}_{attempt}")
+}
+
+/// Reservation key of a container within its sandbox.
+fn container_name_key(pod_id: &str, name: &str, attempt: u32) -> String {
+    format!("ctr/{pod_id}/{name}_{attempt}")
+}
+
+/// Whether a pod state is ready.
+pub fn pod_ready(state: &PodState) -> bool {
+    state.phase == crate::pod::PodPhase::Ready
+}
+
+/// Runs undo steps last-in-first-out, all of them, even if some fail; returns the failures.
+pub(crate) async fn run_undo(undo: Vec<Undo>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for step in undo.into_iter().rev() {
+        if let Err(e) = step.await {
+            failures.push(e);
+        }
+    }
+    failures
+}
+
+/// One registered cleanup step.
+pub(crate) type Undo =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>>;
+
+/// Combines an operation's error with the failures of its cleanup.
+pub(crate) fn with_cleanup(err: RuntimeError, failures: Vec<String>) -> RuntimeError {
+    if failures.is_empty() {
+        err
+    } else {
+        RuntimeError::CleanupFailed {
+            error: Box::new(err),
+            cleanup: failures.join("; "),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_lookup() {
+        let mut m = HashMap::new();
+        m.insert("abc123".to_string(), 1);
+        m.insert("abd456".to_string(), 2);
+        assert_eq!(Runtime::find(&m, "x", "abc").unwrap().1, 1);
+        assert_eq!(Runtime::find(&m, "x", "abd456").unwrap().1, 2);
+        assert!(matches!(
+            Runtime::find(&m, "x", "ab"),
+            Err(RuntimeError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            Runtime::find(&m, "x", "zz"),
+            Err(RuntimeError::NotFound { .. })
+        ));
+        assert!(matches!(
+            Runtime::find(&m, "x", "fff"),
+            Err(RuntimeError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn undo_runs_all_in_reverse() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut undo: Vec<Undo> = Vec::new();
+        for i in 0..3 {
+            let log = log.clone();
+            undo.push(Box::pin(async move {
+                log.lock().unwrap().push(i);
+                if i == 1 { Err("one failed".into()) } else { Ok(()) }
+            }));
+        }
+        let failures = run_undo(undo).await;
+        assert_eq!(*log.lock().unwrap(), vec![2, 1, 0]);
+        assert_eq!(failures, vec!["one failed".to_string()]);
+        let e = with_cleanup(RuntimeError::InvalidArgument("x".into()), failures);
+        assert!(e.to_string().contains("cleanup also failed: one failed"));
+    }
+}

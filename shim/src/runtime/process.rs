@@ -1,0 +1,262 @@
+//! Runner processes: spawning, readiness, watching for exit, signalling, and working out an
+//! exit status when the runner could not record one itself (SIGKILL, OOM kill).
+//!
+//! The daemon is the parent of the runners it starts and reaps them. After a daemon restart
+//! the surviving runners belong to init; the daemon then watches them through a pidfd (which
+//! works for non-children) and reads the exit record they left.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+use super::containers::cap_output;
+use super::{Container, ExecOutput, Result, Runtime, RuntimeError};
+use crate::runner::ExitRecord;
+
+/// How long a runner may take to load its module and report ready. Generous: a runner that
+/// finds no precompiled artifact compiles the module itself.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Exit code the runner uses for an ExecSync command that ran out of time (as `timeout(1)`).
+pub const EXEC_TIMEOUT_CODE: i32 = 124;
+
+/// The start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
+pub fn pid_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that had `start` as its start time.
+pub fn same_process(pid: i32, start: Option<u64>) -> bool {
+    match (pid_start_time(pid), start) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly opened descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Runtime {
+    fn runner_command(&self, spec_path: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.runner_exe);
+        cmd.arg("runner").arg(spec_path);
+        cmd.stdin(Stdio::null());
+        cmd.kill_on_drop(false);
+        cmd
+    }
+
+    /// Spawns the runner and waits for its readiness line. Returns PID, start time and the
+    /// child handle; on failure, the one-line reason and the child (to be reaped).
+    pub(super) async fn spawn_runner(
+        &self,
+        c: &Container,
+        spec_path: &Path,
+    ) -> std::result::Result<(i32, Option<u64>, tokio::process::Child), (String, Option<tokio::process::Child>)> {
+        let runner_log = c.meta.dir.join("runner.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&runner_log)
+            .map_err(|e| (format!("open {}: {e}", runner_log.display()), None))?;
+        let mut cmd = self.runner_command(spec_path);
+        cmd.stdout(Stdio::piped()).stderr(log);
+        // Own session: a signal to the daemon's process group never reaches the runners.
+        cmd.process_group(0);
+        let mut child = cmd.spawn().map_err(|e| (format!("spawn runner: {e}"), None))?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pid_start = pid_start_time(pid);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.trim() == "ok" => Ok((pid, pid_start, child)),
+            Ok(Ok(Some(line))) => Err((line.trim_start_matches("error: ").trim().to_owned(), Some(child))),
+            Ok(Ok(None)) => Err(("runner exited before the guest started".into(), Some(child))),
+            Ok(Err(e)) => Err((format!("reading runner readiness: {e}"), Some(child))),
+            Err(_) => {
+                let _ = child.start_kill();
+                Err((format!("runner not ready after {READY_TIMEOUT:?}"), Some(child)))
+            }
+        }
+    }
+
+    /// After a failed start: reap the runner, take its exit record (or make one), and leave
+    /// the container Exited with the reason.
+    pub(super) async fn finish_failed_start(
+        &self,
+        c: &Arc<Container>,
+        child: Option<tokio::process::Child>,
+        message: &str,
+    ) -> ExitRecord {
+        let status = match child {
+            Some(mut ch) => tokio::time::timeout(Duration::from_secs(10), ch.wait()).await.ok().and_then(|r| r.ok()),
+            None => None,
+        };
+        let exit_file = c.meta.dir.join("exit.json");
+        let now = crate::ids::now_ns();
+        let rec = crate::runner::read_exit_record(&exit_file).unwrap_or_else(|| ExitRecord {
+            exit_code: status.and_then(|s| s.code()).filter(|c| *c != 0).unwrap_or(128),
+            reason: "StartError".into(),
+            message: message.to_owned(),
+            started_at: now,
+            finished_at: now,
+        });
+        self.record_exit(c, &rec);
+        rec
+    }
+
+    pub(super) fn record_exit(&self, c: &Arc<Container>, rec: &ExitRecord) {
+        let exit_file = c.meta.dir.join("exit.json");
+        if crate::runner::read_exit_record(&exit_file).is_none() {
+            if let Err(e) = crate::runner::write_exit_record(&exit_file, rec) {
+                tracing::warn!(container = %c.meta.id, error = %e, "cannot write exit record");
+            }
+        }
+        c.state.lock().expect("state lock").exit_with(rec);
+        if let Err(e) = self.save_container(c) {
+            tracing::error!(container = %c.meta.id, error = %e, "cannot persist exit");
+        }
+        c.exited.send_replace(true);
+        tracing::info!(container = %c.meta.id, exit_code = rec.exit_code, reason = %rec.reason, "container exited");
+    }
+
+    /// Works out how a runner ended when it may not have said so itself.
+    pub(super) fn infer_exit(&self, c: &Container, status: Option<std::process::ExitStatus>) -> ExitRecord {
+        use std::os::unix::process::ExitStatusExt;
+        let exit_file = c.meta.dir.join("exit.json");
+        if let Some(rec) = crate::runner::read_exit_record(&exit_file) {
+            return rec;
+        }
+        let started_at = c.snapshot().started_at;
+        let finished_at = crate::ids::now_ns();
+        let oom = self.cgroups.as_ref().is_some_and(|cg| cg.oom_killed(&c.meta.cgroup_path));
+        let (exit_code, reason, message) = match status {
+            Some(s) if s.signal() == Some(libc::SIGKILL) && oom => {
+                (137, "OOMKilled", "memory limit exceeded; killed by the kernel OOM killer".to_owned())
+            }
+            Some(s) if s.signal().is_some() => {
+                let sig = s.signal().unwrap_or(0);
+                (128 + sig, "Error", format!("runner killed by signal {sig}"))
+            }
+            Some(s) => (
+                s.code().unwrap_or(255),
+                if s.code() == Some(0) { "Completed" } else { "Error" },
+                "runner exited without recording a status".to_owned(),
+            ),
+            None if oom => (137, "OOMKilled", "memory limit exceeded; killed by the kernel OOM killer".to_owned()),
+            None => (255, "Unknown", "runner ended while the daemon was not running; status unknown".to_owned()),
+        };
+        ExitRecord { exit_code, reason: reason.into(), message, started_at, finished_at }
+    }
+
+    /// Reaps a runner we spawned and records how it ended.
+    pub(super) fn watch_child(self: &Arc<Self>, c: Arc<Container>, mut child: tokio::process::Child) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            let rec = this.infer_exit(&c, status);
+            this.record_exit(&c, &rec);
+        });
+    }
+
+    /// Watches a runner that is not our child (found alive after a daemon restart).
+    pub(super) fn watch_pid(self: &Arc<Self>, c: Arc<Container>, pid: i32) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let registered = pidfd_open(pid).and_then(|fd| {
+                // SAFETY: the AsyncFd owns the pidfd; nothing else closes or reuses it.
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            match registered {
+                Ok(fd) => {
+                    let _ = fd.readable().await;
+                }
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "pidfd_open failed; polling");
+                    while same_process(pid, c.snapshot().pid_start) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            let rec = this.infer_exit(&c, None);
+            this.record_exit(&c, &rec);
+        });
+    }
+
+    /// Signals a running container's runner, if it is still the process we started.
+    pub(super) fn signal(&self, c: &Container, sig: nix::sys::signal::Signal) {
+        let st = c.snapshot();
+        if let Some(pid) = st.pid {
+            if same_process(pid, st.pid_start) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+        }
+    }
+
+    /// Runs an exec runner to completion and collects its output.
+    pub(super) async fn run_exec(&self, spec_path: &Path, timeout_ms: u64) -> Result<ExecOutput> {
+        let mut cmd = self.runner_command(spec_path);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(RuntimeError::io("spawn exec runner"))?;
+        let mut so = child.stdout.take().expect("piped");
+        let mut se = child.stderr.take().expect("piped");
+        let read_out = async {
+            let mut v = Vec::new();
+            let _ = so.read_to_end(&mut v).await;
+            v
+        };
+        let read_err = async {
+            let mut v = Vec::new();
+            let _ = se.read_to_end(&mut v).await;
+            v
+        };
+        // The runner interrupts the guest at the deadline; this is the backstop.
+        let hard = if timeout_ms == 0 { Duration::from_secs(24 * 3600) } else { Duration::from_millis(timeout_ms) + Duration::from_secs(5) };
+        let all = async { tokio::join!(read_out, read_err, child.wait()) };
+        match tokio::time::timeout(hard, all).await {
+            Ok((stdout, stderr, status)) => {
+                let status = status.map_err(RuntimeError::io("wait exec runner"))?;
+                let code = status.code().unwrap_or_else(|| {
+                    use std::os::unix::process::ExitStatusExt;
+                    128 + status.signal().unwrap_or(0)
+                });
+                if code == EXEC_TIMEOUT_CODE && timeout_ms > 0 {
+                    return Err(RuntimeError::DeadlineExceeded(format!(
+                        "command timed out after {}s",
+                        timeout_ms / 1000
+                    )));
+                }
+                Ok(ExecOutput { stdout: cap_output(stdout), stderr: cap_output(stderr), exit_code: code })
+            }
+            Err(_) => Err(RuntimeError::DeadlineExceeded(format!("command timed out after {}s", timeout_ms / 1000))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let me = std::process::id() as i32;
+        let t = pid_start_time(me).expect("own start time");
+        assert!(same_process(me, Some(t)));
+        assert!(!same_process(me, Some(t + 1)));
+        assert!(!same_process(i32::MAX, Some(1)));
+    }
+}

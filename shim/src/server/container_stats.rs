@@ -1,0 +1,126 @@
+//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats — from cgroups.
+
+use std::sync::Arc;
+
+use cri::v1 as pb;
+
+use super::convert;
+use crate::runtime::{Result, Runtime, Usage};
+
+fn u64v(v: u64) -> Option<pb::UInt64Value> {
+    Some(pb::UInt64Value { value: v })
+}
+
+fn cpu(u: &Usage) -> pb::CpuUsage {
+    pb::CpuUsage {
+        timestamp: u.timestamp,
+        usage_core_nano_seconds: u64v(u.cpu_usage_ns),
+        usage_nano_cores: u.nano_cores.and_then(u64v),
+    }
+}
+
+fn memory(u: &Usage) -> pb::MemoryUsage {
+    pb::MemoryUsage {
+        timestamp: u.timestamp,
+        working_set_bytes: u64v(u.working_set),
+        available_bytes: u.available.and_then(u64v),
+        usage_bytes: u64v(u.memory_usage),
+        rss_bytes: u64v(u.rss),
+        page_faults: u64v(u.page_faults),
+        major_page_faults: u64v(u.major_page_faults),
+    }
+}
+
+fn container_stats_of(rt: &Arc<Runtime>, c: &crate::runtime::Container) -> Result<pb::ContainerStats> {
+    let u = rt.container_usage(c)?;
+    Ok(pb::ContainerStats {
+        attributes: Some(pb::ContainerAttributes {
+            id: c.meta.id.clone(),
+            metadata: Some(pb::ContainerMetadata { name: c.meta.name.clone(), attempt: c.meta.attempt }),
+            labels: c.meta.labels.clone(),
+            annotations: c.meta.annotations.clone(),
+        }),
+        cpu: Some(cpu(&u)),
+        memory: Some(memory(&u)),
+        writable_layer: Some(pb::FilesystemUsage {
+            timestamp: u.timestamp,
+            fs_id: Some(pb::FilesystemIdentifier { mountpoint: rt.config.root.display().to_string() }),
+            used_bytes: u64v(u.writable_bytes),
+            inodes_used: u64v(u.writable_inodes),
+        }),
+        swap: None,
+    })
+}
+
+/// ContainerStats.
+pub async fn stats(rt: &Arc<Runtime>, r: pb::ContainerStatsRequest) -> Result<pb::ContainerStatsResponse> {
+    let c = rt.container(&r.container_id)?;
+    Ok(pb::ContainerStatsResponse { stats: Some(container_stats_of(rt, &c)?) })
+}
+
+/// ListContainerStats (running containers; id, pod and label filters).
+pub async fn list(rt: &Arc<Runtime>, r: pb::ListContainerStatsRequest) -> Result<pb::ListContainerStatsResponse> {
+    let f = r.filter.unwrap_or_default();
+    let mut stats = Vec::new();
+    for c in rt.containers() {
+        if !convert::id_matches(&c.meta.id, &f.id)
+            || !convert::id_matches(&c.meta.pod_id, &f.pod_sandbox_id)
+            || !convert::labels_match(&c.meta.labels, &f.label_selector)
+            || c.snapshot().phase != crate::container::ContainerPhase::Running
+        {
+            continue;
+        }
+        if let Ok(s) = container_stats_of(rt, &c) {
+            stats.push(s);
+        }
+    }
+    Ok(pb::ListContainerStatsResponse { stats })
+}
+
+fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodSandboxStats> {
+    let m = &pod.meta;
+    let u = rt.pod_usage(pod)?;
+    let containers = rt
+        .containers_of(&m.id)
+        .iter()
+        .filter(|c| c.snapshot().phase == crate::container::ContainerPhase::Running)
+        .filter_map(|c| container_stats_of(rt, c).ok())
+        .collect();
+    Ok(pb::PodSandboxStats {
+        attributes: Some(pb::PodSandboxAttributes {
+            id: m.id.clone(),
+            metadata: Some(convert::pod_metadata(m)),
+            labels: m.labels.clone(),
+            annotations: m.annotations.clone(),
+        }),
+        linux: Some(pb::LinuxPodSandboxStats {
+            cpu: Some(cpu(&u)),
+            memory: Some(memory(&u)),
+            network: None,
+            process: Some(pb::ProcessUsage { timestamp: u.timestamp, process_count: u64v(u.processes) }),
+            containers,
+        }),
+        windows: None,
+    })
+}
+
+/// PodSandboxStats.
+pub async fn pod_stats(rt: &Arc<Runtime>, r: pb::PodSandboxStatsRequest) -> Result<pb::PodSandboxStatsResponse> {
+    let pod = rt.pod(&r.pod_sandbox_id)?;
+    Ok(pb::PodSandboxStatsResponse { stats: Some(pod_stats_of(rt, &pod)?) })
+}
+
+/// ListPodSandboxStats.
+pub async fn list_pods(rt: &Arc<Runtime>, r: pb::ListPodSandboxStatsRequest) -> Result<pb::ListPodSandboxStatsResponse> {
+    let f = r.filter.unwrap_or_default();
+    let mut stats = Vec::new();
+    for pod in rt.pods() {
+        if !convert::id_matches(&pod.meta.id, &f.id) || !convert::labels_match(&pod.meta.labels, &f.label_selector) {
+            continue;
+        }
+        if let Ok(s) = pod_stats_of(rt, &pod) {
+            stats.push(s);
+        }
+    }
+    Ok(pb::ListPodSandboxStatsResponse { stats })
+}
