@@ -4,5 +4,3 @@
 mod harness;
 mod lifecycle;
 mod restart;
-
-use harness::*;
