@@ -3,13 +3,515 @@
 //! It joins the container's cgroup and the pod's network namespace, drops privileges, then
 //! loads the precompiled module and runs it under WASI, writing stdout/stderr to the CRI log
 //! and recording its [`ExitRecord`] durably before it exits.
+//!
+//! # Order of [`run`]
+//! 1. Read the [`RunnerSpec`] JSON.
+//! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
+//!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
+//!    `oom_score_adj` (EPERM/EACCES tolerated); open the CRI log (as root: the kubelet's log
+//!    directory is root-owned); `setgroups`/`setgid`/`setuid` if asked (the exit file's
+//!    directory is chowned to the new user first so the record can still be renamed into it —
+//!    give each runner a directory of its own for its exit file).
+//! 3. Build the engine ([`crate::wasm::engine`]) and load the guest: the `precompiled`
+//!    artifact by mmap, falling back to compiling `wasm` if it is absent or incompatible.
+//! 4. Start the signal thread, report readiness, run the guest on the main thread.
+//! 5. Close the log (pending partial lines become `F` records), write the [`ExitRecord`]
+//!    atomically (temp file, fsync, rename, fsync dir), exit with its code.
+//!
+//! # Readiness protocol
+//! The daemon spawns the runner (see [`spawn_command`]) with stdout piped and reads one line
+//! ([`wait_ready`]):
+//! - `ok` — the guest is loaded and about to run; in `Command`/`Http` mode the runner then
+//!   points its fd 1 at `/dev/null`, so a daemon that has gone away cannot SIGPIPE it;
+//! - `error: <one line>` — setup or loading failed; the runner has written an [`ExitRecord`]
+//!   (if it got as far as reading the spec) and exits with [`EXIT_FAILURE`].
+//!
+//! In `Exec` mode stdout belongs to the guest, so no readiness line is written: failures are
+//! reported as `error: ...` on stderr, exit code [`EXIT_FAILURE`] and the exit record.
+//! The runner's own stderr is a debug log the daemon provides (warnings such as an unusable
+//! precompiled artifact go there).
+//!
+//! # Exit codes (process exit status and [`ExitRecord::exit_code`])
+//! | how the guest ended | code | reason | message |
+//! |---|---|---|---|
+//! | returned from `_start` / `wasi:cli/run` ok | 0 | `Completed` | empty |
+//! | `exit(n)` (`proc_exit`, `wasi:cli/exit`) | n | `Completed` if 0, else `Error` | `exited with code n` |
+//! | trap (`unreachable`, out-of-bounds, stack overflow, Rust panic = abort) | 1 | `Error` | the trap, e.g. ``wasm trap: wasm `unreachable` instruction executed`` |
+//! | `wasi:cli/run` returned `err` | 1 | `Error` | `wasi:cli/run returned an error` |
+//! | cannot load: not wasm, corrupt, missing `_start`, missing imports, bad preopen, setup failed | 1 | `Error` | why, one line |
+//! | stopped by SIGTERM / SIGINT | 143 / 130 (128+signal) | `Error` | `stopped by SIGTERM` |
+//! | exec deadline passed (`Exec { timeout_ms }`) | 124, like `timeout(1)` | `Error` | `timed out after N ms` |
+//! | killed (SIGKILL, OOM) | — the runner cannot record it; the daemon infers 137 / `OOMKilled` | | |
+//!
+//! A trap is reported as 1 rather than a signal-style 134: a trap is the wasm sandbox
+//! refusing an operation, not a host-process crash, and 1 is what `wasmtime run` and runwasi
+//! report for it; the message tells it apart from `exit(1)`.
+//!
+//! # Stopping
+//! Wasm has no signal handlers. SIGTERM/SIGINT make the signal thread record the signal and
+//! bump the engine epoch; every store is armed to trap at the next epoch change, so compute-bound
+//! guests stop within microseconds. A guest blocked inside a host call (a long `sleep`, a read
+//! of stdin) only notices when the call returns, so after [`STOP_GRACE`] the signal thread
+//! finishes on its own: it writes the record, flushes the log and exits. SIGUSR1 reopens the
+//! log file (`ReopenContainerLog`).
+//!
+//! # WASI notes
+//! argv, env (later duplicates win) and preopens come from the spec; the guest sees the pod
+//! network (sockets and name lookup allowed: the runner already lives in the pod netns). The
+//! working directory is passed as `wasi:cli/environment.initial-cwd` to components; WASI
+//! preview 1 has no notion of a cwd (wasi-libc starts at `/`), so both also get `PWD`.
+//!
+//! # Known limitation
+//! After dropping to a non-root user, `ReopenContainerLog` cannot create the new file in the
+//! kubelet's root-owned log directory; the runner keeps writing to the old file and says so
+//! on its debug log.
 
+mod guest;
+mod http;
+mod setup;
 pub mod spec;
+mod stdio;
+#[cfg(test)]
+mod tests;
+
+use std::fs;
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use spec::{ExitRecord, Preopen, RunMode, RunnerSpec};
-#[allow(missing_docs)]
-pub fn run(p: &std::path::Path) -> ! { todo!() }
-#[allow(missing_docs)]
-pub fn read_exit_record(p: &std::path::Path) -> Option<ExitRecord> { todo!() }
-#[allow(missing_docs)]
-pub fn write_exit_record(p: &std::path::Path, r: &ExitRecord) -> std::io::Result<()> { todo!() }
+
+use crate::logs::CriLogWriter;
+use guest::{Loaded, Output, StopState};
+
+/// Exit code for a trap or a guest that cannot be loaded or set up.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code when an exec's deadline passed (as `timeout(1)`).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// How long a stop signal waits for the guest to reach an interruption point before the
+/// runner exits without it (the guest is blocked in a host call that cannot be interrupted).
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// CRI reason for a clean exit.
+pub const REASON_COMPLETED: &str = "Completed";
+/// CRI reason for everything else the runner can record.
+pub const REASON_ERROR: &str = "Error";
+
+/// Now as Unix nanoseconds.
+pub fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the guest described by `spec` in this process and reports how it ended, without the
+/// process-level setup of [`run`] (cgroups, netns, credentials, signals, readiness) and
+/// without writing the exit file. Guest output goes to `spec.log_path` (closed at the end) or,
+/// in `Exec` mode, to this process's stdout/stderr. Used by [`run`] and by tests.
+pub fn execute(spec: &RunnerSpec) -> ExitRecord {
+    let started_at = unix_nanos();
+    let fail = |message: String| ExitRecord {
+        exit_code: EXIT_FAILURE,
+        reason: REASON_ERROR.into(),
+        message,
+        started_at,
+        finished_at: unix_nanos(),
+    };
+    let output = match open_output(spec) {
+        Ok(o) => o,
+        Err(m) => return fail(m),
+    };
+    let engine = match crate::wasm::engine() {
+        Ok(e) => e,
+        Err(e) => return fail(e.to_string()),
+    };
+    let loaded = match guest::load(&engine, spec) {
+        Ok(l) => l,
+        Err(m) => {
+            close_output(&output);
+            return fail(m);
+        }
+    };
+    let stop = Arc::new(StopState::default());
+    let _timer = start_exec_timer(spec, &engine, &stop);
+    let outcome = run_loaded(&engine, &loaded, spec, &output, &stop);
+    close_output(&output);
+    record(outcome.exit_code, outcome.message, started_at)
+}
+
+fn run_loaded(
+    engine: &wasmtime::Engine,
+    loaded: &Loaded,
+    spec: &RunnerSpec,
+    output: &Output,
+    stop: &Arc<StopState>,
+) -> guest::Outcome {
+    match spec.mode {
+        RunMode::Http { port } => match loaded {
+            Loaded::Component(c) => http::serve(engine, c, spec, port, output, stop),
+            Loaded::Module(_) => guest::Outcome {
+                exit_code: EXIT_FAILURE,
+                message: "HTTP mode needs a component exporting wasi:http/incoming-handler, \
+                          got a core module"
+                    .into(),
+            },
+        },
+        RunMode::Command | RunMode::Exec { .. } => {
+            guest::run_command(engine, loaded, spec, output, stop)
+        }
+    }
+}
+
+fn record(exit_code: i32, message: String, started_at: i64) -> ExitRecord {
+    ExitRecord {
+        exit_code,
+        reason: if exit_code == 0 {
+            REASON_COMPLETED
+        } else {
+            REASON_ERROR
+        }
+        .into(),
+        message,
+        started_at,
+        finished_at: unix_nanos(),
+    }
+}
+
+fn open_output(spec: &RunnerSpec) -> Result<Output, String> {
+    if matches!(spec.mode, RunMode::Exec { .. }) {
+        return Ok(Output::Inherit);
+    }
+    match &spec.log_path {
+        Some(p) => CriLogWriter::open(p)
+            .map(|w| Output::Log(Arc::new(w)))
+            .map_err(|e| format!("cannot open log {}: {e}", p.display())),
+        None => Ok(Output::Discard),
+    }
+}
+
+fn close_output(output: &Output) {
+    match output {
+        Output::Log(w) => {
+            if let Err(e) = w.close() {
+                eprintln!("runner: closing log {}: {e}", w.path().display());
+            }
+        }
+        Output::Inherit => {
+            let _ = io::stdout().flush();
+            let _ = io::stderr().flush();
+        }
+        Output::Discard => {}
+    }
+}
+
+/// In `Exec` mode with a timeout, a thread that marks the deadline and interrupts the guest.
+fn start_exec_timer(
+    spec: &RunnerSpec,
+    engine: &wasmtime::Engine,
+    stop: &Arc<StopState>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let RunMode::Exec { timeout_ms } = spec.mode else {
+        return None;
+    };
+    if timeout_ms == 0 {
+        return None;
+    }
+    let engine = engine.clone();
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name("exec-timer".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(timeout_ms));
+            stop.timed_out.store(true, Ordering::SeqCst);
+            engine.increment_epoch();
+        })
+        .ok()
+}
+
+/// Writes the exit record exactly once per process, then exits. Shared by the main thread
+/// (guest finished) and the signal/timer threads (guest did not reach an interruption point).
+struct Finisher {
+    exit_file: PathBuf,
+    output: Mutex<Option<Output>>,
+}
+
+impl Finisher {
+    fn finish(&self, rec: ExitRecord) -> ! {
+        // Whoever takes the output first finishes; a second caller blocks until the process
+        // exits.
+        let mut guard = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(output) = guard.take() {
+            close_output(&output);
+        }
+        if !self.exit_file.as_os_str().is_empty()
+            && let Err(e) = write_exit_record(&self.exit_file, &rec)
+        {
+            eprintln!(
+                "runner: cannot write exit record {}: {e}",
+                self.exit_file.display()
+            );
+        }
+        if !rec.message.is_empty() {
+            eprintln!("runner: exit {}: {}", rec.exit_code, rec.message);
+        }
+        std::process::exit(rec.exit_code)
+    }
+}
+
+/// The runner process: see the module docs for the order of steps, the readiness protocol and
+/// the exit codes. Never returns.
+pub fn run(spec_path: &Path) -> ! {
+    let started_at = unix_nanos();
+    let spec = match read_spec(spec_path) {
+        Ok(s) => s,
+        Err(m) => {
+            ready_line(Err(&m), true);
+            std::process::exit(EXIT_FAILURE);
+        }
+    };
+    let is_exec = matches!(spec.mode, RunMode::Exec { .. });
+    let fail = |m: String| -> ! {
+        ready_line(Err(&m), !is_exec);
+        let finisher = Finisher {
+            exit_file: spec.exit_file.clone(),
+            output: Mutex::new(None),
+        };
+        finisher.finish(record(EXIT_FAILURE, m, started_at))
+    };
+
+    if let Err(m) = setup_process(&spec) {
+        fail(m);
+    }
+    let output = match open_output(&spec) {
+        Ok(o) => o,
+        Err(m) => fail(m),
+    };
+    if let Err(m) = setup::drop_privileges(&spec) {
+        fail(m);
+    }
+    let engine = match crate::wasm::engine() {
+        Ok(e) => e,
+        Err(e) => fail(e.to_string()),
+    };
+    let loaded = match guest::load(&engine, &spec) {
+        Ok(l) => l,
+        Err(m) => {
+            close_output(&output);
+            fail(m);
+        }
+    };
+
+    let log = match &output {
+        Output::Log(w) => Some(w.clone()),
+        _ => None,
+    };
+    let finisher = Arc::new(Finisher {
+        exit_file: spec.exit_file.clone(),
+        output: Mutex::new(None),
+    });
+    let stop = Arc::new(StopState::default());
+    // In HTTP mode the accept loop drains for the grace period itself; the signal thread
+    // only steps in if that does not end the process shortly after.
+    let force_after = match spec.mode {
+        RunMode::Http { .. } => stop_grace(&spec) + Duration::from_secs(1),
+        _ => stop_grace(&spec),
+    };
+    if let Err(e) = start_signal_thread(&engine, &stop, log, &finisher, started_at, force_after) {
+        close_output(&output);
+        fail(format!("cannot watch signals: {e}"));
+    }
+    let _timer = start_exec_timer(&spec, &engine, &stop);
+    ready_line(Ok(()), !is_exec);
+    if !is_exec && let Err(e) = setup::detach_stdout() {
+        eprintln!("runner: cannot detach stdout: {e}");
+    }
+
+    let outcome = {
+        // The finisher owns the output from here so the signal thread can flush it too.
+        let out_ref = match &output {
+            Output::Log(w) => Output::Log(w.clone()),
+            Output::Discard => Output::Discard,
+            Output::Inherit => Output::Inherit,
+        };
+        *finisher.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
+        run_loaded(&engine, &loaded, &spec, &out_ref, &stop)
+    };
+    finisher.finish(record(outcome.exit_code, outcome.message, started_at))
+}
+
+/// The stop grace period the spec asks for, or [`STOP_GRACE`].
+pub(crate) fn stop_grace(spec: &RunnerSpec) -> Duration {
+    spec.stop_grace_ms
+        .map(Duration::from_millis)
+        .unwrap_or(STOP_GRACE)
+}
+
+fn read_spec(path: &Path) -> Result<RunnerSpec, String> {
+    let text = fs::read(path).map_err(|e| format!("cannot read spec {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("invalid spec {}: {e}", path.display()))
+}
+
+fn setup_process(spec: &RunnerSpec) -> Result<(), String> {
+    setup::join_cgroups(&spec.cgroup_procs)?;
+    if let Some(netns) = &spec.netns {
+        setup::join_netns(netns)?;
+    }
+    if let Some(adj) = spec.oom_score_adj {
+        setup::set_oom_score_adj(adj)?;
+    }
+    Ok(())
+}
+
+/// Writes the readiness line (`ok` / `error: ...`) to stdout, or, when stdout belongs to the
+/// guest (`to_stdout == false`), errors to stderr only.
+fn ready_line(result: Result<(), &str>, to_stdout: bool) {
+    let line = match result {
+        Ok(()) => "ok\n".to_string(),
+        Err(m) => format!("error: {}\n", m.replace('\n', " ")),
+    };
+    if to_stdout {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+    if result.is_err() {
+        eprint!("runner: {line}");
+    }
+}
+
+fn start_signal_thread(
+    engine: &wasmtime::Engine,
+    stop: &Arc<StopState>,
+    log: Option<Arc<CriLogWriter>>,
+    finisher: &Arc<Finisher>,
+    started_at: i64,
+    force_after: Duration,
+) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
+    let engine = engine.clone();
+    let stop = stop.clone();
+    let finisher = finisher.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let mut deadline: Option<std::time::Instant> = None;
+            loop {
+                for sig in signals.pending() {
+                    match sig {
+                        SIGUSR1 => {
+                            if let Some(w) = &log
+                                && let Err(e) = w.reopen()
+                            {
+                                eprintln!("runner: reopen {}: {e}", w.path().display());
+                            }
+                        }
+                        _ => {
+                            // The first stop signal decides the exit code.
+                            let _ = stop.signal.compare_exchange(
+                                0,
+                                sig,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            );
+                            engine.increment_epoch();
+                            deadline.get_or_insert_with(|| std::time::Instant::now() + force_after);
+                        }
+                    }
+                }
+                if let Some(d) = deadline
+                    && std::time::Instant::now() >= d
+                {
+                    let sig = stop.signal.load(Ordering::SeqCst);
+                    finisher.finish(record(
+                        128 + sig,
+                        format!(
+                            "stopped by {} (guest blocked in a host call)",
+                            guest::signal_name(sig)
+                        ),
+                        started_at,
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(if deadline.is_some() {
+                    20
+                } else {
+                    100
+                }));
+            }
+        })?;
+    Ok(())
+}
+
+/// Writes `rec` to `path` atomically: a temp file in the same directory, fsync, rename over
+/// `path`, fsync of the directory. A reader sees the old state or the whole record.
+pub fn write_exit_record(path: &Path, rec: &ExitRecord) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let json = serde_json::to_vec(rec).map_err(io::Error::other)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".exit-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(&json)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Reads an exit record; `None` if it does not exist (yet) or is not a complete record.
+pub fn read_exit_record(path: &Path) -> Option<ExitRecord> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The command the daemon runs to start a runner: `<exe> runner <spec>`, stdin from
+/// `/dev/null` (or inherited from the caller when it sets one), stdout piped for the readiness
+/// line ([`wait_ready`]), stderr appended to `runner_log`, in a process group of its own so
+/// signals aimed at the daemon's group do not reach it.
+pub fn spawn_command(
+    exe: &Path,
+    spec_path: &Path,
+    runner_log: &Path,
+) -> io::Result<std::process::Command> {
+    use std::os::unix::process::CommandExt;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(runner_log)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("runner")
+        .arg(spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0);
+    Ok(cmd)
+}
+
+/// Reads the runner's readiness line from its stdout: `Ok` on `ok`, `Err(reason)` on
+/// `error: reason` or when the runner exited without a line.
+pub fn wait_ready(stdout: impl Read) -> Result<(), String> {
+    let mut line = String::new();
+    match io::BufReader::new(stdout).read_line(&mut line) {
+        Ok(0) => Err("runner exited before reporting readiness".into()),
+        Ok(_) => {
+            let line = line.trim_end();
+            if line == "ok" {
+                Ok(())
+            } else if let Some(reason) = line.strip_prefix("error: ") {
+                Err(reason.to_string())
+            } else {
+                Err(format!("unexpected readiness line {line:?}"))
+            }
+        }
+        Err(e) => Err(format!("reading runner readiness: {e}")),
+    }
+}

@@ -46,6 +46,11 @@ pub struct RunnerSpec {
     pub stdin: bool,
     /// Value to write to `/proc/self/oom_score_adj` (EPERM is tolerated).
     pub oom_score_adj: Option<i64>,
+    /// How long a stop signal lets the guest wind down: in `Http` mode, how long in-flight
+    /// requests may drain; otherwise how long to wait for a guest blocked in a host call to
+    /// reach an interruption point. `None` = [`crate::runner::STOP_GRACE`].
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
 }
 
 /// How the guest is driven.

@@ -1,5 +1,476 @@
-//! STUB
-#![allow(missing_docs, dead_code, unused_variables)]
+//! The wasmtime engine configuration and the precompiled-artifact cache.
+//!
+//! # One engine configuration
+//! The daemon compiles (at pull or first use) and every runner loads, so both must build their
+//! [`Engine`] from the same [`engine`] function: a precompiled artifact only deserializes into an
+//! engine whose configuration hashes the same ([`compatibility_key`]). The key is part of the
+//! artifact's file name, so upgrading wasmtime or changing the configuration simply misses the
+//! cache instead of loading an incompatible artifact.
+//!
+//! # Detection
+//! [`detect`] tells core modules, components and wasmtime precompiled artifacts apart by their
+//! header (the runwasi order: magic bytes first, then the precompiled-ELF check).
+//! [`component_exports`] / [`world_of`] read a component's top-level export names without
+//! compiling it, to decide whether it is served over HTTP (`wasi:http/incoming-handler`) or run
+//! as a command (`wasi:cli/run`).
+//!
+//! # Cache
+//! [`precompile_cached`] writes `<cache_dir>/<sha256 of the wasm>-<compatibility key>.cwasm`,
+//! compiling only when absent, through a temp file that is fsynced and renamed into place, so a
+//! reader never sees a half-written artifact and concurrent callers at worst compile twice.
+
+use std::fs;
+use std::hash::Hasher;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-pub fn engine() -> anyhow::Result<wasmtime::Engine> { todo!() }
-pub fn precompile_cached(e: &wasmtime::Engine, c: &Path, w: &Path) -> anyhow::Result<PathBuf> { todo!() }
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, OptLevel, Precompiled};
+
+/// The export a component needs to be served over HTTP (any `0.2.x` version).
+pub const HTTP_HANDLER_INTERFACE: &str = "wasi:http/incoming-handler";
+/// The export a command component runs.
+pub const CLI_RUN_INTERFACE: &str = "wasi:cli/run";
+
+/// Extension of precompiled artifacts in the cache.
+pub const ARTIFACT_EXTENSION: &str = "cwasm";
+
+/// Errors of this module; each names the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    /// Building the engine from its configuration failed (unsupported host CPU, ...).
+    #[error("cannot configure the wasmtime engine: {message}")]
+    Engine {
+        /// wasmtime's description.
+        message: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`read`, `write`, `create`, `rename`, ...).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is neither a core module nor a component.
+    #[error("{path} is not a WebAssembly module or component")]
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is already a wasmtime precompiled artifact; those are only trusted when this
+    /// runtime produced them, never when they arrive in an image.
+    #[error("{path} is a precompiled wasmtime artifact, not portable WebAssembly")]
+    Precompiled {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Cranelift rejected the module (invalid wasm, unsupported proposal, ...).
+    #[error("cannot compile {path}: {message}")]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// wasmtime's description, one line.
+        message: String,
+    },
+}
+
+/// What a byte string holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmKind {
+    /// A core WebAssembly module (WASI preview 1 when it imports `wasi_snapshot_preview1`).
+    Module,
+    /// A WebAssembly component (WASI 0.2).
+    Component,
+    /// A wasmtime precompiled artifact (`.cwasm`), module or component.
+    Precompiled(PrecompiledKind),
+    /// Anything else.
+    NotWasm,
+}
+
+/// Which kind of artifact a precompiled file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecompiledKind {
+    /// From [`Engine::precompile_module`].
+    Module,
+    /// From [`Engine::precompile_component`].
+    Component,
+}
+
+/// Builds the engine used both to precompile (daemon) and to load (runner).
+///
+/// Cranelift at `Speed`; epoch interruption on, because that is how a runner stops a guest
+/// (SIGTERM, exec timeout) — it has to be compiled in, so it is on even where unused; the
+/// component model on for WASI 0.2 components. Everything else stays at wasmtime's defaults,
+/// which are the well-trodden path (on-demand allocation; guard pages; signals-based traps).
+pub fn engine() -> Result<Engine, WasmError> {
+    let mut config = Config::new();
+    config
+        .strategy(wasmtime::Strategy::Cranelift)
+        .cranelift_opt_level(OptLevel::Speed)
+        .epoch_interruption(true)
+        .wasm_component_model(true);
+    Engine::new(&config).map_err(|e| WasmError::Engine {
+        message: one_line(&e),
+    })
+}
+
+/// A short hex fingerprint of everything that decides whether an artifact compiled by one
+/// engine loads into another (wasmtime version, target, configuration).
+pub fn compatibility_key(engine: &Engine) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    hex::encode(&hasher.0.finalize()[..8])
+}
+
+/// A [`Hasher`] that feeds SHA-256, so the fingerprint is stable across processes (std's
+/// `DefaultHasher` makes no such promise).
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
+    }
+}
+
+/// Classifies `bytes` by header: wasm magic with the component or core layer, else a wasmtime
+/// precompiled artifact, else [`WasmKind::NotWasm`].
+pub fn detect(bytes: &[u8]) -> WasmKind {
+    if wasmparser::Parser::is_component(bytes) {
+        WasmKind::Component
+    } else if wasmparser::Parser::is_core_wasm(bytes) {
+        WasmKind::Module
+    } else {
+        match Engine::detect_precompiled(bytes) {
+            Some(Precompiled::Module) => WasmKind::Precompiled(PrecompiledKind::Module),
+            Some(Precompiled::Component) => WasmKind::Precompiled(PrecompiledKind::Component),
+            None => WasmKind::NotWasm,
+        }
+    }
+}
+
+/// The names of a component's top-level exports (for example
+/// `wasi:http/incoming-handler@0.2.0`), read without compiling. Empty for core modules and for
+/// anything unparsable.
+pub fn component_exports(bytes: &[u8]) -> Vec<String> {
+    if !wasmparser::Parser::is_component(bytes) {
+        return Vec::new();
+    }
+    let mut names = Vec::new();
+    // Nested modules and components are reported inline by `parse_all`; only the outermost
+    // component's exports are the ones a host sees.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Vec::new();
+        };
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let Ok(export) = export else {
+                        return Vec::new();
+                    };
+                    names.push(export.name.0.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// Whether `name` is `interface` at any version (`wasi:cli/run` matches `wasi:cli/run@0.2.3`).
+fn is_interface(name: &str, interface: &str) -> bool {
+    name.split('@').next() == Some(interface)
+}
+
+/// Whether a component exports `wasi:http/incoming-handler` (any version), i.e. can be served.
+pub fn exports_http_handler(bytes: &[u8]) -> bool {
+    component_exports(bytes)
+        .iter()
+        .any(|n| is_interface(n, HTTP_HANDLER_INTERFACE))
+}
+
+/// The WASI world a binary targets, for image status and to pick the run mode:
+/// `"wasi:http/proxy"` for components exporting the HTTP handler, `"wasi:cli/command"` for
+/// components exporting `wasi:cli/run`, `"component"` for other components, `"wasip1"` for
+/// core modules, `None` for anything else.
+pub fn world_of(bytes: &[u8]) -> Option<&'static str> {
+    match detect(bytes) {
+        WasmKind::Module => Some("wasip1"),
+        WasmKind::Component => {
+            let exports = component_exports(bytes);
+            if exports
+                .iter()
+                .any(|n| is_interface(n, HTTP_HANDLER_INTERFACE))
+            {
+                Some("wasi:http/proxy")
+            } else if exports.iter().any(|n| is_interface(n, CLI_RUN_INTERFACE)) {
+                Some("wasi:cli/command")
+            } else {
+                Some("component")
+            }
+        }
+        WasmKind::Precompiled(_) | WasmKind::NotWasm => None,
+    }
+}
+
+/// The cache path the artifact of `wasm_bytes` has for `engine` (whether or not it exists).
+pub fn artifact_path(engine: &Engine, cache_dir: &Path, wasm_bytes: &[u8]) -> PathBuf {
+    let sha = hex::encode(Sha256::digest(wasm_bytes));
+    cache_dir.join(format!(
+        "{sha}-{}.{ARTIFACT_EXTENSION}",
+        compatibility_key(engine)
+    ))
+}
+
+/// Returns the precompiled artifact for `wasm` in `cache_dir`, compiling it first if it is not
+/// there yet. The directory is created if needed.
+///
+/// Concurrent callers are safe: each compiles into its own temp file and renames it over the
+/// final name (same bytes either way), and readers only ever see complete, fsynced files.
+///
+/// # Trust
+/// Loading an artifact (`Module::deserialize_file`) trusts its bytes completely; the cache
+/// directory must be writable only by the daemon (it lives in the root-owned state dir).
+pub fn precompile_cached(
+    engine: &Engine,
+    cache_dir: &Path,
+    wasm: &Path,
+) -> Result<PathBuf, WasmError> {
+    let bytes = fs::read(wasm).map_err(|source| WasmError::Io {
+        op: "read",
+        path: wasm.to_path_buf(),
+        source,
+    })?;
+    let artifact = artifact_path(engine, cache_dir, &bytes);
+    if artifact.is_file() {
+        return Ok(artifact);
+    }
+    let compiled = match detect(&bytes) {
+        WasmKind::Module => engine.precompile_module(&bytes),
+        WasmKind::Component => engine.precompile_component(&bytes),
+        WasmKind::Precompiled(_) => {
+            return Err(WasmError::Precompiled {
+                path: wasm.to_path_buf(),
+            });
+        }
+        WasmKind::NotWasm => {
+            return Err(WasmError::NotWasm {
+                path: wasm.to_path_buf(),
+            });
+        }
+    }
+    .map_err(|e| WasmError::Compile {
+        path: wasm.to_path_buf(),
+        message: one_line(&e),
+    })?;
+    fs::create_dir_all(cache_dir).map_err(|source| WasmError::Io {
+        op: "create",
+        path: cache_dir.to_path_buf(),
+        source,
+    })?;
+    write_atomic(&artifact, &compiled)?;
+    Ok(artifact)
+}
+
+/// Writes `contents` to `path` via a uniquely named temp file in the same directory, fsync,
+/// rename, fsync of the directory.
+fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), WasmError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io_err = |op, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| WasmError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cwasm-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err("create", dir))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io_err("write", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .map_err(io_err("rename", path))?;
+    // The rename is only durable once the directory entry is.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))?;
+    Ok(())
+}
+
+/// wasmtime's error with its causes on one line (for exit messages and `WasmError`s).
+pub fn one_line(err: &wasmtime::Error) -> String {
+    let text = format!("{err:#}");
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAT_MODULE: &str = r#"(module (func (export "_start")))"#;
+    const WAT_COMPONENT: &str = r#"(component
+        (core module $m (func (export "f")))
+        (core instance $i (instantiate $m))
+        (func $f (canon lift (core func $i "f")))
+        (instance $run (export "run" (func $f)))
+        (export "wasi:http/incoming-handler@0.2.0" (instance $run))
+    )"#;
+
+    fn wasm(wat: &str) -> Vec<u8> {
+        wat::parse_str(wat).expect("valid wat")
+    }
+
+    #[test]
+    fn detect_kinds() {
+        let engine = engine().unwrap();
+        let module = wasm(WAT_MODULE);
+        let component = wasm(WAT_COMPONENT);
+        assert_eq!(detect(&module), WasmKind::Module);
+        assert_eq!(detect(&component), WasmKind::Component);
+        assert_eq!(detect(b"#!/bin/sh\necho hi\n"), WasmKind::NotWasm);
+        assert_eq!(detect(b""), WasmKind::NotWasm);
+        let cm = engine.precompile_module(&module).unwrap();
+        assert_eq!(detect(&cm), WasmKind::Precompiled(PrecompiledKind::Module));
+        let cc = engine.precompile_component(&component).unwrap();
+        assert_eq!(
+            detect(&cc),
+            WasmKind::Precompiled(PrecompiledKind::Component)
+        );
+    }
+
+    #[test]
+    fn worlds_and_exports() {
+        let component = wasm(WAT_COMPONENT);
+        assert_eq!(
+            component_exports(&component),
+            vec!["wasi:http/incoming-handler@0.2.0".to_string()]
+        );
+        assert!(exports_http_handler(&component));
+        assert_eq!(world_of(&component), Some("wasi:http/proxy"));
+        let cli = WAT_COMPONENT.replace("wasi:http/incoming-handler@0.2.0", "wasi:cli/run@0.2.6");
+        assert!(!exports_http_handler(&wasm(&cli)));
+        assert_eq!(world_of(&wasm(&cli)), Some("wasi:cli/command"));
+        assert_eq!(world_of(&wasm(WAT_MODULE)), Some("wasip1"));
+        assert!(component_exports(&wasm(WAT_MODULE)).is_empty());
+        assert_eq!(world_of(b"nope"), None);
+    }
+
+    #[test]
+    fn compatibility_key_is_stable_and_short() {
+        let a = compatibility_key(&engine().unwrap());
+        let b = compatibility_key(&engine().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 16);
+        // A different configuration must not share artifacts.
+        let mut config = Config::new();
+        config.epoch_interruption(false);
+        let other = Engine::new(&config).unwrap();
+        assert_ne!(a, compatibility_key(&other));
+    }
+
+    #[test]
+    fn precompile_cache_miss_then_hit() {
+        let engine = engine().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("m.wasm");
+        fs::write(&src, wasm(WAT_MODULE)).unwrap();
+        let cache = dir.path().join("cache");
+        let first = precompile_cached(&engine, &cache, &src).unwrap();
+        assert!(first.starts_with(&cache));
+        assert!(first.to_string_lossy().ends_with(".cwasm"));
+        let modified = fs::metadata(&first).unwrap().modified().unwrap();
+        let second = precompile_cached(&engine, &cache, &src).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(fs::metadata(&second).unwrap().modified().unwrap(), modified);
+        // The artifact loads into a fresh engine built by the same function.
+        let loader = super::engine().unwrap();
+        unsafe { wasmtime::Module::deserialize_file(&loader, &first) }.unwrap();
+        // No temp files left behind.
+        let names: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap()).collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn precompile_cache_component_and_errors() {
+        let engine = engine().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let src = dir.path().join("c.wasm");
+        fs::write(&src, wasm(WAT_COMPONENT)).unwrap();
+        let art = precompile_cached(&engine, &cache, &src).unwrap();
+        unsafe { wasmtime::component::Component::deserialize_file(&engine, &art) }.unwrap();
+
+        let bad = dir.path().join("bad.wasm");
+        fs::write(&bad, b"not wasm at all").unwrap();
+        let err = precompile_cached(&engine, &cache, &bad).unwrap_err();
+        assert!(
+            matches!(err, WasmError::NotWasm { ref path } if path == &bad),
+            "{err}"
+        );
+
+        let corrupt = dir.path().join("corrupt.wasm");
+        let mut bytes = wasm(WAT_MODULE);
+        bytes.truncate(bytes.len() - 3);
+        fs::write(&corrupt, &bytes).unwrap();
+        let err = precompile_cached(&engine, &cache, &corrupt).unwrap_err();
+        assert!(matches!(err, WasmError::Compile { .. }), "{err}");
+        assert!(!err.to_string().contains('\n'));
+
+        let pre = dir.path().join("pre.cwasm");
+        fs::write(&pre, fs::read(&art).unwrap()).unwrap();
+        let err = precompile_cached(&engine, &cache, &pre).unwrap_err();
+        assert!(matches!(err, WasmError::Precompiled { .. }), "{err}");
+
+        let err = precompile_cached(&engine, &cache, &dir.path().join("missing")).unwrap_err();
+        assert!(matches!(err, WasmError::Io { op: "read", .. }), "{err}");
+    }
+
+    #[test]
+    fn precompile_cache_concurrent_callers() {
+        let engine = engine().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("m.wasm");
+        fs::write(&src, wasm(WAT_MODULE)).unwrap();
+        let cache = dir.path().join("cache");
+        let paths: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| precompile_cached(&engine, &cache, &src).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(paths.windows(2).all(|w| w[0] == w[1]));
+        let entries: Vec<_> = fs::read_dir(&cache).unwrap().collect();
+        assert_eq!(entries.len(), 1, "temp files must not be left behind");
+        unsafe { wasmtime::Module::deserialize_file(&engine, &paths[0]) }.unwrap();
+    }
+}

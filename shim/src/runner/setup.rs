@@ -1,0 +1,103 @@
+//! Process setup done before any guest code runs and before any thread exists: cgroup
+//! membership, network namespace, OOM score, credentials. `setns(CLONE_NEWNET)` only moves the
+//! calling thread, which is why this runs first, single-threaded.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::sched::{CloneFlags, setns};
+use nix::unistd::{Gid, Uid, chown, setgid, setgroups, setuid};
+
+use super::RunnerSpec;
+
+/// Writes our PID into each `cgroup.procs` file (v2: one, v1: one per hierarchy).
+pub(crate) fn join_cgroups(procs: &[impl AsRef<Path>]) -> Result<(), String> {
+    let pid = std::process::id().to_string();
+    for p in procs {
+        let p = p.as_ref();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .and_then(|mut f| io::Write::write_all(&mut f, pid.as_bytes()))
+            .map_err(|e| format!("join cgroup {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Enters the network namespace bind-mounted at `netns`.
+pub(crate) fn join_netns(netns: &Path) -> Result<(), String> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(netns)
+        .map_err(|e| format!("open netns {}: {e}", netns.display()))?;
+    setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {}: {e}", netns.display()))
+}
+
+/// Writes `/proc/self/oom_score_adj`; lowering it needs CAP_SYS_RESOURCE, so EPERM/EACCES are
+/// tolerated (the kubelet's value is advisory for an unprivileged daemon).
+pub(crate) fn set_oom_score_adj(value: i64) -> Result<(), String> {
+    match fs::write("/proc/self/oom_score_adj", value.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) => Err(format!("write oom_score_adj {value}: {e}")),
+    }
+}
+
+/// Whether the spec asks for a credential change.
+pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
+    spec.uid.is_some() || spec.gid.is_some() || !spec.additional_gids.is_empty()
+}
+
+/// Switches to the requested user: supplementary groups, then the primary group, then the
+/// user (the order in which each step still has the privilege to do the next).
+///
+/// The exit record is renamed into place after the guest ran, so its directory is handed to
+/// the new user first; the daemon should give each runner a directory of its own for it.
+pub(crate) fn drop_privileges(spec: &RunnerSpec) -> Result<(), String> {
+    if !drops_privileges(spec) {
+        return Ok(());
+    }
+    if let Some(dir) = exit_dir(&spec.exit_file) {
+        chown(
+            dir,
+            spec.uid.map(Uid::from_raw),
+            spec.gid.map(Gid::from_raw),
+        )
+        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    let groups: Vec<Gid> = spec
+        .additional_gids
+        .iter()
+        .map(|&g| Gid::from_raw(g))
+        .collect();
+    setgroups(&groups).map_err(|e| format!("setgroups {:?}: {e}", spec.additional_gids))?;
+    if let Some(gid) = spec.gid {
+        setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid {gid}: {e}"))?;
+    }
+    if let Some(uid) = spec.uid {
+        setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid {uid}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn exit_dir(exit_file: &Path) -> Option<&Path> {
+    if exit_file.as_os_str().is_empty() {
+        return None;
+    }
+    exit_file.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Points fd 1 at `/dev/null` (after the readiness line) so a daemon that went away cannot
+/// kill the runner with SIGPIPE on a later write.
+pub(crate) fn detach_stdout() -> io::Result<()> {
+    let null = File::options().write(true).open("/dev/null")?;
+    // SAFETY: dup2 onto fd 1 only replaces the process's stdout; no Rust object owns fd 1.
+    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
