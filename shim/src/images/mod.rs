@@ -236,14 +236,24 @@ impl Lease {
 }
 
 impl Drop for Lease {
+    /// Releases the leases and deletes blobs that ended up referenced by nothing: what a
+    /// failed or cancelled import/pull stored is not left behind.
     fn drop(&mut self) {
         let mut st = self.inner.lock_state();
+        let mut released = Vec::new();
         for d in self.digests.drain(..) {
             if let Some(n) = st.leases.get_mut(&d) {
                 *n -= 1;
                 if *n == 0 {
                     st.leases.remove(&d);
+                    released.push(d);
                 }
+            }
+        }
+        released.retain(|d| !st.images.values().any(|i| i.blobs.contains(d)));
+        for d in released {
+            if let Err(e) = self.inner.blobs.remove(&d) {
+                tracing::warn!(digest = %d, error = %e, "cannot remove unreferenced blob");
             }
         }
     }

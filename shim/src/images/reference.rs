@@ -31,6 +31,9 @@ impl ImageRef {
             return Err(invalid("empty or surrounded by whitespace".into()));
         }
         let r: oci_client::Reference = s.parse().map_err(|e| invalid(format!("{e}")))?;
+        if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("repository name must be lowercase".into()));
+        }
         if let Some(d) = r.digest() {
             validate_digest(d).map_err(|e| invalid(e.to_string()))?;
         }

@@ -146,7 +146,7 @@ fn endpoints(registry: &str, config: &RegistryConfig, with_mirrors: bool) -> Vec
             (raw, None)
         };
         let host = host.trim_end_matches('/').to_string();
-        let insecure = config.insecure.iter().any(|h| *h == host);
+        let insecure = config.insecure.contains(&host);
         match forced {
             Some(plain_http) => out.push(Endpoint {
                 host,

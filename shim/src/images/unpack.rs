@@ -203,7 +203,8 @@ impl Unpacker {
         };
 
         if let Some(target) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-            let parent = self.prepare_parent(&rel, name)?;
+            let full = self.prepare_parent(&rel, name)?;
+            let parent = full.parent().unwrap_or(&self.root).to_path_buf();
             let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
             if file_name == WHITEOUT_OPAQUE {
                 return clear_lower(&parent, &parent_rel, created, name);
