@@ -87,6 +87,30 @@ pub(crate) mod tests {
     /// Smallest valid component: magic + component version/layer.
     pub(crate) const COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
 
+    /// A component whose only section exports instance 0 under `name` (parses; not valid).
+    pub(crate) fn component_exporting(name: &str) -> Vec<u8> {
+        let mut content = vec![0x01, 0x00, name.len() as u8];
+        content.extend_from_slice(name.as_bytes());
+        content.extend_from_slice(&[0x05, 0x00, 0x00]); // sort instance, index 0, no type
+        let mut c = COMPONENT.to_vec();
+        c.push(11); // component export section
+        c.push(content.len() as u8);
+        c.extend(content);
+        c
+    }
+
+    #[test]
+    fn http_world_detected() {
+        let http = component_exporting("wasi:http/incoming-handler@0.2.0");
+        assert_eq!(world_of(WasmKind::Component, &http), WORLD_HTTP_PROXY);
+        let cli = component_exporting("wasi:cli/run@0.2.0");
+        assert_eq!(world_of(WasmKind::Component, &cli), WORLD_CLI_COMMAND);
+        assert_eq!(
+            component_interfaces(&cli),
+            (vec![], vec!["wasi:cli/run@0.2.0".to_string()])
+        );
+    }
+
     #[test]
     fn kinds() {
         assert_eq!(wasm_kind(CORE_MODULE), Some(WasmKind::Module));

@@ -397,11 +397,8 @@ impl ImageStore {
         let _commit = inner.lock_commit();
         let (img, by_id) = {
             let st = inner.lock_state();
-            let id = find(&st.images, reference)?;
-            let img = st.images[&id].clone();
-            let by_id =
-                is_id_like(reference) && img.id.contains(reference.trim_start_matches("sha256:"));
-            (img, by_id)
+            let (id, how) = find_match(&st.images, reference)?;
+            (st.images[&id].clone(), how == Match::Id)
         };
         let mut updated = img.clone();
         if !by_id {
@@ -544,7 +541,13 @@ impl ImageStore {
     }
 
     /// Adds names to an existing image, moving tags away from any other image.
-    fn add_names(&self, id: &str, names: &Names) -> Result<Image> {
+    pub(crate) fn add_names(&self, id: &str, names: &Names) -> Result<Image> {
+        let _commit = self.inner.lock_commit();
+        self.add_names_locked(id, names)
+    }
+
+    /// [`Self::add_names`] with the commit lock already held.
+    fn add_names_locked(&self, id: &str, names: &Names) -> Result<Image> {
         let (mut img, others) = {
             let st = self.inner.lock_state();
             let img = st
@@ -618,7 +621,10 @@ impl ImageStore {
         let id_hex = reference::validate_digest(&id)?.to_string();
         if self.existing(&id).is_some() {
             let _commit = inner.lock_commit();
-            return self.add_names(&id, &inc.names);
+            // Re-checked under the lock: a removal may have won the race.
+            if self.existing(&id).is_some() {
+                return self.add_names_locked(&id, &inc.names);
+            }
         }
 
         let config_bytes =
@@ -729,7 +735,7 @@ impl ImageStore {
         let _commit = inner.lock_commit();
         if self.existing(&id).is_some() {
             // A concurrent commit of the same image won; ours is dropped with `work`.
-            return self.add_names(&id, &inc.names);
+            return self.add_names_locked(&id, &inc.names);
         }
         if final_rootfs.exists() {
             remove_path(&final_rootfs)?;
@@ -752,9 +758,15 @@ impl ImageStore {
                 ))
             })?;
         }
+        let mut img = img;
+        if let Some(stale) = inner.lock_state().images.get(&id) {
+            // Re-unpacked because its rootfs vanished: keep the names it had.
+            img.repo_tags = stale.repo_tags.clone();
+            img.repo_digests = stale.repo_digests.clone();
+        }
         self.write_record(&img).map_err(undo)?;
         inner.lock_state().images.insert(id.clone(), img);
-        self.add_names(&id, &inc.names)
+        self.add_names_locked(&id, &inc.names)
     }
 
     /// The store's unpack limits.
@@ -969,8 +981,21 @@ fn is_id_like(s: &str) -> bool {
         && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// How a reference matched an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// Full ID or unique ID prefix: addresses the image itself.
+    Id,
+    /// A tag or repo digest: one name of the image.
+    Name,
+}
+
 /// Resolves `reference` to an image ID in `images`.
 fn find(images: &BTreeMap<String, Image>, reference: &str) -> Result<String> {
+    find_match(images, reference).map(|(id, _)| id)
+}
+
+fn find_match(images: &BTreeMap<String, Image>, reference: &str) -> Result<(String, Match)> {
     let not_found = || ImageError::NotFound(reference.to_string());
     if reference.is_empty() {
         return Err(not_found());
@@ -982,34 +1007,30 @@ fn find(images: &BTreeMap<String, Image>, reference: &str) -> Result<String> {
         format!("sha256:{reference}")
     };
     if images.contains_key(&full) {
-        return Ok(full);
+        return Ok((full, Match::Id));
     }
     // Tag or repo digest.
     if let Ok(r) = ImageRef::parse(reference) {
-        if let Some(d) = &r.digest {
-            let rd = r.with_digest(d);
-            if let Some(i) = images.values().find(|i| {
-                i.repo_digests.contains(&rd)
-                    || (i.manifest_digest == *d
-                        && i.repo_digests
-                            .iter()
-                            .any(|x| x.starts_with(&format!("{}@", r.name()))))
-            }) {
-                return Ok(i.id.clone());
+        let found = match (&r.digest, r.tagged()) {
+            (Some(d), _) => {
+                let rd = r.with_digest(d);
+                images.values().find(|i| i.repo_digests.contains(&rd))
             }
-        } else if let Some(tag) = r.tagged()
-            && let Some(i) = images.values().find(|i| i.repo_tags.contains(&tag))
-        {
-            return Ok(i.id.clone());
+            (None, Some(tag)) => images.values().find(|i| i.repo_tags.contains(&tag)),
+            (None, None) => None,
+        };
+        if let Some(i) = found {
+            return Ok((i.id.clone(), Match::Name));
         }
     }
-    // Unique ID prefix (docker-style short IDs).
-    if is_id_like(reference) && reference.trim_start_matches("sha256:").len() >= 4 {
-        let prefix = format!("sha256:{}", reference.trim_start_matches("sha256:"));
+    // Unique ID prefix (docker-style short IDs), at least 4 hex digits.
+    let hex = reference.trim_start_matches("sha256:");
+    if is_id_like(reference) && hex.len() >= 4 {
+        let prefix = format!("sha256:{hex}");
         let matches: Vec<&String> = images.keys().filter(|k| k.starts_with(&prefix)).collect();
         return match matches.as_slice() {
             [] => Err(not_found()),
-            [one] => Ok((*one).clone()),
+            [one] => Ok(((*one).clone(), Match::Id)),
             many => Err(ImageError::Ambiguous {
                 reference: reference.to_string(),
                 candidates: many.iter().map(|s| s.to_string()).collect(),

@@ -242,7 +242,8 @@ async fn import_oci_image_gzip_zstd() {
 async fn import_wasm_artifact_with_name_override_from_tar() {
     let (_d, store) = open_store();
     let mut layout = Layout::new();
-    let m = layout.artifact(COMPONENT);
+    let http = super::detect::tests::component_exporting("wasi:http/incoming-handler@0.2.0");
+    let m = layout.artifact(&http);
     layout.add(m, None);
     let dir = layout.finish();
     // Tar the layout up and import the tar.
@@ -262,8 +263,8 @@ async fn import_wasm_artifact_with_name_override_from_tar() {
     let wasm = img.wasm.as_ref().unwrap();
     assert_eq!(wasm.path, img.rootfs.join("app.wasm"));
     assert_eq!(wasm.kind, WasmKind::Component);
-    assert_eq!(wasm.world, "wasi:cli/command");
-    assert_eq!(fs::read(&wasm.path).unwrap(), COMPONENT);
+    assert_eq!(wasm.world, "wasi:http/proxy");
+    assert_eq!(fs::read(&wasm.path).unwrap(), http);
     assert_eq!(store.get("demo").unwrap().id, img.id);
     assert_eq!(count(&store.root().join("tmp")), 0);
 }
