@@ -531,3 +531,144 @@ async fn tls_with_custom_ca_and_htpasswd_auth() {
         .unwrap();
     assert_eq!(img2.id, img.id);
 }
+
+/// How the fake registry serves the layer blob.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlobMode {
+    /// Send half of it, then close the connection.
+    Truncate,
+    /// Send half of it, then stall until the test ends.
+    Stall,
+}
+
+/// A minimal hand-written registry (std threads, HTTP/1.1) serving one wasm artifact at
+/// `fake/app:1`, whose layer blob is cut short as `mode` says.
+struct FakeRegistry {
+    host: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl FakeRegistry {
+    fn start(mode: BlobMode) -> FakeRegistry {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let mut wasm = CORE_MODULE.to_vec();
+        wasm.extend(std::iter::repeat_n(0u8, 4 << 20)); // payload; never committed
+        let (m, config) = super::registry::wasm_artifact(&wasm, WasmKind::Module);
+        let manifest = serde_json::to_vec(&m).unwrap();
+        let config_digest = sha256_digest(&config);
+        let layer_digest = sha256_digest(&wasm);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (manifest, config, wasm) = (manifest.clone(), config.clone(), wasm.clone());
+                let (config_digest, layer_digest) = (config_digest.clone(), layer_digest.clone());
+                let stop = stop2.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut request = String::new();
+                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                                break;
+                            }
+                        }
+                        let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let (body, ctype, partial): (&[u8], &str, bool) = if path == "/v2/" {
+                            (b"{}", "application/json", false)
+                        } else if path.ends_with("/manifests/1") {
+                            (&manifest, manifest::MT_OCI_MANIFEST, false)
+                        } else if path.ends_with(&config_digest) {
+                            (&config, "application/octet-stream", false)
+                        } else if path.ends_with(&layer_digest) {
+                            (&wasm, "application/octet-stream", true)
+                        } else {
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                            continue;
+                        };
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = conn.write_all(head.as_bytes());
+                        if !partial {
+                            let _ = conn.write_all(body);
+                            continue;
+                        }
+                        let _ = conn.write_all(&body[..body.len() / 2]);
+                        let _ = conn.flush();
+                        if mode == BlobMode::Stall {
+                            while !stop.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                        return; // closes the connection mid-body
+                    }
+                });
+            }
+        });
+        FakeRegistry { host, stop }
+    }
+}
+
+#[tokio::test]
+async fn truncated_blob_fails_and_leaves_nothing() {
+    let reg = FakeRegistry::start(BlobMode::Truncate);
+    let (_d, store) = open_store();
+    let err = store
+        .pull(
+            &format!("{}/fake/app:1", reg.host),
+            &no_auth(),
+            &RegistryConfig::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err}");
+    assert_empty(&store);
+}
+
+#[test]
+fn pull_interrupted_by_runtime_shutdown_leaves_nothing() {
+    let reg = FakeRegistry::start(BlobMode::Stall);
+    let (_d, store) = open_store();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (s, reference) = (store.clone(), format!("{}/fake/app:1", reg.host));
+    rt.spawn(async move {
+        s.pull(&reference, &no_auth(), &RegistryConfig::default())
+            .await
+    });
+    // Wait until the layer download is under way (its temp file has data in it).
+    let tmp = store.root().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let downloading = || {
+        fs::read_dir(&tmp).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("blob-")
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    while !downloading() {
+        assert!(Instant::now() < deadline, "download never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+    assert_empty(&store);
+}
