@@ -1,0 +1,748 @@
+//! Safe layer unpacking: applies tar layers (plain, gzip, zstd) onto a rootfs directory so
+//! that no entry can reach outside it.
+//!
+//! The rootfs being built is private to this process (a fresh temp dir), so the only writer
+//! is the archive itself, applied sequentially; `lstat` checks therefore cannot race. The rules:
+//! - paths are made relative (leading `/` stripped); any `..` component is rejected;
+//! - no path component of an entry may be a symlink: symlinks are never followed while
+//!   creating files (a later layer writing through `lib -> /usr/lib` is rejected rather than
+//!   resolved — simpler and safe, at the cost of rare usrmerge-style layers);
+//! - symlinks whose relative target climbs above the rootfs are rejected; absolute targets are
+//!   kept (they are interpreted inside the rootfs, chroot-style, by every consumer);
+//! - hard links must name an existing regular file inside the rootfs, reached without symlinks;
+//! - device nodes and FIFOs are rejected; setuid/setgid/sticky bits are dropped;
+//! - OCI whiteouts: `.wh.<name>` deletes `<name>` from lower layers, `.wh..wh..opq` empties its
+//!   directory of lower-layer content; whiteout files themselves are never materialised;
+//! - [`UnpackLimits`] caps total unpacked bytes and entries across all layers of an image
+//!   (decompression bombs), and each compressed blob is re-hashed while it is read, so a blob
+//!   corrupted at rest is caught before the image is committed.
+//!
+//! Errors name the offending entry. Cleanup is the caller's: it unpacks into a temp dir and
+//! drops it on failure.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::blobs::HashingReader;
+use super::error::{ImageError, IoContext, Result};
+
+/// Whiteout prefix marking deletion of a lower-layer entry (OCI image spec, layer.md).
+const WHITEOUT_PREFIX: &str = ".wh.";
+/// Opaque whiteout: hide all lower-layer content of the directory containing it.
+const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
+
+/// Limits against decompression bombs, applied to the sum over all layers of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UnpackLimits {
+    /// Maximum total bytes of regular-file content written.
+    pub max_bytes: u64,
+    /// Maximum number of archive entries processed.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    /// 1 GiB and 100k entries: far above any wasm image, far below what fills a node's disk.
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 1 << 30,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// How a tar layer is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Compression of a tar layer media type; `None` for media types that are not tar layers.
+pub(crate) fn tar_layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// Running totals across the layers of one image.
+#[derive(Debug)]
+pub(crate) struct Unpacker {
+    root: PathBuf,
+    limits: UnpackLimits,
+    bytes: u64,
+    entries: u64,
+}
+
+impl Unpacker {
+    pub(crate) fn new(root: &Path, limits: UnpackLimits) -> Self {
+        Unpacker {
+            root: root.to_path_buf(),
+            limits,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    /// Applies the layer blob at `blob` (compressed per `compression`), verifying that the blob
+    /// hashes to `digest` and, when given, that the uncompressed tar hashes to `diff_id`.
+    pub(crate) fn apply_blob(
+        &mut self,
+        blob: &Path,
+        digest: &str,
+        compression: Compression,
+        diff_id: Option<&str>,
+    ) -> Result<()> {
+        let f = File::open(blob).at(blob)?;
+        let mut raw = HashingReader::new(BufReader::new(f));
+        {
+            let decoded: Box<dyn Read + '_> = match compression {
+                Compression::None => Box::new(&mut raw),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut raw)),
+                Compression::Zstd => Box::new(zstd::Decoder::new(&mut raw).at(blob)?),
+            };
+            let mut diff = HashingReader::new(decoded);
+            self.apply_tar(&mut diff, digest)?;
+            // The tar end marker need not be the end of the stream; hash the rest for the
+            // diff ID, but bounded so trailing garbage cannot be a bomb of its own.
+            let budget = self.limits.max_bytes.saturating_sub(self.bytes);
+            let drained = io::copy(&mut (&mut diff).take(budget + 1), &mut io::sink())
+                .map_err(|e| ImageError::malformed(format!("layer {digest}"), e))?;
+            if drained > budget {
+                return Err(ImageError::TooLarge {
+                    what: format!("layer {digest}: trailing data"),
+                    limit: self.limits.max_bytes,
+                });
+            }
+            if let Some(expected) = diff_id {
+                let actual = diff.digest();
+                if actual != expected {
+                    return Err(ImageError::DigestMismatch {
+                        what: format!("uncompressed layer (diff ID) of {digest}"),
+                        expected: expected.to_string(),
+                        actual,
+                    });
+                }
+            }
+        }
+        io::copy(&mut raw, &mut io::sink()).at(blob)?;
+        let actual = raw.digest();
+        if actual != digest {
+            return Err(ImageError::DigestMismatch {
+                what: format!("layer blob {}", blob.display()),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies one uncompressed tar stream onto the rootfs.
+    pub(crate) fn apply_tar(&mut self, reader: &mut dyn Read, layer: &str) -> Result<()> {
+        let mut archive = tar::Archive::new(reader);
+        let mut created: HashSet<PathBuf> = HashSet::new();
+        let entries = archive
+            .entries()
+            .map_err(|e| ImageError::malformed(format!("layer {layer}"), e))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| ImageError::malformed(format!("layer {layer} tar entry"), e))?;
+            self.entries += 1;
+            if self.entries > self.limits.max_entries {
+                return Err(ImageError::TooLarge {
+                    what: format!("number of layer entries (at layer {layer})"),
+                    limit: self.limits.max_entries,
+                });
+            }
+            let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            self.apply_entry(&mut entry, &raw_name, &mut created)?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry(
+        &mut self,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+        name: &str,
+        created: &mut HashSet<PathBuf>,
+    ) -> Result<()> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let rel = clean_path(Path::new(name), name)?;
+        let Some(file_name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            // The rootfs itself ("/" or "./"): nothing to create.
+            return if kind == T::Directory {
+                Ok(())
+            } else {
+                Err(ImageError::hostile(
+                    name,
+                    "non-directory entry for the rootfs itself",
+                ))
+            };
+        };
+
+        if let Some(target) = file_name.strip_prefix(WHITEOUT_PREFIX) {
+            let full = self.prepare_parent(&rel, name)?;
+            let parent = full.parent().unwrap_or(&self.root).to_path_buf();
+            let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            if file_name == WHITEOUT_OPAQUE {
+                return clear_lower(&parent, &parent_rel, created, name);
+            }
+            if target.is_empty() || target == "." || target == ".." {
+                return Err(ImageError::hostile(name, "invalid whiteout target"));
+            }
+            if !created.contains(&parent_rel.join(target)) {
+                remove_any(&parent.join(target), name)?;
+            }
+            return Ok(());
+        }
+
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let full = self.prepare_parent(&rel, name)?;
+        match kind {
+            T::Directory => {
+                match fs::symlink_metadata(&full) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        remove_any(&full, name)?;
+                        fs::create_dir(&full).at(&full)?;
+                    }
+                    Err(_) => fs::create_dir(&full).at(&full)?,
+                }
+                // Owner rwx kept so later layers (and cleanup) can modify the tree.
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).at(&full)?;
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let size = entry.header().entry_size().unwrap_or(0);
+                if self.bytes.saturating_add(size) > self.limits.max_bytes {
+                    return Err(ImageError::TooLarge {
+                        what: format!("unpacked layer content (at entry {name:?})"),
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                remove_any(&full, name)?;
+                let mut out = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&full)
+                    .at(&full)?;
+                let budget = self.limits.max_bytes - self.bytes;
+                let written = io::copy(&mut (&mut *entry).take(budget + 1), &mut out)
+                    .map_err(|e| ImageError::malformed(format!("layer entry {name:?}"), e))?;
+                if written > budget {
+                    return Err(ImageError::TooLarge {
+                        what: format!("unpacked layer content (at entry {name:?})"),
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                self.bytes += written;
+                out.set_permissions(fs::Permissions::from_mode(mode))
+                    .at(&full)?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| ImageError::malformed(format!("layer entry {name:?}"), e))?
+                    .ok_or_else(|| ImageError::hostile(name, "symlink without target"))?
+                    .into_owned();
+                if symlink_escapes(&rel, &target) {
+                    return Err(ImageError::hostile(
+                        name,
+                        format!("symlink target {} escapes the rootfs", target.display()),
+                    ));
+                }
+                remove_any(&full, name)?;
+                std::os::unix::fs::symlink(&target, &full).at(&full)?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| ImageError::malformed(format!("layer entry {name:?}"), e))?
+                    .ok_or_else(|| ImageError::hostile(name, "hard link without target"))?
+                    .into_owned();
+                let target_name = target.display().to_string();
+                let target_rel = clean_path(&target, name)?;
+                let source = self.existing_regular_file(&target_rel).ok_or_else(|| {
+                    ImageError::hostile(
+                        name,
+                        format!(
+                            "hard link target {target_name:?} is not an existing regular file \
+                             inside the rootfs"
+                        ),
+                    )
+                })?;
+                if source == full {
+                    return Ok(());
+                }
+                remove_any(&full, name)?;
+                fs::hard_link(&source, &full).at(&full)?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                return Err(ImageError::hostile(
+                    name,
+                    "device nodes and FIFOs are not allowed in a wasm rootfs",
+                ));
+            }
+            other => {
+                return Err(ImageError::hostile(
+                    name,
+                    format!("unsupported tar entry type {other:?}"),
+                ));
+            }
+        }
+        created.insert(rel);
+        Ok(())
+    }
+
+    /// Creates (as real directories) every missing parent of `rel`, rejecting any parent that
+    /// is a symlink; replaces non-directory parents. Returns the full path of `rel`.
+    fn prepare_parent(&self, rel: &Path, name: &str) -> Result<PathBuf> {
+        let mut cur = self.root.clone();
+        if let Some(parent) = rel.parent() {
+            for comp in parent.components() {
+                cur.push(comp);
+                match fs::symlink_metadata(&cur) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(ImageError::hostile(
+                            name,
+                            format!(
+                                "path component {} is a symlink; writing through symlinks is \
+                                 not allowed",
+                                cur.strip_prefix(&self.root).unwrap_or(&cur).display()
+                            ),
+                        ));
+                    }
+                    Ok(_) => {
+                        fs::remove_file(&cur).at(&cur)?;
+                        fs::create_dir(&cur).at(&cur)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir(&cur).at(&cur)?;
+                    }
+                    Err(e) => return Err(ImageError::io(&cur, e)),
+                }
+            }
+        }
+        Ok(self.root.join(rel))
+    }
+
+    /// The full path of `rel` if every component is a real directory and it is a regular file.
+    fn existing_regular_file(&self, rel: &Path) -> Option<PathBuf> {
+        let mut cur = self.root.clone();
+        let n = rel.components().count();
+        for (i, comp) in rel.components().enumerate() {
+            cur.push(comp);
+            let m = fs::symlink_metadata(&cur).ok()?;
+            let ok = if i + 1 == n { m.is_file() } else { m.is_dir() };
+            if !ok {
+                return None;
+            }
+        }
+        (n > 0).then_some(cur)
+    }
+}
+
+/// Makes an archive path relative: strips leading `/` and `.`; rejects `..`.
+pub(crate) fn clean_path(p: &Path, entry: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for comp in p.components() {
+        match comp {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(ImageError::hostile(entry, "path contains a '..' component"));
+            }
+            Component::Normal(c) => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a symlink at `link_rel` pointing to `target` resolves (lexically) outside the root.
+fn symlink_escapes(link_rel: &Path, target: &Path) -> bool {
+    let mut depth: usize = if target.is_absolute() {
+        0
+    } else {
+        link_rel.components().count().saturating_sub(1)
+    };
+    for comp in target.components() {
+        match comp {
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return true,
+            },
+            Component::Normal(_) => depth += 1,
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+        }
+    }
+    false
+}
+
+/// Removes whatever is at `path` without following symlinks; absent is fine.
+fn remove_any(path: &Path, entry: &str) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).at(path),
+        Ok(_) => fs::remove_file(path).at(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::hostile(
+            entry,
+            format!("cannot inspect target: {e}"),
+        )),
+    }
+}
+
+/// Opaque whiteout: removes everything under `dir` not created by the current layer.
+fn clear_lower(dir: &Path, dir_rel: &Path, created: &HashSet<PathBuf>, entry: &str) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ImageError::io(dir, e)),
+    };
+    for child in rd {
+        let child = child.at(dir)?;
+        let rel = dir_rel.join(child.file_name());
+        let path = child.path();
+        if !created.contains(&rel) {
+            remove_any(&path, entry)?;
+        } else if child.file_type().at(&path)?.is_dir() {
+            clear_lower(&path, &rel, created, entry)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds tar archives with raw headers (the `tar` builder refuses hostile paths).
+    pub(crate) struct TarBuilder {
+        b: tar::Builder<Vec<u8>>,
+    }
+
+    impl TarBuilder {
+        pub(crate) fn new() -> Self {
+            TarBuilder {
+                b: tar::Builder::new(Vec::new()),
+            }
+        }
+
+        fn header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+            let mut h = tar::Header::new_gnu();
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_cksum();
+            h
+        }
+
+        pub(crate) fn file(mut self, name: &str, data: &[u8]) -> Self {
+            let h = Self::header(name, tar::EntryType::Regular, data.len() as u64);
+            self.b.append(&h, data).unwrap();
+            self
+        }
+
+        pub(crate) fn dir(mut self, name: &str) -> Self {
+            let h = Self::header(name, tar::EntryType::Directory, 0);
+            self.b.append(&h, io::empty()).unwrap();
+            self
+        }
+
+        pub(crate) fn link(mut self, kind: tar::EntryType, name: &str, target: &str) -> Self {
+            let mut h = Self::header(name, kind, 0);
+            let t = target.as_bytes();
+            h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
+            h.set_cksum();
+            self.b.append(&h, io::empty()).unwrap();
+            self
+        }
+
+        pub(crate) fn special(mut self, kind: tar::EntryType, name: &str) -> Self {
+            let h = Self::header(name, kind, 0);
+            self.b.append(&h, io::empty()).unwrap();
+            self
+        }
+
+        pub(crate) fn build(self) -> Vec<u8> {
+            self.b.into_inner().unwrap()
+        }
+    }
+
+    fn apply(root: &Path, tars: &[Vec<u8>], limits: UnpackLimits) -> Result<()> {
+        let mut u = Unpacker::new(root, limits);
+        for t in tars {
+            u.apply_tar(&mut t.as_slice(), "test")?;
+        }
+        Ok(())
+    }
+
+    /// Runs a hostile archive the way the store does (into a temp dir dropped on failure) and
+    /// returns the error; asserts nothing was left behind and nothing was written outside.
+    fn hostile(tars: &[Vec<u8>]) -> ImageError {
+        let outer = tempfile::tempdir().unwrap();
+        let tmp = outer.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let err = {
+            let work = tempfile::tempdir_in(&tmp).unwrap();
+            apply(work.path(), tars, UnpackLimits::default()).unwrap_err()
+        };
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "temp dir not empty");
+        let outside: Vec<_> = fs::read_dir(outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(outside, vec!["tmp"], "something escaped: {outside:?}");
+        err
+    }
+
+    fn assert_hostile(err: ImageError, entry: &str) {
+        match &err {
+            ImageError::HostileLayer { entry: e, .. } => assert_eq!(e, entry, "{err}"),
+            other => panic!("expected HostileLayer for {entry}, got {other}"),
+        }
+    }
+
+    #[test]
+    fn rejects_dotdot() {
+        let t = TarBuilder::new().file("a/../../escape", b"x").build();
+        assert_hostile(hostile(&[t]), "a/../../escape");
+    }
+
+    #[test]
+    fn absolute_paths_are_made_relative() {
+        let root = tempfile::tempdir().unwrap();
+        let t = TarBuilder::new().file("/abs/file.wasm", b"x").build();
+        apply(root.path(), &[t], UnpackLimits::default()).unwrap();
+        assert_eq!(fs::read(root.path().join("abs/file.wasm")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn rejects_write_through_symlink() {
+        // An absolute target is fine on its own (chroot semantics) ...
+        let t = TarBuilder::new()
+            .link(tar::EntryType::Symlink, "etc", "/etc")
+            .file("etc/passwd", b"pwned")
+            .build();
+        // ... but writing through it is not.
+        assert_hostile(hostile(&[t]), "etc/passwd");
+        // Same across layers.
+        let l1 = TarBuilder::new()
+            .link(tar::EntryType::Symlink, "d", "sub")
+            .build();
+        let l2 = TarBuilder::new().file("d/x", b"x").build();
+        assert_hostile(hostile(&[l1, l2]), "d/x");
+    }
+
+    #[test]
+    fn rejects_escaping_relative_symlink() {
+        let t = TarBuilder::new()
+            .dir("a")
+            .link(tar::EntryType::Symlink, "a/up", "../../../etc")
+            .build();
+        assert_hostile(hostile(&[t]), "a/up");
+    }
+
+    #[test]
+    fn keeps_contained_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let t = TarBuilder::new()
+            .file("bin/app.wasm", b"w")
+            .link(tar::EntryType::Symlink, "bin/alias.wasm", "app.wasm")
+            .link(tar::EntryType::Symlink, "lib/x", "../bin/app.wasm")
+            .build();
+        apply(root.path(), &[t], UnpackLimits::default()).unwrap();
+        assert_eq!(
+            fs::read_link(root.path().join("lib/x")).unwrap(),
+            Path::new("../bin/app.wasm")
+        );
+    }
+
+    #[test]
+    fn rejects_hardlink_outside_or_missing() {
+        let t = TarBuilder::new()
+            .link(tar::EntryType::Link, "passwd", "../../etc/passwd")
+            .build();
+        assert_hostile(hostile(&[t]), "passwd");
+        let t = TarBuilder::new()
+            .link(tar::EntryType::Link, "ghost", "does/not/exist")
+            .build();
+        assert_hostile(hostile(&[t]), "ghost");
+        // A hard link to a symlink that points outside is refused too.
+        let t = TarBuilder::new()
+            .link(tar::EntryType::Symlink, "s", "/etc/shadow")
+            .link(tar::EntryType::Link, "h", "s")
+            .build();
+        assert_hostile(hostile(&[t]), "h");
+    }
+
+    #[test]
+    fn hardlink_inside_works() {
+        let root = tempfile::tempdir().unwrap();
+        let t = TarBuilder::new()
+            .file("a.wasm", b"data")
+            .link(tar::EntryType::Link, "b.wasm", "/a.wasm")
+            .build();
+        apply(root.path(), &[t], UnpackLimits::default()).unwrap();
+        assert_eq!(fs::read(root.path().join("b.wasm")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn rejects_devices_and_fifos() {
+        let t = TarBuilder::new()
+            .special(tar::EntryType::Char, "dev/null")
+            .build();
+        assert_hostile(hostile(&[t]), "dev/null");
+        let t = TarBuilder::new()
+            .special(tar::EntryType::Block, "dev/sda")
+            .build();
+        assert_hostile(hostile(&[t]), "dev/sda");
+        let t = TarBuilder::new().special(tar::EntryType::Fifo, "p").build();
+        assert_hostile(hostile(&[t]), "p");
+    }
+
+    #[test]
+    fn whiteouts() {
+        let root = tempfile::tempdir().unwrap();
+        let lower = TarBuilder::new()
+            .file("keep.txt", b"k")
+            .file("gone.txt", b"g")
+            .file("dir/old1", b"1")
+            .file("dir/sub/old2", b"2")
+            .file("gonedir/x", b"x")
+            .build();
+        let upper = TarBuilder::new()
+            .dir("dir")
+            .file("dir/new", b"n")
+            .file("dir/.wh..wh..opq", b"")
+            .file(".wh.gone.txt", b"")
+            .file(".wh.gonedir", b"")
+            .file(".wh.never-existed", b"")
+            .build();
+        apply(root.path(), &[lower, upper], UnpackLimits::default()).unwrap();
+        let r = root.path();
+        assert!(r.join("keep.txt").exists());
+        assert!(!r.join("gone.txt").exists());
+        assert!(!r.join("gonedir").exists());
+        assert!(
+            r.join("dir/new").exists(),
+            "same-layer entry survives opaque"
+        );
+        assert!(!r.join("dir/old1").exists());
+        assert!(!r.join("dir/sub").exists());
+        assert!(!r.join(".wh.gone.txt").exists());
+        assert!(!r.join("dir/.wh..wh..opq").exists());
+    }
+
+    #[test]
+    fn bomb_limits() {
+        let t = TarBuilder::new()
+            .file("a", &[0u8; 4096])
+            .file("big", &vec![0u8; 64 * 1024])
+            .build();
+        let outer = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir_in(outer.path()).unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 32 * 1024,
+            max_entries: 100,
+        };
+        let err = apply(work.path(), &[t], limits).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::TooLarge { what, .. } if what.contains("big")),
+            "{err}"
+        );
+        drop(work);
+        assert_eq!(fs::read_dir(outer.path()).unwrap().count(), 0);
+
+        let mut b = TarBuilder::new();
+        for i in 0..20 {
+            b = b.file(&format!("f{i}"), b"");
+        }
+        let work = tempfile::tempdir().unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            max_entries: 10,
+        };
+        let err = apply(work.path(), &[b.build()], limits).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn gzip_bomb_via_blob() {
+        use std::io::Write;
+        // 8 MiB of zeros compresses to a few KiB.
+        let t = TarBuilder::new().file("zeros", &vec![0u8; 8 << 20]).build();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&t).unwrap();
+        let blob = gz.finish().unwrap();
+        assert!(blob.len() < 64 * 1024);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        fs::write(&path, &blob).unwrap();
+        let digest = super::super::blobs::sha256_digest(&blob);
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut u = Unpacker::new(
+            &root,
+            UnpackLimits {
+                max_bytes: 1 << 20,
+                max_entries: 10,
+            },
+        );
+        let err = u
+            .apply_blob(&path, &digest, Compression::Gzip, None)
+            .unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn blob_digest_and_diff_id_verified() {
+        let t = TarBuilder::new().file("x.wasm", b"abc").build();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        fs::write(&path, &t).unwrap();
+        let digest = super::super::blobs::sha256_digest(&t);
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut u = Unpacker::new(&root, UnpackLimits::default());
+        u.apply_blob(&path, &digest, Compression::None, Some(&digest))
+            .unwrap();
+        let wrong = super::super::blobs::sha256_digest(b"nope");
+        let err = u
+            .apply_blob(&path, &wrong, Compression::None, None)
+            .unwrap_err();
+        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+        let err = u
+            .apply_blob(&path, &digest, Compression::None, Some(&wrong))
+            .unwrap_err();
+        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    }
+}
