@@ -1,1 +1,1 @@
-//! TODO-skeleton
+//! Network namespaces and CNI (in progress).
