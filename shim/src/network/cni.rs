@@ -540,8 +540,13 @@ impl Cni {
             _ => None,
         };
         if let Some((i, error)) = failure {
+            // A plugin that never started left nothing to undo; one that ran may have.
+            let ran = match error {
+                NetworkError::PluginNotFound { .. } | NetworkError::Exec { .. } => i,
+                _ => i + 1,
+            };
             let undo = self
-                .run_del(&net, att, &net.plugins[..=i], prev.as_ref())
+                .run_del(&net, att, &net.plugins[..ran], prev.as_ref())
                 .await
                 .and_then(|()| remove_file(&cache_path));
             return Err(match undo {
@@ -656,7 +661,8 @@ impl Cni {
             plugin: ty.clone(),
             source,
         };
-        let mut child = tokio::process::Command::new(&bin)
+        let mut command = tokio::process::Command::new(&bin);
+        command
             .env("CNI_COMMAND", cmd.as_str())
             .env("CNI_CONTAINERID", &att.container_id)
             .env("CNI_NETNS", netns)
@@ -666,9 +672,20 @@ impl Cni {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(exec_err)?;
+            .kill_on_drop(true);
+        // ETXTBSY: a plugin binary just written (installed) may still be open for writing in a
+        // process forked meanwhile; that passes within milliseconds.
+        let mut tries = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(exec_err(e)),
+            }
+        };
         let mut pipe = child.stdin.take();
         let write = async move {
             if let Some(p) = &mut pipe {

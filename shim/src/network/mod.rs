@@ -17,3 +17,6 @@ pub use error::NetworkError;
 
 /// Result of network operations.
 pub type Result<T> = std::result::Result<T, NetworkError>;
+
+#[cfg(test)]
+mod tests;
