@@ -1,24 +1,22 @@
-//! STUB
-#![allow(missing_docs, dead_code, unused_variables)]
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError { #[error("x")] X }
-pub mod netns {
-    use std::path::{Path, PathBuf};
-    pub fn create(dir: &Path, name: &str) -> Result<PathBuf, super::NetworkError> { todo!() }
-    pub fn remove(p: &Path) -> Result<(), super::NetworkError> { todo!() }
-}
-pub mod cni {
-    use std::path::PathBuf;
-    #[derive(Debug, Clone)]
-    pub struct PortMapping { pub host_port: u16, pub container_port: u16, pub protocol: String, pub host_ip: String }
-    #[derive(Debug, Clone)]
-    pub struct Attachment { pub container_id: String, pub netns: PathBuf, pub ifname: String, pub pod_name: String, pub pod_namespace: String, pub pod_uid: String, pub port_mappings: Vec<PortMapping> }
-    pub struct CniResult { pub ips: Vec<std::net::IpAddr> }
-    pub struct Cni;
-    impl Cni {
-        pub fn new(a: PathBuf, b: Vec<PathBuf>, c: PathBuf) -> Self { Self }
-        pub fn add(&self, a: &Attachment) -> Result<CniResult, super::NetworkError> { todo!() }
-        pub fn del(&self, a: &Attachment) -> Result<(), super::NetworkError> { todo!() }
-        pub fn check_config(&self) -> Result<(), String> { Ok(()) }
-    }
-}
+//! Pod networking: persistent network namespaces ([`netns`]) and a CNI client ([`cni`]) that
+//! runs the standard plugins per the CNI spec (0.4.0 / 1.0.0) to attach and detach them.
+//!
+//! The flow for a pod sandbox: [`netns::create`] a namespace file, [`Cni::add`] an
+//! [`Attachment`] (which caches the network config and result so [`Cni::del`] works after a
+//! daemon restart), hand the namespace path to runners; on teardown [`Cni::del`] then
+//! [`netns::remove`]. Both `del` and `remove` are idempotent.
+
+pub mod cni;
+mod error;
+pub mod netns;
+
+pub use cni::{
+    Attachment, Cni, CniConfig, CniResult, Interface, IpConfig, NetworkList, PortMapping, Protocol,
+};
+pub use error::NetworkError;
+
+/// Result of network operations.
+pub type Result<T> = std::result::Result<T, NetworkError>;
+
+#[cfg(test)]
+mod tests;
