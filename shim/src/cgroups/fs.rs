@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{CgroupError, Result};
 
@@ -62,10 +62,9 @@ impl Files {
         })
     }
 
-    /// Remove one cgroup directory, retrying on `EBUSY` for up to `patience` while its
+    /// Remove one cgroup directory, retrying on `EBUSY` until `deadline` while its
     /// processes finish exiting. A directory that is already gone is success.
-    pub fn rmdir(&self, path: &Path, patience: Duration) -> Result<()> {
-        let deadline = std::time::Instant::now() + patience;
+    pub fn rmdir(&self, path: &Path, deadline: Instant) -> Result<()> {
         let mut pause = Duration::from_millis(2);
         loop {
             if self.plain {
@@ -74,10 +73,7 @@ impl Files {
             match fs::remove_dir(path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }

@@ -29,7 +29,7 @@ pub use v2::{shares_to_weight, swap_max};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -228,8 +228,9 @@ impl Cgroups {
             Err(error) => {
                 let files = self.b().files();
                 let mut cleanup = None;
+                let deadline = Instant::now() + Duration::from_millis(100);
                 for d in made.iter().rev() {
-                    if let Err(e) = files.rmdir(d, Duration::from_millis(100)) {
+                    if let Err(e) = files.rmdir(d, deadline) {
                         cleanup.get_or_insert(e);
                     }
                 }
@@ -371,6 +372,8 @@ impl Cgroups {
         let files = b.files();
         let roots = b.roots();
         let mut first_err = None;
+        // One deadline for all hierarchies: the same processes keep every copy busy.
+        let deadline = Instant::now() + REMOVE_PATIENCE;
         // The leaf, outside the lock: waiting for exiting processes must not block others.
         let leafs: Vec<PathBuf> = {
             let reg = self.created.lock().unwrap_or_else(|p| p.into_inner());
@@ -381,7 +384,7 @@ impl Cgroups {
                 .collect()
         };
         for d in &leafs {
-            match files.rmdir(d, REMOVE_PATIENCE) {
+            match files.rmdir(d, deadline) {
                 Ok(()) => {
                     let mut reg = self.created.lock().unwrap_or_else(|p| p.into_inner());
                     reg.remove(d);
@@ -411,7 +414,7 @@ impl Cgroups {
                 if has_subdirs(&d) {
                     continue;
                 }
-                files.rmdir(&d, Duration::from_millis(200))?;
+                files.rmdir(&d, Instant::now() + Duration::from_millis(200))?;
                 reg.remove(&d);
             }
         }
