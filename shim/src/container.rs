@@ -68,6 +68,8 @@ pub struct ContainerMeta {
     pub http_port: Option<u16>,
     /// cgroupfs-style path of the container's cgroup.
     pub cgroup_path: String,
+    /// What creating the cgroup made (so removal removes exactly that, even after a restart).
+    pub cgroup: Option<crate::cgroups::CgroupHandle>,
     /// The container's runtime directory (runner spec, exit record, file-mount shims).
     pub dir: PathBuf,
     /// User to run as.

@@ -1,2 +1,6 @@
-#[test]
-fn t() {}
+//! End-to-end tests: the real daemon over its unix socket, driven by a generated CRI client.
+//! Needs root (cgroups, namespaces) and the guests from `examples/guests` (see tests/run.sh).
+
+mod harness;
+mod lifecycle;
+mod restart;

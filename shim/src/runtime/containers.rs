@@ -118,7 +118,10 @@ impl Runtime {
         req: NewContainer,
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
-        let image = self.images.get(&req.image).await?;
+        let image = self.images.get(&req.image)?;
+        let entry = image.wasm.clone().ok_or_else(|| {
+            RuntimeError::FailedPrecondition(format!("image {} holds no wasm module to run", req.image))
+        })?;
         let argv = resolve_argv(&req.command, &req.args, &image.config.entrypoint, &image.config.cmd);
         // The module to run: argv[0] if it names a .wasm file in the image, else the image's.
         let wasm = argv
@@ -126,7 +129,7 @@ impl Runtime {
             .filter(|a| a.ends_with(".wasm"))
             .map(|a| image.rootfs.join(a.trim_start_matches('/')))
             .filter(|p| p.is_file())
-            .unwrap_or_else(|| image.wasm_host_path());
+            .unwrap_or_else(|| entry.path.clone());
         let env = merge_env(&image.config.env, &req.env);
         let cwd = if !req.working_dir.is_empty() {
             req.working_dir.clone()
@@ -135,7 +138,7 @@ impl Runtime {
         } else {
             "/".into()
         };
-        let http_port = if image.is_http() {
+        let http_port = if entry.world == "wasi:http/proxy" {
             Some(http_port(&req.annotations, &pod.annotations, &env)?)
         } else {
             None
@@ -160,11 +163,15 @@ impl Runtime {
         };
 
         let cgroup_path = format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id);
-        if let Some(cg) = &self.cgroups {
-            cg.create(&cgroup_path, &req.resources)?;
-            let (cg, path) = (cg.clone(), cgroup_path.clone());
-            undo.push(Box::pin(async move { cg.remove(&path).map_err(|e| e.to_string()) }));
-        }
+        let cgroup = match &self.cgroups {
+            Some(cg) => {
+                let handle = cg.create(&cgroup_path, &req.resources)?;
+                let (cg, h) = (cg.clone(), handle.clone());
+                undo.push(Box::pin(async move { cg.remove_handle(&h).map_err(|e| e.to_string()) }));
+                Some(handle)
+            }
+            None => None,
+        };
 
         let precompiled = self.precompiled_for(&wasm).await;
         let meta = ContainerMeta {
@@ -189,6 +196,7 @@ impl Runtime {
             precompiled,
             http_port,
             cgroup_path,
+            cgroup,
             dir,
             uid: req.uid,
             gid: req.gid,
@@ -235,10 +243,7 @@ impl Runtime {
         let m = &c.meta;
         let pod = self.pod(&m.pod_id)?;
         let preopens = self.preopens(c, &pod.meta)?;
-        let cgroup_procs = match &self.cgroups {
-            Some(cg) => cg.procs_files(&m.cgroup_path),
-            None => Vec::new(),
-        };
+        let cgroup_procs = m.cgroup.as_ref().map(|h| h.procs_files.clone()).unwrap_or_default();
         Ok(RunnerSpec {
             container_id: m.id.clone(),
             mode,
@@ -257,6 +262,7 @@ impl Runtime {
             additional_gids: m.additional_gids.clone(),
             stdin: m.stdin,
             oom_score_adj: m.oom_score_adj,
+            stop_grace_ms: None,
         })
     }
 
@@ -407,8 +413,8 @@ impl Runtime {
         c.removing.store(true, std::sync::atomic::Ordering::SeqCst);
         let _op = c.op.lock().await;
         self.stop_locked(&c, 0).await?;
-        if let Some(cg) = &self.cgroups {
-            cg.remove(&c.meta.cgroup_path)?;
+        if let (Some(cg), Some(h)) = (&self.cgroups, &c.meta.cgroup) {
+            cg.remove_handle(h)?;
         }
         crate::store::remove(&self.container_meta_path(&c.meta.id))?;
         crate::store::remove(&c.meta.dir)?;

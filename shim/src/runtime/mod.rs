@@ -9,6 +9,7 @@
 mod containers;
 mod pods;
 mod process;
+mod images;
 mod recover;
 mod stats;
 
@@ -179,7 +180,7 @@ pub struct Runtime {
     /// The image store.
     pub images: crate::images::ImageStore,
     /// cgroups, when the host has a usable hierarchy.
-    pub cgroups: Option<crate::cgroups::Cgroups>,
+    pub cgroups: Option<Arc<crate::cgroups::Cgroups>>,
     /// The CNI client.
     pub cni: crate::network::cni::Cni,
     /// The engine used to precompile modules (same configuration as the runners').
@@ -210,19 +211,31 @@ impl Runtime {
                 .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
         }
         let engine = crate::wasm::engine()?;
-        let images = crate::images::ImageStore::open(&config.images_dir())?;
+        // Precompile during import/pull so the first start costs no compilation. A module
+        // that does not compile is still stored: the container reports why it cannot run.
+        let hook: crate::images::PrecompileHook = {
+            let (engine, cache) = (engine.clone(), config.cache_dir());
+            Arc::new(move |wasm: &std::path::Path| {
+                if let Err(e) = crate::wasm::precompile_cached(&engine, &cache, wasm) {
+                    tracing::warn!(wasm = %wasm.display(), error = %e, "precompile failed");
+                }
+                Ok(())
+            })
+        };
+        let images = crate::images::ImageStore::open(config.images_dir(), Some(hook))?;
         let cgroups = match crate::cgroups::Cgroups::detect(&config.cgroup_root) {
-            Ok(c) => Some(c),
+            Ok(c) => Some(Arc::new(c)),
             Err(e) => {
                 tracing::warn!(error = %e, "no usable cgroups; containers run without limits");
                 None
             }
         };
-        let cni = crate::network::cni::Cni::new(
-            config.cni.conf_dir.clone(),
-            config.cni.bin_dirs.clone(),
-            config.state.join("cni-cache"),
-        );
+        let cni = crate::network::cni::Cni::new(crate::network::cni::CniConfig {
+            conf_dir: config.cni.conf_dir.clone(),
+            bin_dirs: config.cni.bin_dirs.clone(),
+            cache_dir: config.state.join("cni-cache"),
+            plugin_timeout: crate::network::cni::DEFAULT_PLUGIN_TIMEOUT,
+        });
         let runner_exe = std::env::current_exe()?;
         let rt = Arc::new(Self {
             pods: Default::default(),

@@ -154,10 +154,7 @@ impl Runtime {
                 let att = att.clone();
                 undo.push(Box::pin(async move { this.cni_del(att).await.map_err(|e| e.to_string()) }));
             }
-            let this = self.clone();
-            let result = tokio::task::spawn_blocking(move || this.cni.add(&att))
-                .await
-                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
+            let result = self.cni.add(&att).await?;
             state.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
             state.network_attached = true;
         }
@@ -183,7 +180,11 @@ impl Runtime {
                 .map(|p| crate::network::cni::PortMapping {
                     host_port: p.host_port as u16,
                     container_port: p.container_port as u16,
-                    protocol: p.protocol.clone(),
+                    protocol: match p.protocol.as_str() {
+                        "udp" => crate::network::cni::Protocol::Udp,
+                        "sctp" => crate::network::cni::Protocol::Sctp,
+                        _ => crate::network::cni::Protocol::Tcp,
+                    },
                     host_ip: p.host_ip.clone(),
                 })
                 .collect(),
@@ -191,10 +192,7 @@ impl Runtime {
     }
 
     async fn cni_del(self: &Arc<Self>, att: Attachment) -> Result<()> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.cni.del(&att))
-            .await
-            .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
+        self.cni.del(&att).await?;
         Ok(())
     }
 

@@ -142,7 +142,10 @@ impl Runtime {
         }
         let started_at = c.snapshot().started_at;
         let finished_at = crate::ids::now_ns();
-        let oom = self.cgroups.as_ref().is_some_and(|cg| cg.oom_killed(&c.meta.cgroup_path));
+        let oom = self
+            .cgroups
+            .as_ref()
+            .is_some_and(|cg| cg.oom_killed(&c.meta.cgroup_path).unwrap_or(false));
         let (exit_code, reason, message) = match status {
             Some(s) if s.signal() == Some(libc::SIGKILL) && oom => {
                 (137, "OOMKilled", "memory limit exceeded; killed by the kernel OOM killer".to_owned())

@@ -37,6 +37,9 @@ impl Runtime {
             };
             let c = Container::new(rec);
             let m = &c.meta;
+            if let (Some(cg), Some(h)) = (&self.cgroups, &m.cgroup) {
+                cg.adopt(h);
+            }
             let _ = self.reserve("container", &container_name_key(&m.pod_id, &m.name, m.attempt), &m.id);
             self.containers.write().expect("containers lock").insert(m.id.clone(), c.clone());
             let st = c.snapshot();

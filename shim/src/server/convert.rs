@@ -55,7 +55,7 @@ pub fn resources(r: &pb::LinuxContainerResources) -> crate::cgroups::Resources {
         memory_swap_limit: r.memory_swap_limit_in_bytes,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
-        pids_limit: 0,
+        pids_limit: None,
         unified: r.unified.clone(),
         hugepage_limits: r.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
     }

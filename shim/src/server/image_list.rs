@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use cri::v1 as pb;
 
-use crate::images::ImageRecord;
+use crate::images::{Image, ImageFilter};
 use crate::runtime::{Result, Runtime};
 
 /// The CRI view of an image.
-pub fn to_pb(img: &ImageRecord) -> pb::Image {
+pub fn to_pb(img: &Image) -> pb::Image {
     pb::Image {
         id: img.id.clone(),
         repo_tags: img.repo_tags.clone(),
@@ -24,14 +24,6 @@ pub fn to_pb(img: &ImageRecord) -> pb::Image {
 /// ListImages, optionally filtered by a reference.
 pub async fn list(rt: &Arc<Runtime>, r: pb::ListImagesRequest) -> Result<pb::ListImagesResponse> {
     let filter = r.filter.and_then(|f| f.image).map(|i| i.image).unwrap_or_default();
-    let images = if filter.is_empty() {
-        rt.images.list().await?
-    } else {
-        match rt.images.get(&filter).await {
-            Ok(img) => vec![img],
-            Err(crate::images::ImageError::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let images = rt.images.list(&ImageFilter { reference: (!filter.is_empty()).then_some(filter) })?;
     Ok(pb::ListImagesResponse { images: images.iter().map(to_pb).collect() })
 }

@@ -12,8 +12,8 @@ pub async fn remove(rt: &Arc<Runtime>, r: pb::RemoveImageRequest) -> Result<pb::
     if name.is_empty() {
         return Err(RuntimeError::InvalidArgument("image is empty".into()));
     }
-    match rt.images.remove(&name).await {
-        Ok(_) | Err(crate::images::ImageError::NotFound { .. }) => Ok(pb::RemoveImageResponse {}),
-        Err(e) => Err(e.into()),
+    match rt.remove_image(&name).await {
+        Ok(()) | Err(RuntimeError::Image(crate::images::ImageError::NotFound(_))) => Ok(pb::RemoveImageResponse {}),
+        Err(e) => Err(e),
     }
 }

@@ -13,7 +13,7 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::ImageStatusRequest) -> Result<pb::
     if name.is_empty() {
         return Err(RuntimeError::InvalidArgument("image is empty".into()));
     }
-    match rt.images.get(&name).await {
+    match rt.images.get(&name) {
         Ok(img) => {
             let mut info = HashMap::new();
             if r.verbose {
@@ -21,7 +21,7 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::ImageStatusRequest) -> Result<pb::
             }
             Ok(pb::ImageStatusResponse { image: Some(super::image_list::to_pb(&img)), info })
         }
-        Err(crate::images::ImageError::NotFound { .. }) => Ok(pb::ImageStatusResponse::default()),
+        Err(crate::images::ImageError::NotFound(_)) => Ok(pb::ImageStatusResponse::default()),
         Err(e) => Err(e.into()),
     }
 }

@@ -90,12 +90,16 @@ fn code_of(e: &RuntimeError) -> Code {
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Unimplemented(_) => Code::Unimplemented,
         RuntimeError::Image(ie) => match ie {
-            I::NotFound { .. } => Code::NotFound,
-            I::InvalidReference { .. } => Code::InvalidArgument,
+            I::NotFound(_) => Code::NotFound,
+            I::InvalidReference { .. } | I::Ambiguous { .. } | I::InvalidDigest { .. } => Code::InvalidArgument,
             I::Unauthorized { .. } => Code::PermissionDenied,
             I::DigestMismatch { .. } | I::HostileLayer { .. } | I::TooLarge { .. } => Code::DataLoss,
-            I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } => Code::FailedPrecondition,
-            _ => Code::Unknown,
+            I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
+                Code::FailedPrecondition
+            }
+            I::Registry { .. } => Code::Unavailable,
+            I::Config(_) => Code::InvalidArgument,
+            I::Io { .. } | I::Internal(_) => Code::Internal,
         },
         RuntimeError::Cgroup(_) | RuntimeError::Network(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } => {
             Code::Internal
