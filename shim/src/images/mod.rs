@@ -192,6 +192,18 @@ pub(crate) struct Inner {
     /// Serialises commits and removals (never taken while `state` is held).
     commit: Mutex<()>,
     pub(crate) inflight: registry::Inflight,
+    /// The shared flock held for the store's lifetime (see [`ImageStore::open`]).
+    _lock: fs::File,
+}
+
+fn flock(f: &fs::File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[derive(Default)]
@@ -292,10 +304,24 @@ impl ImageStore {
         for d in [&blob_dir, &records, &rootfs, &tmp] {
             fs::create_dir_all(d).at(d)?;
         }
-        // Anything in tmp/ belongs to an operation a crash interrupted.
-        for entry in fs::read_dir(&tmp).at(&tmp)? {
-            let p = entry.at(&tmp)?.path();
-            remove_path(&p)?;
+        // The daemon and `wasmcri image` commands may open the store at the same time. Every
+        // opener holds a shared flock for its lifetime; the crash-recovery sweeps below run
+        // only when this opener could take it exclusively first, i.e. nobody else is using
+        // the store and anything half-done really belongs to a crashed operation.
+        let lock_path = root.join(".lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        let exclusive = flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_ok();
+        if exclusive {
+            // Anything in tmp/ belongs to an operation a crash interrupted.
+            for entry in fs::read_dir(&tmp).at(&tmp)? {
+                let p = entry.at(&tmp)?.path();
+                remove_path(&p)?;
+            }
         }
         let mut images = BTreeMap::new();
         let mut unreadable = false;
@@ -319,7 +345,8 @@ impl ImageStore {
         }
         // Rootfs dirs without a record: a crash between unpack and record write, or during
         // removal.
-        for entry in fs::read_dir(&rootfs).at(&rootfs)? {
+        let sweep_rootfs = if exclusive { fs::read_dir(&rootfs).at(&rootfs)?.collect() } else { Vec::new() };
+        for entry in sweep_rootfs {
             let entry = entry.at(&rootfs)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !images.contains_key(&format!("sha256:{name}")) {
@@ -328,7 +355,7 @@ impl ImageStore {
             }
         }
         let blobs = BlobStore::new(blob_dir, tmp.clone());
-        if !unreadable {
+        if !unreadable && exclusive {
             let referenced: BTreeSet<&String> = images
                 .values()
                 .flat_map(|i: &Image| i.blobs.iter())
@@ -355,8 +382,38 @@ impl ImageStore {
                 }),
                 commit: Mutex::new(()),
                 inflight: Default::default(),
+                _lock: {
+                    flock(&lock, libc::LOCK_SH).at(&lock_path)?;
+                    lock
+                },
             }),
         })
+    }
+
+    /// Picks up records another process (`wasmcri image import/pull/rm`) wrote or removed
+    /// since this store was opened.
+    fn refresh(&self) {
+        let inner = &self.inner;
+        let Ok(rd) = fs::read_dir(&inner.records) else { return };
+        let on_disk: BTreeMap<String, PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+            .filter_map(|p| {
+                let stem = p.file_stem()?.to_string_lossy().into_owned();
+                Some((format!("sha256:{stem}"), p))
+            })
+            .collect();
+        let mut st = inner.lock_state();
+        st.images.retain(|id, _| on_disk.contains_key(id));
+        for (id, p) in on_disk {
+            if st.images.contains_key(&id) {
+                continue;
+            }
+            if let Some(img) = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Image>(&b).ok()) {
+                st.images.insert(img.id.clone(), img);
+            }
+        }
     }
 
     /// The store's root directory.
@@ -366,6 +423,7 @@ impl ImageStore {
 
     /// All images matching `filter`, ordered by ID.
     pub fn list(&self, filter: &ImageFilter) -> Result<Vec<Image>> {
+        self.refresh();
         match &filter.reference {
             None => Ok(self.inner.lock_state().images.values().cloned().collect()),
             Some(r) => match self.get(r) {
@@ -379,6 +437,13 @@ impl ImageStore {
     /// Looks an image up by full ID (`sha256:<hex>` or `<hex>`), tag (`hello` matches
     /// `docker.io/library/hello:latest`), repo digest (`name@sha256:...`) or unique ID prefix.
     pub fn get(&self, reference: &str) -> Result<Image> {
+        {
+            let st = self.inner.lock_state();
+            if let Ok(id) = find(&st.images, reference) {
+                return Ok(st.images[&id].clone());
+            }
+        }
+        self.refresh();
         let st = self.inner.lock_state();
         find(&st.images, reference).map(|id| st.images[&id].clone())
     }
