@@ -43,6 +43,10 @@
 //! | exec deadline passed (`Exec { timeout_ms }`) | 124, like `timeout(1)` | `Error` | `timed out after N ms` |
 //! | killed (SIGKILL, OOM) | — the runner cannot record it; the daemon infers 137 / `OOMKilled` | | |
 //!
+//! Components can only report 0 or 1 through `exit`: WASI 0.2's `wasi:cli/exit.exit` carries
+//! ok/err, and Rust's std maps `process::exit(n != 0)` to err (the numeric `exit-with-code` is
+//! unstable). Core modules report `proc_exit(n)` exactly.
+//!
 //! A trap is reported as 1 rather than a signal-style 134: a trap is the wasm sandbox
 //! refusing an operation, not a host-process crash, and 1 is what `wasmtime run` and runwasi
 //! report for it; the message tells it apart from `exit(1)`.
