@@ -260,7 +260,8 @@ impl Finisher {
                 self.exit_file.display()
             );
         }
-        if !rec.message.is_empty() {
+        // The guest's own `exit(n)` is not news; in exec mode stderr is the user's.
+        if !rec.message.is_empty() && !rec.message.starts_with(guest::GUEST_EXIT_PREFIX) {
             eprintln!("runner: exit {}: {}", rec.exit_code, rec.message);
         }
         std::process::exit(rec.exit_code)
