@@ -17,6 +17,9 @@ use super::{EXIT_FAILURE, EXIT_TIMEOUT, RunMode, RunnerSpec};
 use crate::logs::{CriLogWriter, Stream};
 use crate::wasm::{WasmKind, detect, one_line};
 
+/// Start of the message recorded for a guest's own nonzero `exit(n)`.
+pub(crate) const GUEST_EXIT_PREFIX: &str = "exited with code";
+
 /// A guest ready to instantiate.
 pub(crate) enum Loaded {
     /// A core module (WASI preview 1).
@@ -302,7 +305,7 @@ pub(crate) fn classify(
             message: if *code == 0 {
                 String::new()
             } else {
-                format!("exited with code {code}")
+                format!("{GUEST_EXIT_PREFIX} {code}")
             },
         };
     }

@@ -43,6 +43,10 @@
 //! | exec deadline passed (`Exec { timeout_ms }`) | 124, like `timeout(1)` | `Error` | `timed out after N ms` |
 //! | killed (SIGKILL, OOM) | — the runner cannot record it; the daemon infers 137 / `OOMKilled` | | |
 //!
+//! Components can only report 0 or 1 through `exit`: WASI 0.2's `wasi:cli/exit.exit` carries
+//! ok/err, and Rust's std maps `process::exit(n != 0)` to err (the numeric `exit-with-code` is
+//! unstable). Core modules report `proc_exit(n)` exactly.
+//!
 //! A trap is reported as 1 rather than a signal-style 134: a trap is the wasm sandbox
 //! refusing an operation, not a host-process crash, and 1 is what `wasmtime run` and runwasi
 //! report for it; the message tells it apart from `exit(1)`.
@@ -256,7 +260,8 @@ impl Finisher {
                 self.exit_file.display()
             );
         }
-        if !rec.message.is_empty() {
+        // The guest's own `exit(n)` is not news; in exec mode stderr is the user's.
+        if !rec.message.is_empty() && !rec.message.starts_with(guest::GUEST_EXIT_PREFIX) {
             eprintln!("runner: exit {}: {}", rec.exit_code, rec.message);
         }
         std::process::exit(rec.exit_code)
