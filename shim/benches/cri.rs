@@ -49,8 +49,14 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let iters: usize = std::env::var("WASMCRI_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let idle: usize = std::env::var("WASMCRI_BENCH_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let iters: usize = std::env::var("WASMCRI_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let idle: usize = std::env::var("WASMCRI_BENCH_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let d = Daemon::start().await;
     import_guest(&d, "wasm32-wasip1", "hello", "localhost/hello:v1");
     import_guest(&d, "wasm32-wasip1", "sleeper", "localhost/sleeper:v1");
@@ -63,23 +69,49 @@ async fn main() {
         let pod = run_pod(&mut rt, cfg.clone()).await;
         run.push(t.elapsed());
         let t = Instant::now();
-        let c = create(&mut rt, &pod, &cfg, container_config("hello", "localhost/hello:v1")).await;
+        let c = create(
+            &mut rt,
+            &pod,
+            &cfg,
+            container_config("hello", "localhost/hello:v1"),
+        )
+        .await;
         start(&mut rt, &c).await;
         let log = logs.join(i.to_string()).join("hello/0.log");
         loop {
-            if std::fs::read_to_string(&log).map(|s| s.contains("hello from wasm")).unwrap_or(false) {
+            if std::fs::read_to_string(&log)
+                .map(|s| s.contains("hello from wasm"))
+                .unwrap_or(false)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         first_log.push(t.elapsed());
         let t = Instant::now();
-        rt.stop_pod_sandbox(pb::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+        rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
         teardown.push(t.elapsed());
     }
-    println!("| {:<44} | {:>9} | {:>9} | {:>5} |", "operation", "p50 ms", "p99 ms", "n");
-    println!("|{}|{}|{}|{}|", "-".repeat(46), "-".repeat(11), "-".repeat(11), "-".repeat(7));
+    println!(
+        "| {:<44} | {:>9} | {:>9} | {:>5} |",
+        "operation", "p50 ms", "p99 ms", "n"
+    );
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(46),
+        "-".repeat(11),
+        "-".repeat(11),
+        "-".repeat(7)
+    );
     row("RunPodSandbox (host network)", &mut run);
     row("CreateContainer+StartContainer → first log", &mut first_log);
     row("StopPodSandbox+RemovePodSandbox", &mut teardown);
@@ -89,9 +121,22 @@ async fn main() {
     let pod = run_pod(&mut rt, cfg.clone()).await;
     let mut pids = Vec::new();
     for i in 0..idle {
-        let c = create(&mut rt, &pod, &cfg, container_config(&format!("s{i}"), "localhost/sleeper:v1")).await;
+        let c = create(
+            &mut rt,
+            &pod,
+            &cfg,
+            container_config(&format!("s{i}"), "localhost/sleeper:v1"),
+        )
+        .await;
         start(&mut rt, &c).await;
-        let v = rt.container_status(pb::ContainerStatusRequest { container_id: c, verbose: true }).await.unwrap().into_inner();
+        let v = rt
+            .container_status(pb::ContainerStatusRequest {
+                container_id: c,
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
         pids.push(info["pid"].as_i64().unwrap() as i32);
     }

@@ -173,8 +173,7 @@ mod tests {
 
     #[test]
     fn overrides_and_unknown_keys() {
-        let c: Config =
-            toml::from_str("root = \"/x\"\n[cni]\nconf_dir = \"/c\"\n").unwrap();
+        let c: Config = toml::from_str("root = \"/x\"\n[cni]\nconf_dir = \"/c\"\n").unwrap();
         assert_eq!(c.root, PathBuf::from("/x"));
         assert_eq!(c.cni.conf_dir, PathBuf::from("/c"));
         assert_eq!(c.cni.bin_dirs, CniConfig::default().bin_dirs);

@@ -212,9 +212,18 @@ mod tests {
     fn argv_rules() {
         let ep = v(&["/app.wasm"]);
         let cmd = v(&["--default"]);
-        assert_eq!(resolve_argv(&[], &[], &ep, &cmd), v(&["/app.wasm", "--default"]));
-        assert_eq!(resolve_argv(&[], &v(&["x"]), &ep, &cmd), v(&["/app.wasm", "x"]));
-        assert_eq!(resolve_argv(&v(&["/o.wasm"]), &[], &ep, &cmd), v(&["/o.wasm"]));
+        assert_eq!(
+            resolve_argv(&[], &[], &ep, &cmd),
+            v(&["/app.wasm", "--default"])
+        );
+        assert_eq!(
+            resolve_argv(&[], &v(&["x"]), &ep, &cmd),
+            v(&["/app.wasm", "x"])
+        );
+        assert_eq!(
+            resolve_argv(&v(&["/o.wasm"]), &[], &ep, &cmd),
+            v(&["/o.wasm"])
+        );
         assert_eq!(
             resolve_argv(&v(&["/o.wasm"]), &v(&["a"]), &ep, &cmd),
             v(&["/o.wasm", "a"])
@@ -248,6 +257,9 @@ mod tests {
             finished_at: 20,
         });
         assert_eq!(s.phase, ContainerPhase::Exited);
-        assert_eq!((s.pid, s.started_at, s.finished_at, s.exit_code), (None, 10, 20, 3));
+        assert_eq!(
+            (s.pid, s.started_at, s.finished_at, s.exit_code),
+            (None, 10, 20, 3)
+        );
     }
 }

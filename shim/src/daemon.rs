@@ -14,17 +14,21 @@ use crate::server::Cri;
 /// Binds the socket: parent directories created (0700), a stale socket replaced, a live one
 /// refused, the socket made 0600 (root only: the CRI can run anything as root).
 pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+    if let Some(dir) = socket.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!("another process is serving on {}; stop it first", socket.display());
+            bail!(
+                "another process is serving on {}; stop it first",
+                socket.display()
+            );
         }
-        std::fs::remove_file(socket).with_context(|| format!("remove stale socket {}", socket.display()))?;
+        std::fs::remove_file(socket)
+            .with_context(|| format!("remove stale socket {}", socket.display()))?;
     }
     // Bind under a umask that never lets the socket be group/world accessible, even briefly.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
@@ -49,14 +53,23 @@ async fn shutdown_signal() {
 /// Runs the daemon until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let socket = config.socket.clone();
-    let rt = crate::runtime::Runtime::open(config).await.context("open runtime")?;
+    let rt = crate::runtime::Runtime::open(config)
+        .await
+        .context("open runtime")?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "wasmcri serving CRI runtime.v1");
     let cri = Cri::new(rt);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let res = tonic::transport::Server::builder()
-        .add_service(cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20).max_encoding_message_size(64 << 20))
-        .add_service(cri::v1::image_service_server::ImageServiceServer::new(cri).max_decoding_message_size(16 << 20))
+        .add_service(
+            cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone())
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            cri::v1::image_service_server::ImageServiceServer::new(cri)
+                .max_decoding_message_size(16 << 20),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
     let _ = std::fs::remove_file(&socket);

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use wasmcri::config::Config;
 
 #[derive(Parser)]
-#[command(name = "wasmcri", version, about = "Kubernetes CRI runtime for WebAssembly (wasmtime)")]
+#[command(
+    name = "wasmcri",
+    version,
+    about = "Kubernetes CRI runtime for WebAssembly (wasmtime)"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true, env = "WASMCRI_CONFIG")]
@@ -113,8 +117,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,7 +134,9 @@ fn main() -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     init_tracing(&config.log_level);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve => wasmcri::daemon::serve(config).await,
@@ -150,7 +160,8 @@ fn precompile_hook(config: &Config) -> anyhow::Result<wasmcri::images::Precompil
 
 async fn image_cmd(config: Config, cmd: ImageCmd) -> anyhow::Result<()> {
     use wasmcri::images::{ImageStore, PullAuth};
-    let store = ImageStore::open(config.images_dir(), Some(precompile_hook(&config)?)).context("open image store")?;
+    let store = ImageStore::open(config.images_dir(), Some(precompile_hook(&config)?))
+        .context("open image store")?;
     match cmd {
         ImageCmd::Import { path, name } => {
             for img in store.import_layout(&path, name.as_deref()).await? {
@@ -160,25 +171,46 @@ async fn image_cmd(config: Config, cmd: ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Ls => {
             println!("{:<71} {:>10} TAGS", "ID", "SIZE");
             for img in store.list(&Default::default())? {
-                println!("{:<71} {:>10} {}", img.id, img.size, img.repo_tags.join(","));
+                println!(
+                    "{:<71} {:>10} {}",
+                    img.id,
+                    img.size,
+                    img.repo_tags.join(",")
+                );
             }
         }
         ImageCmd::Rm { image } => {
             store.remove(&image).await?;
             println!("removed {image}");
         }
-        ImageCmd::Pull { image, user, password } => {
-            let auth = PullAuth { username: user.unwrap_or_default(), password: password.unwrap_or_default(), ..Default::default() };
+        ImageCmd::Pull {
+            image,
+            user,
+            password,
+        } => {
+            let auth = PullAuth {
+                username: user.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+                ..Default::default()
+            };
             let img = store.pull(&image, &auth, &config.registry).await?;
             println!("{}", img.id);
         }
-        ImageCmd::Push { file, reference, user, password, insecure } => {
-            let auth = PullAuth { username: user.unwrap_or_default(), password: password.unwrap_or_default(), ..Default::default() };
+        ImageCmd::Push {
+            file,
+            reference,
+            user,
+            password,
+            insecure,
+        } => {
+            let auth = PullAuth {
+                username: user.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+                ..Default::default()
+            };
             let mut registry = config.registry.clone();
-            if insecure {
-                if let Some(host) = reference.split('/').next() {
-                    registry.insecure.push(host.to_owned());
-                }
+            if insecure && let Some(host) = reference.split('/').next() {
+                registry.insecure.push(host.to_owned());
             }
             let pushed = store.push_wasm(&file, &reference, &auth, &registry).await?;
             println!("{pushed:?}");

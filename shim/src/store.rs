@@ -77,12 +77,14 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
 /// Reads a JSON record; `Ok(None)` if the file does not exist.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                path: path.to_owned(),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StoreError::Io {
             path: path.to_owned(),
@@ -121,9 +123,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/rec.json");
         assert_eq!(load::<Rec>(&p).unwrap(), None);
-        save(&p, &Rec { a: 1, b: "x".into() }).unwrap();
-        save(&p, &Rec { a: 2, b: "y".into() }).unwrap();
-        assert_eq!(load::<Rec>(&p).unwrap(), Some(Rec { a: 2, b: "y".into() }));
+        save(
+            &p,
+            &Rec {
+                a: 1,
+                b: "x".into(),
+            },
+        )
+        .unwrap();
+        save(
+            &p,
+            &Rec {
+                a: 2,
+                b: "y".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            load::<Rec>(&p).unwrap(),
+            Some(Rec {
+                a: 2,
+                b: "y".into()
+            })
+        );
         // No temporary files left next to the record.
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
             .unwrap()

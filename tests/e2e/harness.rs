@@ -24,8 +24,16 @@ pub fn guests_dir() -> PathBuf {
 
 /// A guest's bytes for `target` (`wasm32-wasip1` or `wasm32-wasip2`).
 pub fn guest(target: &str, name: &str) -> Vec<u8> {
-    let p = guests_dir().join(target).join("release").join(format!("{name}.wasm"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("guest {} missing ({e}); run tests/run.sh or build examples/guests", p.display()))
+    let p = guests_dir()
+        .join(target)
+        .join("release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|e| {
+        panic!(
+            "guest {} missing ({e}); run tests/run.sh or build examples/guests",
+            p.display()
+        )
+    })
 }
 
 /// A running daemon with its own root, state, socket and cgroup parent.
@@ -44,7 +52,10 @@ pub fn unique(prefix: &str) -> String {
 impl Daemon {
     /// Starts a daemon; `extra_config` is appended to its TOML config.
     pub async fn start_with(extra_config: &str) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("wasmcri-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wasmcri-e2e")
+            .tempdir()
+            .unwrap();
         let socket = dir.path().join("wasmcri.sock");
         let cgroup_parent = format!("/{}", unique("wasmcri-e2e"));
         let config_path = dir.path().join("config.toml");
@@ -56,10 +67,20 @@ impl Daemon {
             dir.path().join("root"),
             dir.path().join("state"),
             cgroup_parent,
-            if extra_config.contains("[cni]") { String::new() } else { format!("[cni]\nconf_dir = {:?}\n", cni_dir) },
+            if extra_config.contains("[cni]") {
+                String::new()
+            } else {
+                format!("[cni]\nconf_dir = {:?}\n", cni_dir)
+            },
         );
         std::fs::write(&config_path, format!("{cfg}{extra_config}")).unwrap();
-        let mut d = Daemon { dir, socket, cgroup_parent, config_path, child: None };
+        let mut d = Daemon {
+            dir,
+            socket,
+            cgroup_parent,
+            config_path,
+            child: None,
+        };
         d.spawn().await;
         d
     }
@@ -74,7 +95,11 @@ impl Daemon {
 
     /// (Re)starts the daemon process on the same root.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
         let child = Command::new(Self::bin())
             .arg("--config")
             .arg(&self.config_path)
@@ -86,11 +111,17 @@ impl Daemon {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket.exists() || std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        while !self.socket.exists()
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+        {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited {st}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "daemon did not listen: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -106,7 +137,11 @@ impl Daemon {
     /// SIGTERM and wait.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         c.wait().unwrap()
     }
 
@@ -120,7 +155,11 @@ impl Daemon {
             .unwrap()
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .unwrap()
@@ -143,17 +182,34 @@ impl Daemon {
             .arg(layout)
             .output()
             .unwrap();
-        assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Removes every pod through the CRI, then stops the daemon.
     pub async fn shutdown(mut self) {
         if self.child.is_some() {
             let mut rt = self.rt().await;
-            let pods = rt.list_pod_sandbox(pb::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+            let pods = rt
+                .list_pod_sandbox(pb::ListPodSandboxRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
             for p in pods {
-                rt.stop_pod_sandbox(pb::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await.unwrap();
-                rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await.unwrap();
+                rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await
+                .unwrap();
+                rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id,
+                })
+                .await
+                .unwrap();
             }
             let st = self.terminate();
             assert!(st.success(), "daemon exit {st}: {}", self.log());
@@ -161,9 +217,16 @@ impl Daemon {
         // Everything the daemon made under our cgroup parent must be gone; the parent itself
         // is the daemon's to create and ours to remove.
         for h in ["cpu", "memory", "pids", "cpuacct", "cpuset"] {
-            let dir = Path::new("/sys/fs/cgroup").join(h).join(self.cgroup_parent.trim_start_matches('/'));
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(self.cgroup_parent.trim_start_matches('/'));
             if dir.exists() {
-                let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect();
+                let leftovers: Vec<_> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect();
                 assert!(leftovers.is_empty(), "leaked cgroups: {leftovers:?}");
             }
         }
@@ -176,7 +239,9 @@ impl Drop for Daemon {
         // Fallback cleanup after a failed test: end the runners we started (found in our own
         // cgroups) and remove our cgroups, deepest first.
         for h in ["cpu", "memory", "pids", "cpuacct", "cpuset"] {
-            let root = Path::new("/sys/fs/cgroup").join(h).join(self.cgroup_parent.trim_start_matches('/'));
+            let root = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(self.cgroup_parent.trim_start_matches('/'));
             if !root.exists() {
                 continue;
             }
@@ -186,7 +251,10 @@ impl Drop for Daemon {
             for d in &dirs {
                 if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
                     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
             }
@@ -225,7 +293,13 @@ fn put_blob(dir: &Path, bytes: &[u8]) -> (String, u64) {
     (format!("sha256:{hex}"), bytes.len() as u64)
 }
 
-fn finish_layout(dir: &Path, config: serde_json::Value, config_mt: &str, layers: Vec<(String, u64, String)>, name: &str) {
+fn finish_layout(
+    dir: &Path,
+    config: serde_json::Value,
+    config_mt: &str,
+    layers: Vec<(String, u64, String)>,
+    name: &str,
+) {
     let cfg = serde_json::to_vec(&config).unwrap();
     let (cd, cs) = put_blob(dir, &cfg);
     let manifest = serde_json::json!({
@@ -250,19 +324,32 @@ fn finish_layout(dir: &Path, config: serde_json::Value, config_mt: &str, layers:
 pub fn wasm_artifact_layout(dir: &Path, wasm: &[u8], name: &str) {
     let (ld, ls) = put_blob(dir, wasm);
     let config = serde_json::json!({"architecture": "wasm", "os": "wasip1", "layerDigests": [ld]});
-    finish_layout(dir, config, "application/vnd.wasm.config.v0+json", vec![(ld, ls, "application/wasm".into())], name);
+    finish_layout(
+        dir,
+        config,
+        "application/vnd.wasm.config.v0+json",
+        vec![(ld, ls, "application/wasm".into())],
+        name,
+    );
 }
 
 /// An ordinary OCI image (`wasi/wasm`) with one gzip tar layer holding `files`, and the
 /// given entrypoint/env.
-pub fn tar_image_layout(dir: &Path, files: &[(&str, Vec<u8>)], entrypoint: &[&str], env: &[&str], name: &str) {
+pub fn tar_image_layout(
+    dir: &Path,
+    files: &[(&str, Vec<u8>)],
+    entrypoint: &[&str],
+    env: &[&str],
+    name: &str,
+) {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, bytes) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
         h.set_mode(0o755);
         h.set_cksum();
-        tar.append_data(&mut h, path.trim_start_matches('/'), bytes.as_slice()).unwrap();
+        tar.append_data(&mut h, path.trim_start_matches('/'), bytes.as_slice())
+            .unwrap();
     }
     let raw = tar.into_inner().unwrap();
     let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)));
@@ -274,7 +361,13 @@ pub fn tar_image_layout(dir: &Path, files: &[(&str, Vec<u8>)], entrypoint: &[&st
         "config": {"Entrypoint": entrypoint, "Env": env, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
-    finish_layout(dir, config, "application/vnd.oci.image.config.v1+json", vec![(ld, ls, "application/vnd.oci.image.layer.v1.tar+gzip".into())], name);
+    finish_layout(
+        dir,
+        config,
+        "application/vnd.oci.image.config.v1+json",
+        vec![(ld, ls, "application/vnd.oci.image.layer.v1.tar+gzip".into())],
+        name,
+    );
 }
 
 /// Imports a guest as a wasm artifact image named `name`.
@@ -288,14 +381,22 @@ pub fn import_guest(d: &Daemon, target: &str, guest_name: &str, name: &str) {
 
 pub fn pod_config(name: &str, log_dir: &Path) -> pb::PodSandboxConfig {
     pb::PodSandboxConfig {
-        metadata: Some(pb::PodSandboxMetadata { name: name.into(), uid: unique("uid"), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(pb::PodSandboxMetadata {
+            name: name.into(),
+            uid: unique("uid"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         log_directory: log_dir.display().to_string(),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
         annotations: HashMap::from([("note".to_string(), "x=y, \"quoted\"".to_string())]),
         linux: Some(pb::LinuxPodSandboxConfig {
             security_context: Some(pb::LinuxSandboxSecurityContext {
-                namespace_options: Some(pb::NamespaceOption { network: pb::NamespaceMode::Node as i32, ..Default::default() }),
+                namespace_options: Some(pb::NamespaceOption {
+                    network: pb::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -306,8 +407,14 @@ pub fn pod_config(name: &str, log_dir: &Path) -> pb::PodSandboxConfig {
 
 pub fn container_config(name: &str, image: &str) -> pb::ContainerConfig {
     pb::ContainerConfig {
-        metadata: Some(pb::ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(pb::ImageSpec { image: image.into(), ..Default::default() }),
+        metadata: Some(pb::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(pb::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
         log_path: format!("{name}/0.log"),
         labels: HashMap::from([("ctr".to_string(), name.to_string())]),
         annotations: HashMap::from([("a".to_string(), "b".to_string())]),
@@ -316,43 +423,70 @@ pub fn container_config(name: &str, image: &str) -> pb::ContainerConfig {
 }
 
 pub async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: pb::PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(pb::RunPodSandboxRequest { config: Some(cfg), runtime_handler: "wasmtime".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id
+    rt.run_pod_sandbox(pb::RunPodSandboxRequest {
+        config: Some(cfg),
+        runtime_handler: "wasmtime".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
 }
 
-pub async fn create(rt: &mut RuntimeServiceClient<Channel>, pod: &str, pod_cfg: &pb::PodSandboxConfig, cfg: pb::ContainerConfig) -> String {
-    rt.create_container(pb::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(cfg), sandbox_config: Some(pod_cfg.clone()) })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id
+pub async fn create(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_cfg: &pb::PodSandboxConfig,
+    cfg: pb::ContainerConfig,
+) -> String {
+    rt.create_container(pb::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: Some(pod_cfg.clone()),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .container_id
 }
 
 pub async fn start(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
-    rt.start_container(pb::StartContainerRequest { container_id: id.into() }).await.unwrap();
+    rt.start_container(pb::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
 }
 
 pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::ContainerStatus {
-    rt.container_status(pb::ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
+    rt.container_status(pb::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
 }
 
 /// Polls until the container has exited (or panics after `secs`).
-pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str, secs: u64) -> pb::ContainerStatus {
+pub async fn wait_exited(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    secs: u64,
+) -> pb::ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let st = status(rt, id).await;
         if st.state == pb::ContainerState::ContainerExited as i32 {
             return st;
         }
-        assert!(Instant::now() < deadline, "container {id} still {:?} after {secs}s", st.state);
+        assert!(
+            Instant::now() < deadline,
+            "container {id} still {:?} after {secs}s",
+            st.state
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -365,7 +499,11 @@ pub async fn wait_log(path: &Path, needle: &str, secs: u64) -> String {
         if text.contains(needle) {
             return text;
         }
-        assert!(Instant::now() < deadline, "{needle:?} not in {}: {text:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in {}: {text:?}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -345,7 +345,11 @@ impl ImageStore {
         }
         // Rootfs dirs without a record: a crash between unpack and record write, or during
         // removal.
-        let sweep_rootfs = if exclusive { fs::read_dir(&rootfs).at(&rootfs)?.collect() } else { Vec::new() };
+        let sweep_rootfs = if exclusive {
+            fs::read_dir(&rootfs).at(&rootfs)?.collect()
+        } else {
+            Vec::new()
+        };
         for entry in sweep_rootfs {
             let entry = entry.at(&rootfs)?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -394,7 +398,9 @@ impl ImageStore {
     /// since this store was opened.
     fn refresh(&self) {
         let inner = &self.inner;
-        let Ok(rd) = fs::read_dir(&inner.records) else { return };
+        let Ok(rd) = fs::read_dir(&inner.records) else {
+            return;
+        };
         let on_disk: BTreeMap<String, PathBuf> = rd
             .flatten()
             .map(|e| e.path())
@@ -410,7 +416,10 @@ impl ImageStore {
             if st.images.contains_key(&id) {
                 continue;
             }
-            if let Some(img) = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Image>(&b).ok()) {
+            if let Some(img) = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Image>(&b).ok())
+            {
                 st.images.insert(img.id.clone(), img);
             }
         }

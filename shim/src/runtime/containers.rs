@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Container, Result, Runtime, RuntimeError, Undo, container_name_key, run_undo, with_cleanup};
+use super::{
+    Container, Result, Runtime, RuntimeError, Undo, container_name_key, run_undo, with_cleanup,
+};
 use crate::container::{
     ContainerMeta, ContainerPhase, ContainerRecord, ContainerState, MountSpec, merge_env,
     resolve_argv,
@@ -79,7 +81,9 @@ impl Runtime {
     /// CreateContainer.
     pub async fn create_container(self: &Arc<Self>, req: NewContainer) -> Result<String> {
         if req.name.is_empty() {
-            return Err(RuntimeError::InvalidArgument("container metadata.name is empty".into()));
+            return Err(RuntimeError::InvalidArgument(
+                "container metadata.name is empty".into(),
+            ));
         }
         let pod = self.pod(&req.pod_id)?;
         if !super::pod_ready(&pod.record.lock().await.state) {
@@ -120,9 +124,17 @@ impl Runtime {
     ) -> Result<()> {
         let image = self.images.get(&req.image)?;
         let entry = image.wasm.clone().ok_or_else(|| {
-            RuntimeError::FailedPrecondition(format!("image {} holds no wasm module to run", req.image))
+            RuntimeError::FailedPrecondition(format!(
+                "image {} holds no wasm module to run",
+                req.image
+            ))
         })?;
-        let argv = resolve_argv(&req.command, &req.args, &image.config.entrypoint, &image.config.cmd);
+        let argv = resolve_argv(
+            &req.command,
+            &req.args,
+            &image.config.entrypoint,
+            &image.config.cmd,
+        );
         // The module to run: argv[0] if it names a .wasm file in the image, else the image's.
         let wasm = argv
             .first()
@@ -145,10 +157,13 @@ impl Runtime {
         };
 
         let dir = self.config.containers_dir().join(id);
-        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
         {
             let dir = dir.clone();
-            undo.push(Box::pin(async move { crate::store::remove(&dir).map_err(|e| e.to_string()) }));
+            undo.push(Box::pin(async move {
+                crate::store::remove(&dir).map_err(|e| e.to_string())
+            }));
         }
 
         let log_file = if req.log_path.is_empty() || pod.log_directory.is_empty() {
@@ -156,8 +171,10 @@ impl Runtime {
         } else {
             let p = Path::new(&pod.log_directory).join(&req.log_path);
             if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(RuntimeError::io(format!("create log dir {}", parent.display())))?;
+                std::fs::create_dir_all(parent).map_err(RuntimeError::io(format!(
+                    "create log dir {}",
+                    parent.display()
+                )))?;
             }
             Some(p)
         };
@@ -167,7 +184,9 @@ impl Runtime {
             Some(cg) => {
                 let handle = cg.create(&cgroup_path, &req.resources)?;
                 let (cg, h) = (cg.clone(), handle.clone());
-                undo.push(Box::pin(async move { cg.remove_handle(&h).map_err(|e| e.to_string()) }));
+                undo.push(Box::pin(async move {
+                    cg.remove_handle(&h).map_err(|e| e.to_string())
+                }));
                 Some(handle)
             }
             None => None,
@@ -183,7 +202,11 @@ impl Runtime {
             annotations: req.annotations,
             image: req.image,
             image_id: image.id.clone(),
-            image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
             created_at: crate::ids::now_ns(),
             log_path: req.log_path,
             log_file,
@@ -205,10 +228,16 @@ impl Runtime {
             oom_score_adj: req.oom_score_adj,
             resources: req.resources,
         };
-        let record = ContainerRecord { meta, state: ContainerState::created() };
+        let record = ContainerRecord {
+            meta,
+            state: ContainerState::created(),
+        };
         let c = Container::new(record);
         self.save_container(&c)?;
-        self.containers.write().expect("containers lock").insert(id.to_owned(), c);
+        self.containers
+            .write()
+            .expect("containers lock")
+            .insert(id.to_owned(), c);
         Ok(())
     }
 
@@ -216,15 +245,26 @@ impl Runtime {
     /// A failure is not fatal here: the runner compiles for itself and reports a broken
     /// module as the container's exit reason.
     async fn precompiled_for(&self, wasm: &Path) -> Option<PathBuf> {
-        if let Some(p) = self.precompiled.lock().expect("precompiled lock").get(wasm) {
-            if p.exists() {
-                return Some(p.clone());
-            }
+        if let Some(p) = self.precompiled.lock().expect("precompiled lock").get(wasm)
+            && p.exists()
+        {
+            return Some(p.clone());
         }
-        let (engine, cache, w) = (self.engine.clone(), self.config.cache_dir(), wasm.to_owned());
-        match tokio::task::spawn_blocking(move || crate::wasm::precompile_cached(&engine, &cache, &w)).await {
+        let (engine, cache, w) = (
+            self.engine.clone(),
+            self.config.cache_dir(),
+            wasm.to_owned(),
+        );
+        match tokio::task::spawn_blocking(move || {
+            crate::wasm::precompile_cached(&engine, &cache, &w)
+        })
+        .await
+        {
             Ok(Ok(p)) => {
-                self.precompiled.lock().expect("precompiled lock").insert(wasm.to_owned(), p.clone());
+                self.precompiled
+                    .lock()
+                    .expect("precompiled lock")
+                    .insert(wasm.to_owned(), p.clone());
                 Some(p)
             }
             Ok(Err(e)) => {
@@ -243,7 +283,11 @@ impl Runtime {
         let m = &c.meta;
         let pod = self.pod(&m.pod_id)?;
         let preopens = self.preopens(c, &pod.meta)?;
-        let cgroup_procs = m.cgroup.as_ref().map(|h| h.procs_files.clone()).unwrap_or_default();
+        let cgroup_procs = m
+            .cgroup
+            .as_ref()
+            .map(|h| h.procs_files.clone())
+            .unwrap_or_default();
         Ok(RunnerSpec {
             container_id: m.id.clone(),
             mode,
@@ -272,7 +316,11 @@ impl Runtime {
     /// links (copies across filesystems) that is preopened at that parent.
     fn preopens(&self, c: &Container, pod: &crate::pod::PodMeta) -> Result<Vec<Preopen>> {
         let m = &c.meta;
-        let mut out = vec![Preopen { host: m.rootfs.clone(), guest: "/".into(), read_only: true }];
+        let mut out = vec![Preopen {
+            host: m.rootfs.clone(),
+            guest: "/".into(),
+            read_only: true,
+        }];
         let mut files: Vec<(String, PathBuf, bool)> = Vec::new();
         for mount in &m.mounts {
             let host = PathBuf::from(&mount.host_path);
@@ -300,15 +348,22 @@ impl Runtime {
         let mut by_dir: HashMap<String, Vec<(String, PathBuf, bool)>> = HashMap::new();
         for (guest, host, ro) in files {
             let p = Path::new(&guest);
-            let parent = p.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let parent = p
+                .parent()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/".into());
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             by_dir.entry(parent).or_default().push((name, host, ro));
         }
         let mut dirs: Vec<_> = by_dir.into_iter().collect();
         dirs.sort_by(|a, b| a.0.cmp(&b.0));
         for (i, (guest_dir, entries)) in dirs.into_iter().enumerate() {
             let shim = m.dir.join("files").join(i.to_string());
-            std::fs::create_dir_all(&shim).map_err(RuntimeError::io(format!("create {}", shim.display())))?;
+            std::fs::create_dir_all(&shim)
+                .map_err(RuntimeError::io(format!("create {}", shim.display())))?;
             let mut all_ro = true;
             for (name, host, ro) in entries {
                 let dst = shim.join(&name);
@@ -322,7 +377,11 @@ impl Runtime {
                 }
                 all_ro &= ro;
             }
-            out.push(Preopen { host: shim, guest: guest_dir, read_only: all_ro });
+            out.push(Preopen {
+                host: shim,
+                guest: guest_dir,
+                read_only: all_ro,
+            });
         }
         Ok(out)
     }
@@ -333,7 +392,10 @@ impl Runtime {
         let c = self.container(id)?;
         let _op = c.op.lock().await;
         if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(RuntimeError::FailedPrecondition(format!("container {} is being removed", c.meta.id)));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is being removed",
+                c.meta.id
+            )));
         }
         let phase = c.snapshot().phase;
         if phase != ContainerPhase::Created {
@@ -366,7 +428,10 @@ impl Runtime {
             }
             Err((message, child)) => {
                 let rec = self.finish_failed_start(&c, child, &message).await;
-                Err(RuntimeError::StartFailed { id: c.meta.id.clone(), message: rec.message })
+                Err(RuntimeError::StartFailed {
+                    id: c.meta.id.clone(),
+                    message: rec.message,
+                })
             }
         }
     }
@@ -387,7 +452,8 @@ impl Runtime {
         let mut rx = c.exited.subscribe();
         if timeout_s > 0 {
             self.signal(c, nix::sys::signal::Signal::SIGTERM);
-            let wait = tokio::time::timeout(Duration::from_secs(timeout_s as u64), rx.wait_for(|v| *v));
+            let wait =
+                tokio::time::timeout(Duration::from_secs(timeout_s as u64), rx.wait_for(|v| *v));
             if wait.await.is_ok() {
                 return Ok(());
             }
@@ -418,8 +484,14 @@ impl Runtime {
         }
         crate::store::remove(&self.container_meta_path(&c.meta.id))?;
         crate::store::remove(&c.meta.dir)?;
-        self.containers.write().expect("containers lock").remove(&c.meta.id);
-        self.release(&container_name_key(&c.meta.pod_id, &c.meta.name, c.meta.attempt), &c.meta.id);
+        self.containers
+            .write()
+            .expect("containers lock")
+            .remove(&c.meta.id);
+        self.release(
+            &container_name_key(&c.meta.pod_id, &c.meta.name, c.meta.attempt),
+            &c.meta.id,
+        );
         Ok(())
     }
 
@@ -428,9 +500,14 @@ impl Runtime {
     pub async fn reopen_log(self: &Arc<Self>, id: &str) -> Result<()> {
         let c = self.container(id)?;
         if c.snapshot().phase != ContainerPhase::Running {
-            return Err(RuntimeError::FailedPrecondition(format!("container {} is not running", c.meta.id)));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                c.meta.id
+            )));
         }
-        let Some(log) = c.meta.log_file.clone() else { return Ok(()) };
+        let Some(log) = c.meta.log_file.clone() else {
+            return Ok(());
+        };
         self.signal(&c, nix::sys::signal::Signal::SIGUSR1);
         for _ in 0..200 {
             if log.exists() {
@@ -438,19 +515,31 @@ impl Runtime {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(RuntimeError::DeadlineExceeded(format!("container {} did not reopen {}", c.meta.id, log.display())))
+        Err(RuntimeError::DeadlineExceeded(format!(
+            "container {} did not reopen {}",
+            c.meta.id,
+            log.display()
+        )))
     }
 
     /// ExecSync: runs `cmd` as a fresh instance of the container's module (or of the `.wasm`
     /// in its rootfs that `cmd[0]` names), in the container's cgroup and network namespace,
     /// with its env and preopens, and returns its output and exit code.
-    pub async fn exec_sync(self: &Arc<Self>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<ExecOutput> {
+    pub async fn exec_sync(
+        self: &Arc<Self>,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_s: i64,
+    ) -> Result<ExecOutput> {
         let c = self.container(id)?;
         if cmd.is_empty() {
             return Err(RuntimeError::InvalidArgument("exec cmd is empty".into()));
         }
         if c.snapshot().phase != ContainerPhase::Running {
-            return Err(RuntimeError::FailedPrecondition(format!("container {} is not running", c.meta.id)));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                c.meta.id
+            )));
         }
         let timeout_ms = (timeout_s.max(0) as u64) * 1000;
         let mut spec = self.runner_spec(&c, RunMode::Exec { timeout_ms }, PathBuf::new())?;
@@ -461,7 +550,10 @@ impl Runtime {
             spec.precompiled = self.precompiled_for(&spec.wasm).await;
         }
         spec.args = cmd;
-        let spec_path = c.meta.dir.join(format!("exec-{}.json", &crate::ids::new_id()[..12]));
+        let spec_path = c
+            .meta
+            .dir
+            .join(format!("exec-{}.json", &crate::ids::new_id()[..12]));
         crate::store::save(&spec_path, &spec)?;
         let out = self.run_exec(&spec_path, timeout_ms).await;
         let _ = std::fs::remove_file(&spec_path);
@@ -479,12 +571,23 @@ fn http_port(
         .get(HTTP_PORT_ANNOTATION)
         .or_else(|| pod.get(HTTP_PORT_ANNOTATION))
         .cloned()
-        .or_else(|| env.iter().find(|(k, _)| k == HTTP_PORT_ENV).map(|(_, v)| v.clone()));
+        .or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == HTTP_PORT_ENV)
+                .map(|(_, v)| v.clone())
+        });
     match raw {
         None => Ok(DEFAULT_HTTP_PORT),
-        Some(v) => v.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-            RuntimeError::InvalidArgument(format!("invalid HTTP port {v:?} (from {HTTP_PORT_ANNOTATION} or {HTTP_PORT_ENV})"))
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                RuntimeError::InvalidArgument(format!(
+                    "invalid HTTP port {v:?} (from {HTTP_PORT_ANNOTATION} or {HTTP_PORT_ENV})"
+                ))
+            }),
     }
 }
 
@@ -509,6 +612,9 @@ mod tests {
         assert_eq!(http_port(&none, &none, &env).unwrap(), 7000);
         let mut ctr = HashMap::new();
         ctr.insert(HTTP_PORT_ANNOTATION.to_string(), "x".to_string());
-        assert!(matches!(http_port(&ctr, &pod, &env), Err(RuntimeError::InvalidArgument(_))));
+        assert!(matches!(
+            http_port(&ctr, &pod, &env),
+            Err(RuntimeError::InvalidArgument(_))
+        ));
     }
 }

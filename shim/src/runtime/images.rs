@@ -9,7 +9,11 @@ impl Runtime {
     /// RemoveImage by ID, tag or digest.
     pub async fn remove_image(self: &Arc<Self>, reference: &str) -> Result<()> {
         let img = self.images.get(reference)?;
-        if let Some(c) = self.containers().into_iter().find(|c| c.meta.image_id == img.id) {
+        if let Some(c) = self
+            .containers()
+            .into_iter()
+            .find(|c| c.meta.image_id == img.id)
+        {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "image {reference} is in use by container {}",
                 c.meta.id
@@ -17,14 +21,17 @@ impl Runtime {
         }
         // The artifact is keyed by the wasm's bytes: find it before the bytes are gone.
         let artifact = img.wasm.as_ref().and_then(|w| {
-            std::fs::read(&w.path)
-                .ok()
-                .map(|bytes| crate::wasm::artifact_path(&self.engine, &self.config.cache_dir(), &bytes))
+            std::fs::read(&w.path).ok().map(|bytes| {
+                crate::wasm::artifact_path(&self.engine, &self.config.cache_dir(), &bytes)
+            })
         });
         let removed = self.images.remove(reference).await?;
         if removed.deleted {
             if let Some(p) = removed.wasm_path {
-                self.precompiled.lock().expect("precompiled lock").remove(&p);
+                self.precompiled
+                    .lock()
+                    .expect("precompiled lock")
+                    .remove(&p);
             }
             if let Some(a) = artifact {
                 let _ = std::fs::remove_file(a);

@@ -7,9 +7,9 @@
 //! operations on different objects run in parallel.
 
 mod containers;
+mod images;
 mod pods;
 mod process;
-mod images;
 mod recover;
 mod stats;
 
@@ -292,13 +292,22 @@ impl Runtime {
 
     /// The container with this ID or unique ID prefix.
     pub fn container(&self, id: &str) -> Result<Arc<Container>> {
-        Self::find(&self.containers.read().expect("containers lock"), "container", id)
-            .map(|(_, c)| c)
+        Self::find(
+            &self.containers.read().expect("containers lock"),
+            "container",
+            id,
+        )
+        .map(|(_, c)| c)
     }
 
     /// All pods.
     pub fn pods(&self) -> Vec<Arc<Pod>> {
-        self.pods.read().expect("pods lock").values().cloned().collect()
+        self.pods
+            .read()
+            .expect("pods lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// All containers.
@@ -347,7 +356,10 @@ impl Runtime {
     }
 
     fn pod_meta_path(&self, id: &str) -> PathBuf {
-        self.config.meta_dir().join("pods").join(format!("{id}.json"))
+        self.config
+            .meta_dir()
+            .join("pods")
+            .join(format!("{id}.json"))
     }
 
     fn container_meta_path(&self, id: &str) -> PathBuf {
@@ -443,7 +455,11 @@ mod tests {
             let log = log.clone();
             undo.push(Box::pin(async move {
                 log.lock().unwrap().push(i);
-                if i == 1 { Err("one failed".into()) } else { Ok(()) }
+                if i == 1 {
+                    Err("one failed".into())
+                } else {
+                    Ok(())
+                }
             }));
         }
         let failures = run_undo(undo).await;

@@ -44,7 +44,9 @@ impl Runtime {
     /// of them fails) on a task of their own, so a cancelled request still cleans up.
     pub async fn run_pod(self: &Arc<Self>, req: NewPod) -> Result<String> {
         if req.name.is_empty() {
-            return Err(RuntimeError::InvalidArgument("sandbox metadata.name is empty".into()));
+            return Err(RuntimeError::InvalidArgument(
+                "sandbox metadata.name is empty".into(),
+            ));
         }
         if !self.config.accepts_handler(&req.runtime_handler) {
             return Err(RuntimeError::InvalidArgument(format!(
@@ -88,14 +90,19 @@ impl Runtime {
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let dir = self.config.pods_dir().join(id);
-        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
         {
             let dir = dir.clone();
             undo.push(Box::pin(async move {
                 crate::store::remove(&dir).map_err(|e| e.to_string())
             }));
         }
-        let hostname = if req.hostname.is_empty() { req.name.clone() } else { req.hostname.clone() };
+        let hostname = if req.hostname.is_empty() {
+            req.name.clone()
+        } else {
+            req.hostname.clone()
+        };
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(RuntimeError::io("create pod etc dir"))?;
         std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
@@ -129,14 +136,20 @@ impl Runtime {
             netns: None,
             dir,
         };
-        let mut state = PodState { phase: PodPhase::Ready, ips: Vec::new(), network_attached: false };
+        let mut state = PodState {
+            phase: PodPhase::Ready,
+            ips: Vec::new(),
+            network_attached: false,
+        };
 
         if !meta.host_network {
             let netns_dir = self.config.netns_dir();
             let name = format!("wasmcri-{}", &id[..16]);
-            let path = tokio::task::spawn_blocking(move || crate::network::netns::create(&netns_dir, &name))
-                .await
-                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
+            let path = tokio::task::spawn_blocking(move || {
+                crate::network::netns::create(&netns_dir, &name)
+            })
+            .await
+            .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
             {
                 let path = path.clone();
                 undo.push(Box::pin(async move {
@@ -152,17 +165,28 @@ impl Runtime {
             {
                 let this = self.clone();
                 let att = att.clone();
-                undo.push(Box::pin(async move { this.cni_del(att).await.map_err(|e| e.to_string()) }));
+                undo.push(Box::pin(async move {
+                    this.cni_del(att).await.map_err(|e| e.to_string())
+                }));
             }
             let result = self.cni.add(&att).await?;
             state.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
             state.network_attached = true;
         }
 
-        let record = PodRecord { meta: meta.clone(), state };
+        let record = PodRecord {
+            meta: meta.clone(),
+            state,
+        };
         self.save_pod(&record).await?;
-        let pod = Arc::new(Pod { meta, record: tokio::sync::Mutex::new(record) });
-        self.pods.write().expect("pods lock").insert(id.to_owned(), pod);
+        let pod = Arc::new(Pod {
+            meta,
+            record: tokio::sync::Mutex::new(record),
+        });
+        self.pods
+            .write()
+            .expect("pods lock")
+            .insert(id.to_owned(), pod);
         Ok(())
     }
 
@@ -240,7 +264,10 @@ impl Runtime {
         crate::store::remove(&self.pod_meta_path(&rec.meta.id))?;
         self.pods.write().expect("pods lock").remove(&rec.meta.id);
         let m = &rec.meta;
-        self.release(&pod_name_key(&m.name, &m.namespace, &m.uid, m.attempt), &m.id);
+        self.release(
+            &pod_name_key(&m.name, &m.namespace, &m.uid, m.attempt),
+            &m.id,
+        );
         Ok(())
     }
 }

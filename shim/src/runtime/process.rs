@@ -65,7 +65,10 @@ impl Runtime {
         &self,
         c: &Container,
         spec_path: &Path,
-    ) -> std::result::Result<(i32, Option<u64>, tokio::process::Child), (String, Option<tokio::process::Child>)> {
+    ) -> std::result::Result<
+        (i32, Option<u64>, tokio::process::Child),
+        (String, Option<tokio::process::Child>),
+    > {
         let runner_log = c.meta.dir.join("runner.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -76,19 +79,27 @@ impl Runtime {
         cmd.stdout(Stdio::piped()).stderr(log);
         // Own session: a signal to the daemon's process group never reaches the runners.
         cmd.process_group(0);
-        let mut child = cmd.spawn().map_err(|e| (format!("spawn runner: {e}"), None))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| (format!("spawn runner: {e}"), None))?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let pid_start = pid_start_time(pid);
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
             Ok(Ok(Some(line))) if line.trim() == "ok" => Ok((pid, pid_start, child)),
-            Ok(Ok(Some(line))) => Err((line.trim_start_matches("error: ").trim().to_owned(), Some(child))),
+            Ok(Ok(Some(line))) => Err((
+                line.trim_start_matches("error: ").trim().to_owned(),
+                Some(child),
+            )),
             Ok(Ok(None)) => Err(("runner exited before the guest started".into(), Some(child))),
             Ok(Err(e)) => Err((format!("reading runner readiness: {e}"), Some(child))),
             Err(_) => {
                 let _ = child.start_kill();
-                Err((format!("runner not ready after {READY_TIMEOUT:?}"), Some(child)))
+                Err((
+                    format!("runner not ready after {READY_TIMEOUT:?}"),
+                    Some(child),
+                ))
             }
         }
     }
@@ -102,13 +113,19 @@ impl Runtime {
         message: &str,
     ) -> ExitRecord {
         let status = match child {
-            Some(mut ch) => tokio::time::timeout(Duration::from_secs(10), ch.wait()).await.ok().and_then(|r| r.ok()),
+            Some(mut ch) => tokio::time::timeout(Duration::from_secs(10), ch.wait())
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
             None => None,
         };
         let exit_file = c.meta.dir.join("exit.json");
         let now = crate::ids::now_ns();
         let rec = crate::runner::read_exit_record(&exit_file).unwrap_or_else(|| ExitRecord {
-            exit_code: status.and_then(|s| s.code()).filter(|c| *c != 0).unwrap_or(128),
+            exit_code: status
+                .and_then(|s| s.code())
+                .filter(|c| *c != 0)
+                .unwrap_or(128),
             reason: "StartError".into(),
             message: message.to_owned(),
             started_at: now,
@@ -120,10 +137,10 @@ impl Runtime {
 
     pub(super) fn record_exit(&self, c: &Arc<Container>, rec: &ExitRecord) {
         let exit_file = c.meta.dir.join("exit.json");
-        if crate::runner::read_exit_record(&exit_file).is_none() {
-            if let Err(e) = crate::runner::write_exit_record(&exit_file, rec) {
-                tracing::warn!(container = %c.meta.id, error = %e, "cannot write exit record");
-            }
+        if crate::runner::read_exit_record(&exit_file).is_none()
+            && let Err(e) = crate::runner::write_exit_record(&exit_file, rec)
+        {
+            tracing::warn!(container = %c.meta.id, error = %e, "cannot write exit record");
         }
         c.state.lock().expect("state lock").exit_with(rec);
         if let Err(e) = self.save_container(c) {
@@ -134,7 +151,11 @@ impl Runtime {
     }
 
     /// Works out how a runner ended when it may not have said so itself.
-    pub(super) fn infer_exit(&self, c: &Container, status: Option<std::process::ExitStatus>) -> ExitRecord {
+    pub(super) fn infer_exit(
+        &self,
+        c: &Container,
+        status: Option<std::process::ExitStatus>,
+    ) -> ExitRecord {
         use std::os::unix::process::ExitStatusExt;
         let exit_file = c.meta.dir.join("exit.json");
         if let Some(rec) = crate::runner::read_exit_record(&exit_file) {
@@ -147,26 +168,50 @@ impl Runtime {
             .as_ref()
             .is_some_and(|cg| cg.oom_killed(&c.meta.cgroup_path).unwrap_or(false));
         let (exit_code, reason, message) = match status {
-            Some(s) if s.signal() == Some(libc::SIGKILL) && oom => {
-                (137, "OOMKilled", "memory limit exceeded; killed by the kernel OOM killer".to_owned())
-            }
+            Some(s) if s.signal() == Some(libc::SIGKILL) && oom => (
+                137,
+                "OOMKilled",
+                "memory limit exceeded; killed by the kernel OOM killer".to_owned(),
+            ),
             Some(s) if s.signal().is_some() => {
                 let sig = s.signal().unwrap_or(0);
                 (128 + sig, "Error", format!("runner killed by signal {sig}"))
             }
             Some(s) => (
                 s.code().unwrap_or(255),
-                if s.code() == Some(0) { "Completed" } else { "Error" },
+                if s.code() == Some(0) {
+                    "Completed"
+                } else {
+                    "Error"
+                },
                 "runner exited without recording a status".to_owned(),
             ),
-            None if oom => (137, "OOMKilled", "memory limit exceeded; killed by the kernel OOM killer".to_owned()),
-            None => (255, "Unknown", "runner ended while the daemon was not running; status unknown".to_owned()),
+            None if oom => (
+                137,
+                "OOMKilled",
+                "memory limit exceeded; killed by the kernel OOM killer".to_owned(),
+            ),
+            None => (
+                255,
+                "Unknown",
+                "runner ended while the daemon was not running; status unknown".to_owned(),
+            ),
         };
-        ExitRecord { exit_code, reason: reason.into(), message, started_at, finished_at }
+        ExitRecord {
+            exit_code,
+            reason: reason.into(),
+            message,
+            started_at,
+            finished_at,
+        }
     }
 
     /// Reaps a runner we spawned and records how it ended.
-    pub(super) fn watch_child(self: &Arc<Self>, c: Arc<Container>, mut child: tokio::process::Child) {
+    pub(super) fn watch_child(
+        self: &Arc<Self>,
+        c: Arc<Container>,
+        mut child: tokio::process::Child,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await.ok();
@@ -181,8 +226,13 @@ impl Runtime {
         tokio::spawn(async move {
             let registered = pidfd_open(pid).and_then(|fd| {
                 // SAFETY: the AsyncFd owns the pidfd; nothing else closes or reuses it.
-                unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                    .map_err(|e| std::io::Error::other(e.to_string()))
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|e| std::io::Error::other(e.to_string()))
             });
             match registered {
                 Ok(fd) => {
@@ -203,17 +253,19 @@ impl Runtime {
     /// Signals a running container's runner, if it is still the process we started.
     pub(super) fn signal(&self, c: &Container, sig: nix::sys::signal::Signal) {
         let st = c.snapshot();
-        if let Some(pid) = st.pid {
-            if same_process(pid, st.pid_start) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-            }
+        if let Some(pid) = st.pid
+            && same_process(pid, st.pid_start)
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
         }
     }
 
     /// Runs an exec runner to completion and collects its output.
     pub(super) async fn run_exec(&self, spec_path: &Path, timeout_ms: u64) -> Result<ExecOutput> {
         let mut cmd = self.runner_command(spec_path);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(RuntimeError::io("spawn exec runner"))?;
         let mut so = child.stdout.take().expect("piped");
         let mut se = child.stderr.take().expect("piped");
@@ -228,7 +280,11 @@ impl Runtime {
             v
         };
         // The runner interrupts the guest at the deadline; this is the backstop.
-        let hard = if timeout_ms == 0 { Duration::from_secs(24 * 3600) } else { Duration::from_millis(timeout_ms) + Duration::from_secs(5) };
+        let hard = if timeout_ms == 0 {
+            Duration::from_secs(24 * 3600)
+        } else {
+            Duration::from_millis(timeout_ms) + Duration::from_secs(5)
+        };
         let all = async { tokio::join!(read_out, read_err, child.wait()) };
         match tokio::time::timeout(hard, all).await {
             Ok((stdout, stderr, status)) => {
@@ -243,9 +299,16 @@ impl Runtime {
                         timeout_ms / 1000
                     )));
                 }
-                Ok(ExecOutput { stdout: cap_output(stdout), stderr: cap_output(stderr), exit_code: code })
+                Ok(ExecOutput {
+                    stdout: cap_output(stdout),
+                    stderr: cap_output(stderr),
+                    exit_code: code,
+                })
             }
-            Err(_) => Err(RuntimeError::DeadlineExceeded(format!("command timed out after {}s", timeout_ms / 1000))),
+            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+                "command timed out after {}s",
+                timeout_ms / 1000
+            ))),
         }
     }
 }

@@ -20,9 +20,19 @@ impl Runtime {
                 }
             };
             let m = &rec.meta;
-            let _ = self.reserve("pod sandbox", &pod_name_key(&m.name, &m.namespace, &m.uid, m.attempt), &m.id);
-            let pod = Arc::new(Pod { meta: rec.meta.clone(), record: tokio::sync::Mutex::new(rec) });
-            self.pods.write().expect("pods lock").insert(pod.meta.id.clone(), pod);
+            let _ = self.reserve(
+                "pod sandbox",
+                &pod_name_key(&m.name, &m.namespace, &m.uid, m.attempt),
+                &m.id,
+            );
+            let pod = Arc::new(Pod {
+                meta: rec.meta.clone(),
+                record: tokio::sync::Mutex::new(rec),
+            });
+            self.pods
+                .write()
+                .expect("pods lock")
+                .insert(pod.meta.id.clone(), pod);
         }
         let ctr_dir = self.config.meta_dir().join("containers");
         let mut recovered = 0usize;
@@ -40,8 +50,15 @@ impl Runtime {
             if let (Some(cg), Some(h)) = (&self.cgroups, &m.cgroup) {
                 cg.adopt(h);
             }
-            let _ = self.reserve("container", &container_name_key(&m.pod_id, &m.name, m.attempt), &m.id);
-            self.containers.write().expect("containers lock").insert(m.id.clone(), c.clone());
+            let _ = self.reserve(
+                "container",
+                &container_name_key(&m.pod_id, &m.name, m.attempt),
+                &m.id,
+            );
+            self.containers
+                .write()
+                .expect("containers lock")
+                .insert(m.id.clone(), c.clone());
             let st = c.snapshot();
             if st.phase == ContainerPhase::Running {
                 match st.pid {
@@ -72,7 +89,11 @@ impl Runtime {
                 }
             }
         }
-        tracing::info!(pods = self.pods.read().expect("lock").len(), containers = recovered, "state recovered");
+        tracing::info!(
+            pods = self.pods.read().expect("lock").len(),
+            containers = recovered,
+            "state recovered"
+        );
         Ok(())
     }
 }

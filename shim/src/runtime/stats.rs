@@ -36,10 +36,9 @@ pub struct Usage {
 
 impl Runtime {
     fn usage_of(&self, key: &str, cgroup_path: &str) -> Result<Usage> {
-        let cg = self
-            .cgroups
-            .as_ref()
-            .ok_or_else(|| RuntimeError::FailedPrecondition("no cgroups on this host: no stats".into()))?;
+        let cg = self.cgroups.as_ref().ok_or_else(|| {
+            RuntimeError::FailedPrecondition("no cgroups on this host: no stats".into())
+        })?;
         let s = cg.stats(cgroup_path)?;
         let timestamp = crate::ids::now_ns();
         let nano_cores = {
@@ -74,7 +73,10 @@ impl Runtime {
 
     /// Usage of a pod (its cgroup parent, which holds all its containers).
     pub fn pod_usage(&self, pod: &Pod) -> Result<Usage> {
-        let mut total = Usage { timestamp: crate::ids::now_ns(), ..Default::default() };
+        let mut total = Usage {
+            timestamp: crate::ids::now_ns(),
+            ..Default::default()
+        };
         let mut nano = None;
         for c in self.containers_of(&pod.meta.id) {
             if c.snapshot().phase != crate::container::ContainerPhase::Running {
@@ -98,7 +100,11 @@ impl Runtime {
     }
 
     /// UpdateContainerResources: applies new limits in place and persists them.
-    pub async fn update_resources(self: &Arc<Self>, id: &str, res: crate::cgroups::Resources) -> Result<()> {
+    pub async fn update_resources(
+        self: &Arc<Self>,
+        id: &str,
+        res: crate::cgroups::Resources,
+    ) -> Result<()> {
         let c = self.container(id)?;
         let _op = c.op.lock().await;
         if let Some(cg) = &self.cgroups {

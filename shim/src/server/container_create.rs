@@ -9,18 +9,31 @@ use crate::container::MountSpec;
 use crate::runtime::{NewContainer, Result, Runtime, RuntimeError};
 
 /// CreateContainer.
-pub async fn create(rt: &Arc<Runtime>, r: pb::CreateContainerRequest) -> Result<pb::CreateContainerResponse> {
-    let cfg = r.config.ok_or_else(|| RuntimeError::InvalidArgument("container config is missing".into()))?;
-    let md = cfg.metadata.ok_or_else(|| RuntimeError::InvalidArgument("container metadata is missing".into()))?;
+pub async fn create(
+    rt: &Arc<Runtime>,
+    r: pb::CreateContainerRequest,
+) -> Result<pb::CreateContainerResponse> {
+    let cfg = r
+        .config
+        .ok_or_else(|| RuntimeError::InvalidArgument("container config is missing".into()))?;
+    let md = cfg
+        .metadata
+        .ok_or_else(|| RuntimeError::InvalidArgument("container metadata is missing".into()))?;
     let image = cfg.image.map(|i| i.image).unwrap_or_default();
     if image.is_empty() {
-        return Err(RuntimeError::InvalidArgument("container image is empty".into()));
+        return Err(RuntimeError::InvalidArgument(
+            "container image is empty".into(),
+        ));
     }
     if cfg.tty {
-        return Err(RuntimeError::Unimplemented("tty is not supported for wasm containers".into()));
+        return Err(RuntimeError::Unimplemented(
+            "tty is not supported for wasm containers".into(),
+        ));
     }
     if !cfg.devices.is_empty() {
-        return Err(RuntimeError::Unimplemented("devices cannot be given to wasm containers".into()));
+        return Err(RuntimeError::Unimplemented(
+            "devices cannot be given to wasm containers".into(),
+        ));
     }
     let linux = cfg.linux.unwrap_or_default();
     let res = linux.resources.unwrap_or_default();
@@ -33,7 +46,11 @@ pub async fn create(rt: &Arc<Runtime>, r: pb::CreateContainerRequest) -> Result<
                 m.container_path
             )));
         }
-        mounts.push(MountSpec { container_path: m.container_path, host_path: m.host_path, read_only: m.readonly });
+        mounts.push(MountSpec {
+            container_path: m.container_path,
+            host_path: m.host_path,
+            read_only: m.readonly,
+        });
     }
     let req = NewContainer {
         pod_id: r.pod_sandbox_id,

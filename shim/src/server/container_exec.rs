@@ -9,5 +9,9 @@ use crate::runtime::{Result, Runtime};
 /// ExecSync.
 pub async fn exec_sync(rt: &Arc<Runtime>, r: pb::ExecSyncRequest) -> Result<pb::ExecSyncResponse> {
     let out = rt.exec_sync(&r.container_id, r.cmd, r.timeout).await?;
-    Ok(pb::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
+    Ok(pb::ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    })
 }

@@ -8,7 +8,10 @@ use super::convert;
 use crate::runtime::{Result, Runtime};
 
 /// ListContainers with id, state, pod sandbox id (prefixes allowed) and label filters.
-pub async fn list(rt: &Arc<Runtime>, r: pb::ListContainersRequest) -> Result<pb::ListContainersResponse> {
+pub async fn list(
+    rt: &Arc<Runtime>,
+    r: pb::ListContainersRequest,
+) -> Result<pb::ListContainersResponse> {
     let f = r.filter.unwrap_or_default();
     let mut containers = Vec::new();
     for c in rt.containers() {
@@ -25,8 +28,14 @@ pub async fn list(rt: &Arc<Runtime>, r: pb::ListContainersRequest) -> Result<pb:
         containers.push(pb::Container {
             id: m.id.clone(),
             pod_sandbox_id: m.pod_id.clone(),
-            metadata: Some(pb::ContainerMetadata { name: m.name.clone(), attempt: m.attempt }),
-            image: Some(pb::ImageSpec { image: m.image.clone(), ..Default::default() }),
+            metadata: Some(pb::ContainerMetadata {
+                name: m.name.clone(),
+                attempt: m.attempt,
+            }),
+            image: Some(pb::ImageSpec {
+                image: m.image.clone(),
+                ..Default::default()
+            }),
             image_ref: m.image_ref.clone(),
             image_id: m.image_id.clone(),
             state,
@@ -35,6 +44,6 @@ pub async fn list(rt: &Arc<Runtime>, r: pb::ListContainersRequest) -> Result<pb:
             annotations: m.annotations.clone(),
         });
     }
-    containers.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    containers.sort_by_key(|c| c.created_at);
     Ok(pb::ListContainersResponse { containers })
 }

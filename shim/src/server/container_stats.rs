@@ -31,12 +31,18 @@ fn memory(u: &Usage) -> pb::MemoryUsage {
     }
 }
 
-fn container_stats_of(rt: &Arc<Runtime>, c: &crate::runtime::Container) -> Result<pb::ContainerStats> {
+fn container_stats_of(
+    rt: &Arc<Runtime>,
+    c: &crate::runtime::Container,
+) -> Result<pb::ContainerStats> {
     let u = rt.container_usage(c)?;
     Ok(pb::ContainerStats {
         attributes: Some(pb::ContainerAttributes {
             id: c.meta.id.clone(),
-            metadata: Some(pb::ContainerMetadata { name: c.meta.name.clone(), attempt: c.meta.attempt }),
+            metadata: Some(pb::ContainerMetadata {
+                name: c.meta.name.clone(),
+                attempt: c.meta.attempt,
+            }),
             labels: c.meta.labels.clone(),
             annotations: c.meta.annotations.clone(),
         }),
@@ -44,7 +50,9 @@ fn container_stats_of(rt: &Arc<Runtime>, c: &crate::runtime::Container) -> Resul
         memory: Some(memory(&u)),
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
-            fs_id: Some(pb::FilesystemIdentifier { mountpoint: rt.config.root.display().to_string() }),
+            fs_id: Some(pb::FilesystemIdentifier {
+                mountpoint: rt.config.root.display().to_string(),
+            }),
             used_bytes: u64v(u.writable_bytes),
             inodes_used: u64v(u.writable_inodes),
         }),
@@ -53,13 +61,21 @@ fn container_stats_of(rt: &Arc<Runtime>, c: &crate::runtime::Container) -> Resul
 }
 
 /// ContainerStats.
-pub async fn stats(rt: &Arc<Runtime>, r: pb::ContainerStatsRequest) -> Result<pb::ContainerStatsResponse> {
+pub async fn stats(
+    rt: &Arc<Runtime>,
+    r: pb::ContainerStatsRequest,
+) -> Result<pb::ContainerStatsResponse> {
     let c = rt.container(&r.container_id)?;
-    Ok(pb::ContainerStatsResponse { stats: Some(container_stats_of(rt, &c)?) })
+    Ok(pb::ContainerStatsResponse {
+        stats: Some(container_stats_of(rt, &c)?),
+    })
 }
 
 /// ListContainerStats (running containers; id, pod and label filters).
-pub async fn list(rt: &Arc<Runtime>, r: pb::ListContainerStatsRequest) -> Result<pb::ListContainerStatsResponse> {
+pub async fn list(
+    rt: &Arc<Runtime>,
+    r: pb::ListContainerStatsRequest,
+) -> Result<pb::ListContainerStatsResponse> {
     let f = r.filter.unwrap_or_default();
     let mut stats = Vec::new();
     for c in rt.containers() {
@@ -97,7 +113,10 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
             cpu: Some(cpu(&u)),
             memory: Some(memory(&u)),
             network: None,
-            process: Some(pb::ProcessUsage { timestamp: u.timestamp, process_count: u64v(u.processes) }),
+            process: Some(pb::ProcessUsage {
+                timestamp: u.timestamp,
+                process_count: u64v(u.processes),
+            }),
             containers,
         }),
         windows: None,
@@ -105,17 +124,27 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
 }
 
 /// PodSandboxStats.
-pub async fn pod_stats(rt: &Arc<Runtime>, r: pb::PodSandboxStatsRequest) -> Result<pb::PodSandboxStatsResponse> {
+pub async fn pod_stats(
+    rt: &Arc<Runtime>,
+    r: pb::PodSandboxStatsRequest,
+) -> Result<pb::PodSandboxStatsResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
-    Ok(pb::PodSandboxStatsResponse { stats: Some(pod_stats_of(rt, &pod)?) })
+    Ok(pb::PodSandboxStatsResponse {
+        stats: Some(pod_stats_of(rt, &pod)?),
+    })
 }
 
 /// ListPodSandboxStats.
-pub async fn list_pods(rt: &Arc<Runtime>, r: pb::ListPodSandboxStatsRequest) -> Result<pb::ListPodSandboxStatsResponse> {
+pub async fn list_pods(
+    rt: &Arc<Runtime>,
+    r: pb::ListPodSandboxStatsRequest,
+) -> Result<pb::ListPodSandboxStatsResponse> {
     let f = r.filter.unwrap_or_default();
     let mut stats = Vec::new();
     for pod in rt.pods() {
-        if !convert::id_matches(&pod.meta.id, &f.id) || !convert::labels_match(&pod.meta.labels, &f.label_selector) {
+        if !convert::id_matches(&pod.meta.id, &f.id)
+            || !convert::labels_match(&pod.meta.labels, &f.label_selector)
+        {
             continue;
         }
         if let Ok(s) = pod_stats_of(rt, &pod) {

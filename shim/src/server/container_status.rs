@@ -9,7 +9,10 @@ use super::convert;
 use crate::runtime::{Result, Runtime};
 
 /// ContainerStatus.
-pub async fn status(rt: &Arc<Runtime>, r: pb::ContainerStatusRequest) -> Result<pb::ContainerStatusResponse> {
+pub async fn status(
+    rt: &Arc<Runtime>,
+    r: pb::ContainerStatusRequest,
+) -> Result<pb::ContainerStatusResponse> {
     let c = rt.container(&r.container_id)?;
     let st = c.snapshot();
     let m = &c.meta;
@@ -29,13 +32,19 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::ContainerStatusRequest) -> Result<
     Ok(pb::ContainerStatusResponse {
         status: Some(pb::ContainerStatus {
             id: m.id.clone(),
-            metadata: Some(pb::ContainerMetadata { name: m.name.clone(), attempt: m.attempt }),
+            metadata: Some(pb::ContainerMetadata {
+                name: m.name.clone(),
+                attempt: m.attempt,
+            }),
             state: convert::container_state(&st) as i32,
             created_at: m.created_at,
             started_at: st.started_at,
             finished_at: st.finished_at,
             exit_code: st.exit_code,
-            image: Some(pb::ImageSpec { image: m.image.clone(), ..Default::default() }),
+            image: Some(pb::ImageSpec {
+                image: m.image.clone(),
+                ..Default::default()
+            }),
             image_ref: m.image_ref.clone(),
             image_id: m.image_id.clone(),
             user: (m.uid.is_some() || m.gid.is_some()).then(|| pb::ContainerUser {
@@ -59,7 +68,11 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::ContainerStatusRequest) -> Result<
                     ..Default::default()
                 })
                 .collect(),
-            log_path: m.log_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            log_path: m
+                .log_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             resources: Some(pb::ContainerResources {
                 linux: Some(convert::resources_back(&resources, m.oom_score_adj)),
                 windows: None,

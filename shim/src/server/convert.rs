@@ -57,12 +57,19 @@ pub fn resources(r: &pb::LinuxContainerResources) -> crate::cgroups::Resources {
         cpuset_mems: r.cpuset_mems.clone(),
         pids_limit: None,
         unified: r.unified.clone(),
-        hugepage_limits: r.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
     }
 }
 
 /// CRI resources from domain resources.
-pub fn resources_back(r: &crate::cgroups::Resources, oom_score_adj: Option<i64>) -> pb::LinuxContainerResources {
+pub fn resources_back(
+    r: &crate::cgroups::Resources,
+    oom_score_adj: Option<i64>,
+) -> pb::LinuxContainerResources {
     pb::LinuxContainerResources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,
@@ -76,7 +83,10 @@ pub fn resources_back(r: &crate::cgroups::Resources, oom_score_adj: Option<i64>)
         hugepage_limits: r
             .hugepage_limits
             .iter()
-            .map(|(page_size, limit)| pb::HugepageLimit { page_size: page_size.clone(), limit: *limit })
+            .map(|(page_size, limit)| pb::HugepageLimit {
+                page_size: page_size.clone(),
+                limit: *limit,
+            })
             .collect(),
     }
 }

@@ -7,13 +7,21 @@ use cri::v1 as pb;
 use crate::runtime::{Result, Runtime};
 
 /// ImageFsInfo: real byte and inode usage of the image store, for image GC and eviction.
-pub async fn info(rt: &Arc<Runtime>, _r: pb::ImageFsInfoRequest) -> Result<pb::ImageFsInfoResponse> {
+pub async fn info(
+    rt: &Arc<Runtime>,
+    _r: pb::ImageFsInfoRequest,
+) -> Result<pb::ImageFsInfoResponse> {
     let (used_bytes, inodes_used) = rt.images.fs_usage().await?;
     let fs = pb::FilesystemUsage {
         timestamp: crate::ids::now_ns(),
-        fs_id: Some(pb::FilesystemIdentifier { mountpoint: rt.config.root.display().to_string() }),
+        fs_id: Some(pb::FilesystemIdentifier {
+            mountpoint: rt.config.root.display().to_string(),
+        }),
         used_bytes: Some(pb::UInt64Value { value: used_bytes }),
         inodes_used: Some(pb::UInt64Value { value: inodes_used }),
     };
-    Ok(pb::ImageFsInfoResponse { image_filesystems: vec![fs.clone()], container_filesystems: vec![fs] })
+    Ok(pb::ImageFsInfoResponse {
+        image_filesystems: vec![fs.clone()],
+        container_filesystems: vec![fs],
+    })
 }

@@ -16,14 +16,25 @@ pub fn to_pb(img: &Image) -> pb::Image {
         size: img.size,
         uid: None,
         username: img.config.user.clone(),
-        spec: Some(pb::ImageSpec { image: img.id.clone(), ..Default::default() }),
+        spec: Some(pb::ImageSpec {
+            image: img.id.clone(),
+            ..Default::default()
+        }),
         pinned: false,
     }
 }
 
 /// ListImages, optionally filtered by a reference.
 pub async fn list(rt: &Arc<Runtime>, r: pb::ListImagesRequest) -> Result<pb::ListImagesResponse> {
-    let filter = r.filter.and_then(|f| f.image).map(|i| i.image).unwrap_or_default();
-    let images = rt.images.list(&ImageFilter { reference: (!filter.is_empty()).then_some(filter) })?;
-    Ok(pb::ListImagesResponse { images: images.iter().map(to_pb).collect() })
+    let filter = r
+        .filter
+        .and_then(|f| f.image)
+        .map(|i| i.image)
+        .unwrap_or_default();
+    let images = rt.images.list(&ImageFilter {
+        reference: (!filter.is_empty()).then_some(filter),
+    })?;
+    Ok(pb::ListImagesResponse {
+        images: images.iter().map(to_pb).collect(),
+    })
 }

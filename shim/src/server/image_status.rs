@@ -8,7 +8,10 @@ use cri::v1 as pb;
 use crate::runtime::{Result, Runtime, RuntimeError};
 
 /// ImageStatus: an absent image is not an error (the kubelet pulls on an empty answer).
-pub async fn status(rt: &Arc<Runtime>, r: pb::ImageStatusRequest) -> Result<pb::ImageStatusResponse> {
+pub async fn status(
+    rt: &Arc<Runtime>,
+    r: pb::ImageStatusRequest,
+) -> Result<pb::ImageStatusResponse> {
     let name = r.image.map(|i| i.image).unwrap_or_default();
     if name.is_empty() {
         return Err(RuntimeError::InvalidArgument("image is empty".into()));
@@ -17,9 +20,15 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::ImageStatusRequest) -> Result<pb::
         Ok(img) => {
             let mut info = HashMap::new();
             if r.verbose {
-                info.insert("info".to_string(), serde_json::to_string(&img).unwrap_or_default());
+                info.insert(
+                    "info".to_string(),
+                    serde_json::to_string(&img).unwrap_or_default(),
+                );
             }
-            Ok(pb::ImageStatusResponse { image: Some(super::image_list::to_pb(&img)), info })
+            Ok(pb::ImageStatusResponse {
+                image: Some(super::image_list::to_pb(&img)),
+                info,
+            })
         }
         Err(crate::images::ImageError::NotFound(_)) => Ok(pb::ImageStatusResponse::default()),
         Err(e) => Err(e.into()),

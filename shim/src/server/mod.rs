@@ -5,7 +5,6 @@
 //! [`crate::runtime`] call and the answer back. [`rpc`] wraps every handler with a tracing
 //! span, start/failure logs and the single conversion of domain errors into gRPC statuses.
 
-mod convert;
 mod container_create;
 mod container_exec;
 mod container_list;
@@ -16,6 +15,7 @@ mod container_stats;
 mod container_status;
 mod container_stop;
 mod container_update;
+mod convert;
 mod image_fs_info;
 mod image_list;
 mod image_pull;
@@ -91,9 +91,13 @@ fn code_of(e: &RuntimeError) -> Code {
         RuntimeError::Unimplemented(_) => Code::Unimplemented,
         RuntimeError::Image(ie) => match ie {
             I::NotFound(_) => Code::NotFound,
-            I::InvalidReference { .. } | I::Ambiguous { .. } | I::InvalidDigest { .. } => Code::InvalidArgument,
+            I::InvalidReference { .. } | I::Ambiguous { .. } | I::InvalidDigest { .. } => {
+                Code::InvalidArgument
+            }
             I::Unauthorized { .. } => Code::PermissionDenied,
-            I::DigestMismatch { .. } | I::HostileLayer { .. } | I::TooLarge { .. } => Code::DataLoss,
+            I::DigestMismatch { .. } | I::HostileLayer { .. } | I::TooLarge { .. } => {
+                Code::DataLoss
+            }
             I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
                 Code::FailedPrecondition
             }
@@ -101,9 +105,10 @@ fn code_of(e: &RuntimeError) -> Code {
             I::Config(_) => Code::InvalidArgument,
             I::Io { .. } | I::Internal(_) => Code::Internal,
         },
-        RuntimeError::Cgroup(_) | RuntimeError::Network(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } => {
-            Code::Internal
-        }
+        RuntimeError::Cgroup(_)
+        | RuntimeError::Network(_)
+        | RuntimeError::Store(_)
+        | RuntimeError::Io { .. } => Code::Internal,
         RuntimeError::StartFailed { .. } => Code::Unknown,
         RuntimeError::CleanupFailed { error, .. } => code_of(error),
     }
@@ -116,153 +121,340 @@ impl From<RuntimeError> for Status {
 }
 
 fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{what} is not supported by wasmcri")))
+    Err(Status::unimplemented(format!(
+        "{what} is not supported by wasmcri"
+    )))
 }
 
-type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ContainerEventResponse, Status>> + Send>>;
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
-    async fn version(&self, r: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        r: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
         rpc("Version", "", runtime_info::version(r.into_inner())).await
     }
-    async fn run_pod_sandbox(&self, r: Request<pb::RunPodSandboxRequest>) -> Result<Response<pb::RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<pb::RunPodSandboxRequest>,
+    ) -> Result<Response<pb::RunPodSandboxResponse>, Status> {
         let r = r.into_inner();
-        let name = r.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
+        let name = r
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         rpc("RunPodSandbox", &name, sandbox_run::run(&self.rt, r)).await
     }
-    async fn stop_pod_sandbox(&self, r: Request<pb::StopPodSandboxRequest>) -> Result<Response<pb::StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<pb::StopPodSandboxRequest>,
+    ) -> Result<Response<pb::StopPodSandboxResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
         rpc("StopPodSandbox", &id, sandbox_stop::stop(&self.rt, r)).await
     }
-    async fn remove_pod_sandbox(&self, r: Request<pb::RemovePodSandboxRequest>) -> Result<Response<pb::RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<pb::RemovePodSandboxRequest>,
+    ) -> Result<Response<pb::RemovePodSandboxResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
         rpc("RemovePodSandbox", &id, sandbox_remove::remove(&self.rt, r)).await
     }
-    async fn pod_sandbox_status(&self, r: Request<pb::PodSandboxStatusRequest>) -> Result<Response<pb::PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<pb::PodSandboxStatusRequest>,
+    ) -> Result<Response<pb::PodSandboxStatusResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
         rpc("PodSandboxStatus", &id, sandbox_status::status(&self.rt, r)).await
     }
-    async fn list_pod_sandbox(&self, r: Request<pb::ListPodSandboxRequest>) -> Result<Response<pb::ListPodSandboxResponse>, Status> {
-        rpc("ListPodSandbox", "", sandbox_list::list(&self.rt, r.into_inner())).await
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<pb::ListPodSandboxRequest>,
+    ) -> Result<Response<pb::ListPodSandboxResponse>, Status> {
+        rpc(
+            "ListPodSandbox",
+            "",
+            sandbox_list::list(&self.rt, r.into_inner()),
+        )
+        .await
     }
-    async fn create_container(&self, r: Request<pb::CreateContainerRequest>) -> Result<Response<pb::CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        r: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::CreateContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
-        rpc("CreateContainer", &id, container_create::create(&self.rt, r)).await
+        rpc(
+            "CreateContainer",
+            &id,
+            container_create::create(&self.rt, r),
+        )
+        .await
     }
-    async fn start_container(&self, r: Request<pb::StartContainerRequest>) -> Result<Response<pb::StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        r: Request<pb::StartContainerRequest>,
+    ) -> Result<Response<pb::StartContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
         rpc("StartContainer", &id, container_start::start(&self.rt, r)).await
     }
-    async fn stop_container(&self, r: Request<pb::StopContainerRequest>) -> Result<Response<pb::StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        r: Request<pb::StopContainerRequest>,
+    ) -> Result<Response<pb::StopContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
         rpc("StopContainer", &id, container_stop::stop(&self.rt, r)).await
     }
-    async fn remove_container(&self, r: Request<pb::RemoveContainerRequest>) -> Result<Response<pb::RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        r: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("RemoveContainer", &id, container_remove::remove(&self.rt, r)).await
+        rpc(
+            "RemoveContainer",
+            &id,
+            container_remove::remove(&self.rt, r),
+        )
+        .await
     }
-    async fn list_containers(&self, r: Request<pb::ListContainersRequest>) -> Result<Response<pb::ListContainersResponse>, Status> {
-        rpc("ListContainers", "", container_list::list(&self.rt, r.into_inner())).await
+    async fn list_containers(
+        &self,
+        r: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        rpc(
+            "ListContainers",
+            "",
+            container_list::list(&self.rt, r.into_inner()),
+        )
+        .await
     }
-    async fn container_status(&self, r: Request<pb::ContainerStatusRequest>) -> Result<Response<pb::ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        r: Request<pb::ContainerStatusRequest>,
+    ) -> Result<Response<pb::ContainerStatusResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("ContainerStatus", &id, container_status::status(&self.rt, r)).await
+        rpc(
+            "ContainerStatus",
+            &id,
+            container_status::status(&self.rt, r),
+        )
+        .await
     }
-    async fn update_container_resources(&self, r: Request<pb::UpdateContainerResourcesRequest>) -> Result<Response<pb::UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        r: Request<pb::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<pb::UpdateContainerResourcesResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("UpdateContainerResources", &id, container_update::update(&self.rt, r)).await
+        rpc(
+            "UpdateContainerResources",
+            &id,
+            container_update::update(&self.rt, r),
+        )
+        .await
     }
-    async fn reopen_container_log(&self, r: Request<pb::ReopenContainerLogRequest>) -> Result<Response<pb::ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        r: Request<pb::ReopenContainerLogRequest>,
+    ) -> Result<Response<pb::ReopenContainerLogResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("ReopenContainerLog", &id, container_log::reopen(&self.rt, r)).await
+        rpc(
+            "ReopenContainerLog",
+            &id,
+            container_log::reopen(&self.rt, r),
+        )
+        .await
     }
-    async fn exec_sync(&self, r: Request<pb::ExecSyncRequest>) -> Result<Response<pb::ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        r: Request<pb::ExecSyncRequest>,
+    ) -> Result<Response<pb::ExecSyncResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
         rpc("ExecSync", &id, container_exec::exec_sync(&self.rt, r)).await
     }
-    async fn exec(&self, _r: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
+    async fn exec(
+        &self,
+        _r: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
         unimplemented("Exec (streaming; use ExecSync)")
     }
-    async fn attach(&self, _r: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
+    async fn attach(
+        &self,
+        _r: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::AttachResponse>, Status> {
         unimplemented("Attach")
     }
-    async fn port_forward(&self, _r: Request<pb::PortForwardRequest>) -> Result<Response<pb::PortForwardResponse>, Status> {
+    async fn port_forward(
+        &self,
+        _r: Request<pb::PortForwardRequest>,
+    ) -> Result<Response<pb::PortForwardResponse>, Status> {
         unimplemented("PortForward")
     }
-    async fn container_stats(&self, r: Request<pb::ContainerStatsRequest>) -> Result<Response<pb::ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        r: Request<pb::ContainerStatsRequest>,
+    ) -> Result<Response<pb::ContainerStatsResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
         rpc("ContainerStats", &id, container_stats::stats(&self.rt, r)).await
     }
-    async fn list_container_stats(&self, r: Request<pb::ListContainerStatsRequest>) -> Result<Response<pb::ListContainerStatsResponse>, Status> {
-        rpc("ListContainerStats", "", container_stats::list(&self.rt, r.into_inner())).await
+    async fn list_container_stats(
+        &self,
+        r: Request<pb::ListContainerStatsRequest>,
+    ) -> Result<Response<pb::ListContainerStatsResponse>, Status> {
+        rpc(
+            "ListContainerStats",
+            "",
+            container_stats::list(&self.rt, r.into_inner()),
+        )
+        .await
     }
-    async fn pod_sandbox_stats(&self, r: Request<pb::PodSandboxStatsRequest>) -> Result<Response<pb::PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<pb::PodSandboxStatsRequest>,
+    ) -> Result<Response<pb::PodSandboxStatsResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
-        rpc("PodSandboxStats", &id, container_stats::pod_stats(&self.rt, r)).await
+        rpc(
+            "PodSandboxStats",
+            &id,
+            container_stats::pod_stats(&self.rt, r),
+        )
+        .await
     }
-    async fn list_pod_sandbox_stats(&self, r: Request<pb::ListPodSandboxStatsRequest>) -> Result<Response<pb::ListPodSandboxStatsResponse>, Status> {
-        rpc("ListPodSandboxStats", "", container_stats::list_pods(&self.rt, r.into_inner())).await
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<pb::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<pb::ListPodSandboxStatsResponse>, Status> {
+        rpc(
+            "ListPodSandboxStats",
+            "",
+            container_stats::list_pods(&self.rt, r.into_inner()),
+        )
+        .await
     }
-    async fn update_runtime_config(&self, r: Request<pb::UpdateRuntimeConfigRequest>) -> Result<Response<pb::UpdateRuntimeConfigResponse>, Status> {
-        rpc("UpdateRuntimeConfig", "", runtime_info::update_config(&self.rt, r.into_inner())).await
+    async fn update_runtime_config(
+        &self,
+        r: Request<pb::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<pb::UpdateRuntimeConfigResponse>, Status> {
+        rpc(
+            "UpdateRuntimeConfig",
+            "",
+            runtime_info::update_config(&self.rt, r.into_inner()),
+        )
+        .await
     }
-    async fn status(&self, r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        r: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         rpc("Status", "", runtime_info::status(&self.rt, r.into_inner())).await
     }
-    async fn checkpoint_container(&self, _r: Request<pb::CheckpointContainerRequest>) -> Result<Response<pb::CheckpointContainerResponse>, Status> {
+    async fn checkpoint_container(
+        &self,
+        _r: Request<pb::CheckpointContainerRequest>,
+    ) -> Result<Response<pb::CheckpointContainerResponse>, Status> {
         unimplemented("CheckpointContainer")
     }
     type GetContainerEventsStream = EventStream;
-    async fn get_container_events(&self, _r: Request<pb::GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+    async fn get_container_events(
+        &self,
+        _r: Request<pb::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         unimplemented("GetContainerEvents (evented PLEG)")
     }
-    async fn list_metric_descriptors(&self, _r: Request<pb::ListMetricDescriptorsRequest>) -> Result<Response<pb::ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<pb::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<pb::ListMetricDescriptorsResponse>, Status> {
         unimplemented("ListMetricDescriptors")
     }
-    async fn list_pod_sandbox_metrics(&self, _r: Request<pb::ListPodSandboxMetricsRequest>) -> Result<Response<pb::ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<pb::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<pb::ListPodSandboxMetricsResponse>, Status> {
         unimplemented("ListPodSandboxMetrics")
     }
-    async fn runtime_config(&self, r: Request<pb::RuntimeConfigRequest>) -> Result<Response<pb::RuntimeConfigResponse>, Status> {
-        rpc("RuntimeConfig", "", runtime_info::runtime_config(&self.rt, r.into_inner())).await
+    async fn runtime_config(
+        &self,
+        r: Request<pb::RuntimeConfigRequest>,
+    ) -> Result<Response<pb::RuntimeConfigResponse>, Status> {
+        rpc(
+            "RuntimeConfig",
+            "",
+            runtime_info::runtime_config(&self.rt, r.into_inner()),
+        )
+        .await
     }
 }
 
 #[tonic::async_trait]
 impl ImageService for Cri {
-    async fn list_images(&self, r: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
+    async fn list_images(
+        &self,
+        r: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
         rpc("ListImages", "", image_list::list(&self.rt, r.into_inner())).await
     }
-    async fn image_status(&self, r: Request<pb::ImageStatusRequest>) -> Result<Response<pb::ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        r: Request<pb::ImageStatusRequest>,
+    ) -> Result<Response<pb::ImageStatusResponse>, Status> {
         let r = r.into_inner();
-        let id = r.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let id = r
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
         rpc("ImageStatus", &id, image_status::status(&self.rt, r)).await
     }
-    async fn pull_image(&self, r: Request<pb::PullImageRequest>) -> Result<Response<pb::PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        r: Request<pb::PullImageRequest>,
+    ) -> Result<Response<pb::PullImageResponse>, Status> {
         let r = r.into_inner();
-        let id = r.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let id = r
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
         rpc("PullImage", &id, image_pull::pull(&self.rt, r)).await
     }
-    async fn remove_image(&self, r: Request<pb::RemoveImageRequest>) -> Result<Response<pb::RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        r: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
         let r = r.into_inner();
-        let id = r.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let id = r
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
         rpc("RemoveImage", &id, image_remove::remove(&self.rt, r)).await
     }
-    async fn image_fs_info(&self, r: Request<pb::ImageFsInfoRequest>) -> Result<Response<pb::ImageFsInfoResponse>, Status> {
-        rpc("ImageFsInfo", "", image_fs_info::info(&self.rt, r.into_inner())).await
+    async fn image_fs_info(
+        &self,
+        r: Request<pb::ImageFsInfoRequest>,
+    ) -> Result<Response<pb::ImageFsInfoResponse>, Status> {
+        rpc(
+            "ImageFsInfo",
+            "",
+            image_fs_info::info(&self.rt, r.into_inner()),
+        )
+        .await
     }
 }
 
@@ -273,21 +465,61 @@ mod tests {
     #[test]
     fn codes_per_variant() {
         let cases: Vec<(RuntimeError, Code)> = vec![
-            (RuntimeError::NotFound { kind: "container", id: "x".into() }, Code::NotFound),
-            (RuntimeError::Ambiguous { kind: "container", prefix: "a".into() }, Code::InvalidArgument),
-            (RuntimeError::NameReserved { kind: "pod sandbox", name: "n".into(), holder: "h".into() }, Code::AlreadyExists),
-            (RuntimeError::InvalidArgument("x".into()), Code::InvalidArgument),
-            (RuntimeError::FailedPrecondition("x".into()), Code::FailedPrecondition),
-            (RuntimeError::DeadlineExceeded("x".into()), Code::DeadlineExceeded),
-            (RuntimeError::Unimplemented("x".into()), Code::Unimplemented),
-            (RuntimeError::StartFailed { id: "i".into(), message: "m".into() }, Code::Unknown),
             (
-                RuntimeError::Io { what: "w".into(), source: std::io::Error::other("e") },
+                RuntimeError::NotFound {
+                    kind: "container",
+                    id: "x".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                RuntimeError::Ambiguous {
+                    kind: "container",
+                    prefix: "a".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                RuntimeError::NameReserved {
+                    kind: "pod sandbox",
+                    name: "n".into(),
+                    holder: "h".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                RuntimeError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                RuntimeError::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::DeadlineExceeded("x".into()),
+                Code::DeadlineExceeded,
+            ),
+            (RuntimeError::Unimplemented("x".into()), Code::Unimplemented),
+            (
+                RuntimeError::StartFailed {
+                    id: "i".into(),
+                    message: "m".into(),
+                },
+                Code::Unknown,
+            ),
+            (
+                RuntimeError::Io {
+                    what: "w".into(),
+                    source: std::io::Error::other("e"),
+                },
                 Code::Internal,
             ),
             (
                 RuntimeError::CleanupFailed {
-                    error: Box::new(RuntimeError::NotFound { kind: "image", id: "i".into() }),
+                    error: Box::new(RuntimeError::NotFound {
+                        kind: "image",
+                        id: "i".into(),
+                    }),
                     cleanup: "c".into(),
                 },
                 Code::NotFound,

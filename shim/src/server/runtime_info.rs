@@ -27,7 +27,12 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
         message: String::new(),
     };
     let network = match rt.cni.check_config() {
-        Ok(()) => pb::RuntimeCondition { r#type: "NetworkReady".into(), status: true, reason: String::new(), message: String::new() },
+        Ok(()) => pb::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
         Err(msg) => pb::RuntimeCondition {
             r#type: "NetworkReady".into(),
             status: false,
@@ -50,28 +55,47 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
     }
     let handler = |name: &str| pb::RuntimeHandler {
         name: name.to_owned(),
-        features: Some(pb::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+        features: Some(pb::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        }),
     };
     let mut runtime_handlers = vec![handler("")];
     runtime_handlers.extend(rt.config.runtime_handlers.iter().map(|h| handler(h)));
     Ok(pb::StatusResponse {
-        status: Some(pb::RuntimeStatus { conditions: vec![runtime, network] }),
+        status: Some(pb::RuntimeStatus {
+            conditions: vec![runtime, network],
+        }),
         info,
         runtime_handlers,
-        features: Some(pb::RuntimeFeatures { supplemental_groups_policy: false }),
+        features: Some(pb::RuntimeFeatures {
+            supplemental_groups_policy: false,
+        }),
     })
 }
 
 /// RuntimeConfig: the cgroup driver, set explicitly (the enum's zero value means systemd).
-pub async fn runtime_config(_rt: &Arc<Runtime>, _r: pb::RuntimeConfigRequest) -> Result<pb::RuntimeConfigResponse> {
+pub async fn runtime_config(
+    _rt: &Arc<Runtime>,
+    _r: pb::RuntimeConfigRequest,
+) -> Result<pb::RuntimeConfigResponse> {
     Ok(pb::RuntimeConfigResponse {
-        linux: Some(pb::LinuxRuntimeConfiguration { cgroup_driver: pb::CgroupDriver::Cgroupfs as i32 }),
+        linux: Some(pb::LinuxRuntimeConfiguration {
+            cgroup_driver: pb::CgroupDriver::Cgroupfs as i32,
+        }),
     })
 }
 
 /// UpdateRuntimeConfig: records the pod CIDR the kubelet pushes.
-pub async fn update_config(rt: &Arc<Runtime>, r: pb::UpdateRuntimeConfigRequest) -> Result<pb::UpdateRuntimeConfigResponse> {
-    if let Some(cidr) = r.runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr) {
+pub async fn update_config(
+    rt: &Arc<Runtime>,
+    r: pb::UpdateRuntimeConfigRequest,
+) -> Result<pb::UpdateRuntimeConfigResponse> {
+    if let Some(cidr) = r
+        .runtime_config
+        .and_then(|c| c.network_config)
+        .map(|n| n.pod_cidr)
+    {
         if !cidr.is_empty() {
             tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
         }

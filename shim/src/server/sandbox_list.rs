@@ -8,7 +8,10 @@ use super::convert;
 use crate::runtime::{Result, Runtime};
 
 /// ListPodSandbox with id (prefix), state and label-selector filters.
-pub async fn list(rt: &Arc<Runtime>, r: pb::ListPodSandboxRequest) -> Result<pb::ListPodSandboxResponse> {
+pub async fn list(
+    rt: &Arc<Runtime>,
+    r: pb::ListPodSandboxRequest,
+) -> Result<pb::ListPodSandboxResponse> {
     let f = r.filter.unwrap_or_default();
     let mut items = Vec::new();
     for pod in rt.pods() {
@@ -31,6 +34,6 @@ pub async fn list(rt: &Arc<Runtime>, r: pb::ListPodSandboxRequest) -> Result<pb:
             runtime_handler: m.runtime_handler.clone(),
         });
     }
-    items.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    items.sort_by_key(|p| p.created_at);
     Ok(pb::ListPodSandboxResponse { items })
 }

@@ -8,9 +8,16 @@ use crate::pod::{DnsConfig, PortMapping};
 use crate::runtime::{NewPod, Result, Runtime, RuntimeError};
 
 /// RunPodSandbox.
-pub async fn run(rt: &Arc<Runtime>, r: pb::RunPodSandboxRequest) -> Result<pb::RunPodSandboxResponse> {
-    let cfg = r.config.ok_or_else(|| RuntimeError::InvalidArgument("sandbox config is missing".into()))?;
-    let md = cfg.metadata.ok_or_else(|| RuntimeError::InvalidArgument("sandbox metadata is missing".into()))?;
+pub async fn run(
+    rt: &Arc<Runtime>,
+    r: pb::RunPodSandboxRequest,
+) -> Result<pb::RunPodSandboxResponse> {
+    let cfg = r
+        .config
+        .ok_or_else(|| RuntimeError::InvalidArgument("sandbox config is missing".into()))?;
+    let md = cfg
+        .metadata
+        .ok_or_else(|| RuntimeError::InvalidArgument("sandbox metadata is missing".into()))?;
     let linux = cfg.linux.unwrap_or_default();
     let host_network = linux
         .security_context
@@ -28,7 +35,11 @@ pub async fn run(rt: &Arc<Runtime>, r: pb::RunPodSandboxRequest) -> Result<pb::R
         log_directory: cfg.log_directory,
         hostname: cfg.hostname,
         cgroup_parent: linux.cgroup_parent,
-        dns: cfg.dns_config.map(|d| DnsConfig { servers: d.servers, searches: d.searches, options: d.options }),
+        dns: cfg.dns_config.map(|d| DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
         host_network,
         port_mappings: cfg
             .port_mappings

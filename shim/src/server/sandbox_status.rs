@@ -9,7 +9,10 @@ use super::convert;
 use crate::runtime::{Result, Runtime};
 
 /// PodSandboxStatus, with IPs and namespace modes; `verbose` adds the record as JSON.
-pub async fn status(rt: &Arc<Runtime>, r: pb::PodSandboxStatusRequest) -> Result<pb::PodSandboxStatusResponse> {
+pub async fn status(
+    rt: &Arc<Runtime>,
+    r: pb::PodSandboxStatusRequest,
+) -> Result<pb::PodSandboxStatusResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
     let rec = pod.record.lock().await.clone();
     let m = &rec.meta;
@@ -18,10 +21,17 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::PodSandboxStatusRequest) -> Result
         ip: ips.next().cloned().unwrap_or_default(),
         additional_ips: ips.map(|ip| pb::PodIp { ip: ip.clone() }).collect(),
     };
-    let mode = if m.host_network { pb::NamespaceMode::Node } else { pb::NamespaceMode::Pod };
+    let mode = if m.host_network {
+        pb::NamespaceMode::Node
+    } else {
+        pb::NamespaceMode::Pod
+    };
     let mut info = HashMap::new();
     if r.verbose {
-        info.insert("info".to_string(), serde_json::to_string(&rec).unwrap_or_default());
+        info.insert(
+            "info".to_string(),
+            serde_json::to_string(&rec).unwrap_or_default(),
+        );
     }
     Ok(pb::PodSandboxStatusResponse {
         status: Some(pb::PodSandboxStatus {
