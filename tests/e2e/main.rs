@@ -1,6 +1,9 @@
 //! End-to-end tests: the real daemon over its unix socket, driven by a generated CRI client.
 //! Needs root (cgroups, namespaces) and the guests from `examples/guests` (see tests/run.sh).
 
+mod exec;
 mod harness;
 mod lifecycle;
+mod network;
+mod resources;
 mod restart;

@@ -1,0 +1,81 @@
+//! ExecSync, what the kubelet's exec probes call.
+
+use std::time::{Duration, Instant};
+
+use cri::v1 as pb;
+use tonic::Code;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_output_exit_codes_and_timeout() {
+    let d = Daemon::start().await;
+    let layout = d.dir.path().join("multi");
+    let g = |n: &str| guest("wasm32-wasip1", n);
+    tar_image_layout(
+        &layout,
+        &[
+            ("/sleeper.wasm", g("sleeper")),
+            ("/hello.wasm", g("hello")),
+            ("/exit3.wasm", g("exit3")),
+        ],
+        &["/sleeper.wasm"],
+        &["FROM_IMAGE=yes"],
+        "localhost/multi:v1",
+    );
+    d.import(&layout, "localhost/multi:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let pod_cfg = pod_config(&unique("exec"), &logs);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let c = create(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("main", "localhost/multi:v1"),
+    )
+    .await;
+
+    let exec = |cmd: &[&str], timeout: i64| pb::ExecSyncRequest {
+        container_id: c.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    // Not running yet.
+    let e = rt.exec_sync(exec(&["/hello.wasm"], 5)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    start(&mut rt, &c).await;
+    wait_log(&logs.join("main/0.log"), "started", 10).await;
+
+    let out = rt
+        .exec_sync(exec(&["/hello.wasm"], 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello from wasm"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.is_empty());
+    let out = rt
+        .exec_sync(exec(&["/exit3.wasm"], 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 3);
+
+    // The container's own module, interrupted at the deadline.
+    let t0 = Instant::now();
+    let e = rt.exec_sync(exec(&["/sleeper.wasm"], 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    let e = rt.exec_sync(exec(&[], 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // The container is unaffected by its execs.
+    assert_eq!(
+        status(&mut rt, &c).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    d.shutdown().await;
+}

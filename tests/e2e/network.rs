@@ -1,0 +1,146 @@
+//! Pod networking through real CNI plugins (bridge + host-local + loopback) on a bridge and
+//! subnet made for this test, with no route or NAT to anything outside the machine.
+
+use std::process::Command;
+
+use cri::v1 as pb;
+
+use crate::harness::*;
+
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+fn cni_plugins_dir() -> Option<&'static str> {
+    ["/usr/lib/cni", "/opt/cni/bin"]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).join("bridge").exists())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_get_distinct_ips_and_release_them() {
+    let Some(bin) = cni_plugins_dir() else {
+        eprintln!("skipping: CNI plugins not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge(format!("wc{}", &wasmcri::ids::new_id()[..8]));
+    let octet = 100 + (rand_octet() % 100);
+    let subnet = format!("10.251.{octet}.0/24");
+    let ipam_dir = dir.path().join("ipam");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "wasmcri-e2e",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge.0, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "dataDir": ipam_dir, "ranges": [[{"subnet": subnet}]]}},
+        ]
+    });
+    let cni_dir = dir.path().join("net.d");
+    std::fs::create_dir_all(&cni_dir).unwrap();
+    std::fs::write(cni_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
+    let d = Daemon::start_with(&format!(
+        "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n",
+        cni_dir, bin
+    ))
+    .await;
+    let mut rt = d.rt().await;
+    let s = rt
+        .status(pb::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        s.status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "NetworkReady" && c.status)
+    );
+
+    let netns_dir = d.dir.path().join("state/netns");
+    let mut ips = Vec::new();
+    for round in 0..15 {
+        let mut pods = Vec::new();
+        for i in 0..2 {
+            let mut cfg = pod_config(&format!("net-{round}-{i}"), &d.dir.path().join("logs"));
+            cfg.linux = None; // pod network
+            let pod = run_pod(&mut rt, cfg).await;
+            let st = rt
+                .pod_sandbox_status(pb::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let ip = st.status.unwrap().network.unwrap().ip;
+            assert!(ip.starts_with(&format!("10.251.{octet}.")), "ip {ip:?}");
+            if round == 0 {
+                // The pod is reachable from the host over the bridge.
+                let ok = Command::new("ping")
+                    .args(["-c", "1", "-W", "2", &ip])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(true);
+                assert!(ok, "ping {ip}");
+            }
+            ips.push(ip);
+            pods.push(pod);
+        }
+        assert_ne!(
+            ips[ips.len() - 1],
+            ips[ips.len() - 2],
+            "two pods share an IP"
+        );
+        for pod in pods {
+            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap();
+            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap();
+            let st = rt
+                .pod_sandbox_status(pb::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(st.status.unwrap().network.unwrap().ip, "");
+            rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    // Every IP released, every namespace gone.
+    let allocated: Vec<_> = std::fs::read_dir(ipam_dir.join("wasmcri-e2e"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(allocated.is_empty(), "IPs still allocated: {allocated:?}");
+    let left: Vec<_> = std::fs::read_dir(&netns_dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "netns left: {left:?}");
+    d.shutdown().await;
+}
+
+fn rand_octet() -> u32 {
+    u32::from_str_radix(&wasmcri::ids::new_id()[..4], 16).unwrap()
+}
