@@ -19,5 +19,8 @@ cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32
 cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip2
 export WASMCRI_GUESTS="$PWD/examples/guests/target"
 
+# Reuse a build cache outside the checkout when there is one (a fresh clone then only
+# recompiles the workspace crates, not wasmtime).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wasmcri-target}"
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads="${WASMCRI_TEST_THREADS:-4}"

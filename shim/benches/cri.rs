@@ -4,6 +4,7 @@
 //! - RunPodSandbox (host network)
 //! - CreateContainer + StartContainer of `hello` until its log line is written
 //! - StopPodSandbox + RemovePodSandbox
+//! - ListContainerStats over the idle containers
 //! - private memory (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) of idle
 //!   `sleeper` runners
 //!
@@ -141,6 +142,14 @@ async fn main() {
         pids.push(info["pid"].as_i64().unwrap() as i32);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut list_stats = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let n = rt.list_container_stats(pb::ListContainerStatsRequest::default()).await.unwrap().into_inner().stats.len();
+        list_stats.push(t.elapsed());
+        assert_eq!(n, pids.len());
+    }
+    row(&format!("ListContainerStats ({} containers)", pids.len()), &mut list_stats);
     let mut kib: Vec<u64> = pids.iter().filter_map(|p| private_kib(*p)).collect();
     kib.sort();
     let avg = kib.iter().sum::<u64>() as f64 / kib.len().max(1) as f64;
