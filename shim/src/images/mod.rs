@@ -619,6 +619,15 @@ impl ImageStore {
         let config_desc = inc.manifest.config(&what)?.clone();
         let id = config_desc.digest.clone();
         let id_hex = reference::validate_digest(&id)?.to_string();
+        // Our own leases: the caller's may be released (cancelled pull) while this runs.
+        let mut lease = self.lease();
+        for d in std::iter::once(&inc.manifest_digest)
+            .chain(std::iter::once(&id))
+            .chain(inc.manifest.layers.iter().map(|l| &l.digest))
+            .chain(inc.extra_blobs.iter().map(|(d, _)| d))
+        {
+            lease.add(d);
+        }
         if self.existing(&id).is_some() {
             let _commit = inner.lock_commit();
             // Re-checked under the lock: a removal may have won the race.
@@ -732,6 +741,10 @@ impl ImageStore {
             created_at: chrono::Utc::now().timestamp(),
         };
 
+        // The unpacked files must be on disk before the record says the image exists (power
+        // loss, not just kill -9): one syncfs flushes them all, far cheaper than an fsync per
+        // file.
+        sync_filesystem(work.path())?;
         let _commit = inner.lock_commit();
         if self.existing(&id).is_some() {
             // A concurrent commit of the same image won; ours is dropped with `work`.
@@ -1038,6 +1051,17 @@ fn find_match(images: &BTreeMap<String, Image>, reference: &str) -> Result<(Stri
         };
     }
     Err(not_found())
+}
+
+/// `syncfs(2)` on the filesystem holding `path`.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path).at(path)?;
+    // SAFETY: `dir` is an open file descriptor for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(ImageError::io(path, io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Removes a file or directory tree (never following symlinks); absent is fine.

@@ -565,6 +565,10 @@ impl ImageStore {
         lease.add(digest);
         let (this, digest, bytes) = (self.clone(), digest.to_string(), bytes.to_vec());
         blocking(move || {
+            // Leased inside the blocking task as well: if the pull is cancelled meanwhile, the
+            // write still completes here, and this lease's release then deletes the blob.
+            let mut lease = this.lease();
+            lease.add(&digest);
             this.blob_store()
                 .write_bytes(&digest, &bytes, &format!("manifest {digest}"))
                 .map(drop)
@@ -600,7 +604,13 @@ impl ImageStore {
             desc.digest.clone(),
             format!("blob {} of {reference}", desc.digest),
         );
-        blocking(move || this.blob_store().commit(tmp, &digest, &what).map(drop)).await
+        blocking(move || {
+            // See `store_json`: covers a cancellation while the commit runs.
+            let mut lease = this.lease();
+            lease.add(&digest);
+            this.blob_store().commit(tmp, &digest, &what).map(drop)
+        })
+        .await
     }
 
     /// Publishes the `.wasm` at `file` as an OCI Wasm artifact at `reference`.

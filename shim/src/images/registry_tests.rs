@@ -672,3 +672,68 @@ fn pull_interrupted_by_runtime_shutdown_leaves_nothing() {
     rt.shutdown_timeout(Duration::from_secs(5));
     assert_empty(&store);
 }
+
+/// Rough timings, printed; run with `cargo test -p wasmcri --lib images::registry_tests::measure
+/// -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure() {
+    let Some(reg) = Registry::start(Options::default()) else {
+        return;
+    };
+    let cfg = RegistryConfig::default();
+    let (d, store) = open_store();
+    let mut wasm = module_with("measure");
+    // 16 MiB payload in a custom section-like tail (content is opaque to the store).
+    wasm.extend((0..16u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    let file = write_wasm(d.path(), "big.wasm", &wasm);
+    let reference = format!("{}/bench/big:1", reg.host);
+    let t = Instant::now();
+    let pushed = store
+        .push_wasm(&file, &reference, &no_auth(), &cfg)
+        .await
+        .unwrap();
+    eprintln!("push 16 MiB artifact: {:?}", t.elapsed());
+    let (_d2, fresh) = open_store();
+    let t = Instant::now();
+    fresh.pull(&reference, &no_auth(), &cfg).await.unwrap();
+    eprintln!("pull 16 MiB artifact (cold): {:?}", t.elapsed());
+    let t = Instant::now();
+    fresh.pull(&reference, &no_auth(), &cfg).await.unwrap();
+    eprintln!(
+        "pull by tag (present; manifest round trip only): {:?}",
+        t.elapsed()
+    );
+    let by_digest = format!("{}/bench/big@{}", reg.host, pushed.manifest_digest);
+    let t = Instant::now();
+    fresh.pull(&by_digest, &no_auth(), &cfg).await.unwrap();
+    eprintln!("pull by digest (present; metadata only): {:?}", t.elapsed());
+
+    // Layout import: one 64 MiB gzip layer of 2048 files plus the wasm.
+    let mut b = super::unpack::tests::TarBuilder::new().file("app.wasm", CORE_MODULE);
+    let chunk: Vec<u8> = (0..32u32 << 10)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    for i in 0..2048 {
+        b = b.file(&format!("data/{i}"), &chunk);
+    }
+    let mut layout = super::store_tests::Layout::new();
+    let m = layout.image(&[(super::store_tests::MT_TAR_GZ, b.build())], json!({}));
+    layout.add(m, Some("bench/layout:1"));
+    let dir = layout.finish();
+    let t = Instant::now();
+    let img = store.import_layout(&dir, None).await.unwrap().remove(0);
+    eprintln!(
+        "import layout, 64 MiB / 2049 files gzip layer: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let (bytes, inodes) = store.fs_usage().await.unwrap();
+    eprintln!(
+        "fs_usage walk ({bytes} bytes, {inodes} inodes): {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    store.remove(&img.id).await.unwrap();
+    eprintln!("remove it: {:?}", t.elapsed());
+}
