@@ -577,3 +577,18 @@ async fn platform_selection_in_layout_index() {
     }
     assert_empty(&store2);
 }
+
+#[test]
+fn store_is_send_sync_and_its_futures_are_send() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: T) {}
+    send_sync::<ImageStore>();
+    send_sync::<ImageError>();
+    let (_d, s) = open_store();
+    let (cfg, auth) = (RegistryConfig::default(), PullAuth::default());
+    send(s.pull("x", &auth, &cfg));
+    send(s.push_wasm(Path::new("x.wasm"), "x", &auth, &cfg));
+    send(s.import_layout("/nonexistent", None));
+    send(s.remove("x"));
+    send(s.fs_usage());
+}
