@@ -150,7 +150,7 @@ pub(crate) fn assert_empty(store: &ImageStore) {
     assert!(store.list(&ImageFilter::default()).unwrap().is_empty());
 }
 
-fn wasm_app_layers() -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn wasm_app_layers() -> Vec<(&'static str, Vec<u8>)> {
     let l1 = TarBuilder::new()
         .dir("app")
         .file("app/hello.wasm", CORE_MODULE)
