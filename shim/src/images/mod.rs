@@ -308,7 +308,17 @@ impl ImageStore {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
             {
-                Ok(img) => {
+                Ok(mut img) => {
+                    // Paths are re-derived from the root, so a moved store still works.
+                    let Ok(hex) = reference::validate_digest(&img.id) else {
+                        unreadable = true;
+                        tracing::warn!(path = %p.display(), "ignoring image record with a bad ID");
+                        continue;
+                    };
+                    img.rootfs = rootfs.join(hex);
+                    if let Some(w) = &mut img.wasm {
+                        w.path = img.rootfs.join(w.guest_path.trim_start_matches('/'));
+                    }
                     images.insert(img.id.clone(), img);
                 }
                 Err(e) => {
@@ -322,7 +332,7 @@ impl ImageStore {
         for entry in fs::read_dir(&rootfs).at(&rootfs)? {
             let entry = entry.at(&rootfs)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !images.contains_key(&format!("sha256:{name}")) {
+            if !records.join(format!("{name}.json")).exists() {
                 tracing::info!(rootfs = %entry.path().display(), "removing orphaned rootfs");
                 remove_path(&entry.path())?;
             }
@@ -435,7 +445,10 @@ impl ImageStore {
             Err(e) => return Err(ImageError::io(&record, e)),
         }
         blobs::sync_dir(&inner.records)?;
+        let mut errors = Vec::new();
         let freed: Vec<String> = {
+            // Blobs are deleted under the state lock: a pull leases a blob under the same lock
+            // before checking it is present, so it cannot see a blob that is about to vanish.
             let mut st = inner.lock_state();
             st.images.remove(&img.id);
             let referenced: BTreeSet<&String> = st
@@ -444,22 +457,23 @@ impl ImageStore {
                 .flat_map(|i| i.blobs.iter())
                 .chain(st.leases.keys())
                 .collect();
-            img.blobs
+            let freed: Vec<String> = img
+                .blobs
                 .iter()
                 .filter(|d| !referenced.contains(d))
                 .cloned()
-                .collect()
+                .collect();
+            for d in &freed {
+                if let Err(e) = inner.blobs.remove(d) {
+                    errors.push(e);
+                }
+            }
+            freed
         };
-        let mut errors = Vec::new();
         if let Err(e) = remove_path(&img.rootfs) {
             errors.push(e);
         }
-        for d in &freed {
-            if let Err(e) = inner.blobs.remove(d) {
-                errors.push(e);
-            }
-        }
-        if let Some(e) = errors.into_iter().next() {
+        for e in errors {
             // The image is gone; leftovers are swept at the next open.
             tracing::warn!(error = %e, id = %img.id, "incomplete cleanup of removed image");
         }

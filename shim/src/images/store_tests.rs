@@ -234,6 +234,16 @@ async fn import_oci_image_gzip_zstd() {
     // Persisted: a reopened store sees the same image.
     let again = ImageStore::open(store.root(), None).unwrap();
     assert_eq!(again.get(&img.id).unwrap(), *img);
+    // A moved store re-derives its paths.
+    let moved = store.root().with_file_name("moved");
+    fs::rename(store.root(), &moved).unwrap();
+    let m = ImageStore::open(&moved, None)
+        .unwrap()
+        .get(&img.id)
+        .unwrap();
+    assert_eq!(m.rootfs, moved.join("rootfs").join(&img.id[7..]));
+    assert_eq!(fs::read(&m.wasm.unwrap().path).unwrap(), CORE_MODULE);
+    fs::rename(&moved, store.root()).unwrap();
     let (bytes, inodes) = again.fs_usage().await.unwrap();
     assert!(bytes > 0 && inodes >= 10, "{bytes} {inodes}");
 }
