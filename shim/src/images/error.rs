@@ -4,6 +4,13 @@
 //!
 //! The enum is `Clone` (sources are behind `Arc`) because one coalesced pull hands the same
 //! result to every caller waiting on it.
+//!
+//! Suggested gRPC codes at the edge: `NotFound` → NOT_FOUND; `InvalidReference`,
+//! `InvalidDigest`, `Ambiguous` → INVALID_ARGUMENT; `Unauthorized` → UNAUTHENTICATED (or
+//! PERMISSION_DENIED); `NoMatchingPlatform`, `UnsupportedMediaType`, `HostileLayer`,
+//! `Malformed`, `DigestMismatch`, `TooLarge` → FAILED_PRECONDITION (the content is bad, a retry
+//! will not help); `Registry` → UNAVAILABLE; `Config` → FAILED_PRECONDITION; `Io`,
+//! `Internal` → INTERNAL.
 
 use std::path::PathBuf;
 use std::sync::Arc;

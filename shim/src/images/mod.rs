@@ -334,7 +334,17 @@ impl ImageStore {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
             {
-                Ok(img) => {
+                Ok(mut img) => {
+                    // Paths are re-derived from the root, so a moved store still works.
+                    let Ok(hex) = reference::validate_digest(&img.id) else {
+                        unreadable = true;
+                        tracing::warn!(path = %p.display(), "ignoring image record with a bad ID");
+                        continue;
+                    };
+                    img.rootfs = rootfs.join(hex);
+                    if let Some(w) = &mut img.wasm {
+                        w.path = img.rootfs.join(w.guest_path.trim_start_matches('/'));
+                    }
                     images.insert(img.id.clone(), img);
                 }
                 Err(e) => {
@@ -353,7 +363,7 @@ impl ImageStore {
         for entry in sweep_rootfs {
             let entry = entry.at(&rootfs)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !images.contains_key(&format!("sha256:{name}")) {
+            if !records.join(format!("{name}.json")).exists() {
                 tracing::info!(rootfs = %entry.path().display(), "removing orphaned rootfs");
                 remove_path(&entry.path())?;
             }
@@ -509,7 +519,10 @@ impl ImageStore {
             Err(e) => return Err(ImageError::io(&record, e)),
         }
         blobs::sync_dir(&inner.records)?;
+        let mut errors = Vec::new();
         let freed: Vec<String> = {
+            // Blobs are deleted under the state lock: a pull leases a blob under the same lock
+            // before checking it is present, so it cannot see a blob that is about to vanish.
             let mut st = inner.lock_state();
             st.images.remove(&img.id);
             let referenced: BTreeSet<&String> = st
@@ -518,22 +531,23 @@ impl ImageStore {
                 .flat_map(|i| i.blobs.iter())
                 .chain(st.leases.keys())
                 .collect();
-            img.blobs
+            let freed: Vec<String> = img
+                .blobs
                 .iter()
                 .filter(|d| !referenced.contains(d))
                 .cloned()
-                .collect()
+                .collect();
+            for d in &freed {
+                if let Err(e) = inner.blobs.remove(d) {
+                    errors.push(e);
+                }
+            }
+            freed
         };
-        let mut errors = Vec::new();
         if let Err(e) = remove_path(&img.rootfs) {
             errors.push(e);
         }
-        for d in &freed {
-            if let Err(e) = inner.blobs.remove(d) {
-                errors.push(e);
-            }
-        }
-        if let Some(e) = errors.into_iter().next() {
+        for e in errors {
             // The image is gone; leftovers are swept at the next open.
             tracing::warn!(error = %e, id = %img.id, "incomplete cleanup of removed image");
         }
@@ -693,6 +707,15 @@ impl ImageStore {
         let config_desc = inc.manifest.config(&what)?.clone();
         let id = config_desc.digest.clone();
         let id_hex = reference::validate_digest(&id)?.to_string();
+        // Our own leases: the caller's may be released (cancelled pull) while this runs.
+        let mut lease = self.lease();
+        for d in std::iter::once(&inc.manifest_digest)
+            .chain(std::iter::once(&id))
+            .chain(inc.manifest.layers.iter().map(|l| &l.digest))
+            .chain(inc.extra_blobs.iter().map(|(d, _)| d))
+        {
+            lease.add(d);
+        }
         if self.existing(&id).is_some() {
             let _commit = inner.lock_commit();
             // Re-checked under the lock: a removal may have won the race.
@@ -806,6 +829,10 @@ impl ImageStore {
             created_at: chrono::Utc::now().timestamp(),
         };
 
+        // The unpacked files must be on disk before the record says the image exists (power
+        // loss, not just kill -9): one syncfs flushes them all, far cheaper than an fsync per
+        // file.
+        sync_filesystem(work.path())?;
         let _commit = inner.lock_commit();
         if self.existing(&id).is_some() {
             // A concurrent commit of the same image won; ours is dropped with `work`.
@@ -1112,6 +1139,17 @@ fn find_match(images: &BTreeMap<String, Image>, reference: &str) -> Result<(Stri
         };
     }
     Err(not_found())
+}
+
+/// `syncfs(2)` on the filesystem holding `path`.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path).at(path)?;
+    // SAFETY: `dir` is an open file descriptor for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(ImageError::io(path, io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Removes a file or directory tree (never following symlinks); absent is fine.

@@ -12,7 +12,10 @@
 //!   on failure or cancellation, and an image already present by digest costs no network.
 //! - Concurrent pulls of the same reference share one download: the first caller spawns the
 //!   pull as a task (so one caller going away does not cancel it for the others) and everybody
-//!   waits on its result.
+//!   waits on its result. Callers are not told apart by credentials: like containerd, a node
+//!   shares what any pod on it pulled.
+//! - Not supported: OAuth2 refresh-token exchange for `identity_token` (sent as a bearer
+//!   token as is), bracketed IPv6 registry hosts in references, TLS client certificates.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,6 +38,12 @@ use super::error::{ImageError, IoContext, Result};
 use super::manifest::{self, Descriptor, Manifest};
 use super::reference::{ImageRef, is_loopback_host};
 use super::{Image, ImageStore, Incoming, Lease, MAX_JSON_BLOB, Names, blocking};
+
+/// Give up on an endpoint that does not accept a connection within this (then try the next).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A registry that sends nothing for this long is treated as gone: a stalled pull must fail
+/// (and clean up) rather than hang forever in its detached task.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// In-flight pulls by canonical reference.
 pub(crate) type Inflight = Mutex<HashMap<String, watch::Receiver<Option<Result<Image>>>>>;
@@ -204,7 +213,8 @@ fn client_for(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
         },
         // Platform selection is ours (wasi/wasm first); the client must not resolve indexes.
         platform_resolver: None,
-        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     };
     if let Some(ca) = &config.ca_file {
@@ -565,6 +575,10 @@ impl ImageStore {
         lease.add(digest);
         let (this, digest, bytes) = (self.clone(), digest.to_string(), bytes.to_vec());
         blocking(move || {
+            // Leased inside the blocking task as well: if the pull is cancelled meanwhile, the
+            // write still completes here, and this lease's release then deletes the blob.
+            let mut lease = this.lease();
+            lease.add(&digest);
             this.blob_store()
                 .write_bytes(&digest, &bytes, &format!("manifest {digest}"))
                 .map(drop)
@@ -600,7 +614,13 @@ impl ImageStore {
             desc.digest.clone(),
             format!("blob {} of {reference}", desc.digest),
         );
-        blocking(move || this.blob_store().commit(tmp, &digest, &what).map(drop)).await
+        blocking(move || {
+            // See `store_json`: covers a cancellation while the commit runs.
+            let mut lease = this.lease();
+            lease.add(&digest);
+            this.blob_store().commit(tmp, &digest, &what).map(drop)
+        })
+        .await
     }
 
     /// Publishes the `.wasm` at `file` as an OCI Wasm artifact at `reference`.

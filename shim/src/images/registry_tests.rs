@@ -672,3 +672,174 @@ fn pull_interrupted_by_runtime_shutdown_leaves_nothing() {
     rt.shutdown_timeout(Duration::from_secs(5));
     assert_empty(&store);
 }
+
+/// Rough timings, printed; run with `cargo test -p wasmcri --lib images::registry_tests::measure
+/// -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure() {
+    let Some(reg) = Registry::start(Options::default()) else {
+        return;
+    };
+    let cfg = RegistryConfig::default();
+    let (d, store) = open_store();
+    let mut wasm = module_with("measure");
+    // 16 MiB payload in a custom section-like tail (content is opaque to the store).
+    wasm.extend((0..16u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    let file = write_wasm(d.path(), "big.wasm", &wasm);
+    let reference = format!("{}/bench/big:1", reg.host);
+    let t = Instant::now();
+    let pushed = store
+        .push_wasm(&file, &reference, &no_auth(), &cfg)
+        .await
+        .unwrap();
+    eprintln!("push 16 MiB artifact: {:?}", t.elapsed());
+    let (_d2, fresh) = open_store();
+    let t = Instant::now();
+    fresh.pull(&reference, &no_auth(), &cfg).await.unwrap();
+    eprintln!("pull 16 MiB artifact (cold): {:?}", t.elapsed());
+    let t = Instant::now();
+    fresh.pull(&reference, &no_auth(), &cfg).await.unwrap();
+    eprintln!(
+        "pull by tag (present; manifest round trip only): {:?}",
+        t.elapsed()
+    );
+    let by_digest = format!("{}/bench/big@{}", reg.host, pushed.manifest_digest);
+    let t = Instant::now();
+    fresh.pull(&by_digest, &no_auth(), &cfg).await.unwrap();
+    eprintln!("pull by digest (present; metadata only): {:?}", t.elapsed());
+
+    // Layout import: one 64 MiB gzip layer of 2048 files plus the wasm.
+    let mut b = super::unpack::tests::TarBuilder::new().file("app.wasm", CORE_MODULE);
+    let chunk: Vec<u8> = (0..32u32 << 10)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    for i in 0..2048 {
+        b = b.file(&format!("data/{i}"), &chunk);
+    }
+    let mut layout = super::store_tests::Layout::new();
+    let m = layout.image(&[(super::store_tests::MT_TAR_GZ, b.build())], json!({}));
+    layout.add(m, Some("bench/layout:1"));
+    let dir = layout.finish();
+    let t = Instant::now();
+    let img = store.import_layout(&dir, None).await.unwrap().remove(0);
+    eprintln!(
+        "import layout, 64 MiB / 2049 files gzip layer: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let (bytes, inodes) = store.fs_usage().await.unwrap();
+    eprintln!(
+        "fs_usage walk ({bytes} bytes, {inodes} inodes): {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    store.remove(&img.id).await.unwrap();
+    eprintln!("remove it: {:?}", t.elapsed());
+}
+
+/// Interop: an artifact pushed by us, copied by `skopeo` into an OCI layout and an
+/// oci-archive tar, imports back to the same image.
+#[tokio::test]
+async fn skopeo_layout_roundtrip() {
+    if !Path::new("/usr/bin/skopeo").exists() {
+        eprintln!("skipping: skopeo not installed");
+        return;
+    }
+    let Some(reg) = Registry::start(Options::default()) else {
+        return;
+    };
+    let cfg = RegistryConfig::default();
+    let (d, store) = open_store();
+    let wasm = module_with("skopeo");
+    let file = write_wasm(d.path(), "s.wasm", &wasm);
+    let pushed = store
+        .push_wasm(
+            &file,
+            &format!("{}/interop/app:v1", reg.host),
+            &no_auth(),
+            &cfg,
+        )
+        .await
+        .unwrap();
+    let layout = d.path().join("layout");
+    let archive = d.path().join("layout.tar");
+    for dest in [
+        format!("oci:{}:v1", layout.display()),
+        format!("oci-archive:{}:v1", archive.display()),
+    ] {
+        let out = Command::new("/usr/bin/skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/interop/app:v1", reg.host))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy to {dest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // skopeo names entries by tag only ("v1"), which names no repository: untagged.
+    let img = store.import_layout(&layout, None).await.unwrap().remove(0);
+    assert_eq!(img.id, pushed.config_digest);
+    assert!(img.repo_tags.is_empty());
+    assert_eq!(fs::read(&img.wasm.as_ref().unwrap().path).unwrap(), wasm);
+    let (_d2, store2) = open_store();
+    let img2 = store2
+        .import_layout(&archive, Some("example.com/interop/app:v1"))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(img2.id, pushed.config_digest);
+    assert_eq!(img2.repo_tags, vec!["example.com/interop/app:v1"]);
+    assert_eq!(img2.packaging, Packaging::WasmArtifact);
+}
+
+/// An ordinary OCI image (gzip + zstd tar layers, whiteout) published with `skopeo` from a
+/// hand-built layout, then pulled: the layered packaging over a real registry.
+#[tokio::test]
+async fn pull_layered_oci_image_published_by_skopeo() {
+    if !Path::new("/usr/bin/skopeo").exists() {
+        eprintln!("skipping: skopeo not installed");
+        return;
+    }
+    let Some(reg) = Registry::start(Options::default()) else {
+        return;
+    };
+    let mut layout = super::store_tests::Layout::new();
+    let m = layout.image(
+        &super::store_tests::wasm_app_layers(),
+        json!({"Entrypoint": ["/app/hello.wasm"], "ExposedPorts": {"80/tcp": {}}}),
+    );
+    layout.add(m, Some("v1"));
+    let dir = layout.finish();
+    let out = Command::new("/usr/bin/skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
+        .arg(format!("oci:{}:v1", dir.display()))
+        .arg(format!("docker://{}/layered/app:v1", reg.host))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_d, store) = open_store();
+    let img = store
+        .pull(
+            &format!("{}/layered/app:v1", reg.host),
+            &no_auth(),
+            &RegistryConfig::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(img.packaging, Packaging::OciImage);
+    assert_eq!(img.layers.len(), 2);
+    assert_eq!(img.config.exposed_ports, vec!["80/tcp"]);
+    let w = img.wasm.as_ref().unwrap();
+    assert_eq!(w.guest_path, "/app/hello.wasm");
+    assert_eq!(fs::read(&w.path).unwrap(), CORE_MODULE);
+    assert!(img.rootfs.join("etc/kept").exists());
+    assert!(!img.rootfs.join("etc/gone").exists());
+}

@@ -150,7 +150,7 @@ pub(crate) fn assert_empty(store: &ImageStore) {
     assert!(store.list(&ImageFilter::default()).unwrap().is_empty());
 }
 
-fn wasm_app_layers() -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn wasm_app_layers() -> Vec<(&'static str, Vec<u8>)> {
     let l1 = TarBuilder::new()
         .dir("app")
         .file("app/hello.wasm", CORE_MODULE)
@@ -234,6 +234,16 @@ async fn import_oci_image_gzip_zstd() {
     // Persisted: a reopened store sees the same image.
     let again = ImageStore::open(store.root(), None).unwrap();
     assert_eq!(again.get(&img.id).unwrap(), *img);
+    // A moved store re-derives its paths.
+    let moved = store.root().with_file_name("moved");
+    fs::rename(store.root(), &moved).unwrap();
+    let m = ImageStore::open(&moved, None)
+        .unwrap()
+        .get(&img.id)
+        .unwrap();
+    assert_eq!(m.rootfs, moved.join("rootfs").join(&img.id[7..]));
+    assert_eq!(fs::read(&m.wasm.unwrap().path).unwrap(), CORE_MODULE);
+    fs::rename(&moved, store.root()).unwrap();
     let (bytes, inodes) = again.fs_usage().await.unwrap();
     assert!(bytes > 0 && inodes >= 10, "{bytes} {inodes}");
 }
@@ -576,4 +586,19 @@ async fn platform_selection_in_layout_index() {
         other => panic!("{other}"),
     }
     assert_empty(&store2);
+}
+
+#[test]
+fn store_is_send_sync_and_its_futures_are_send() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: T) {}
+    send_sync::<ImageStore>();
+    send_sync::<ImageError>();
+    let (_d, s) = open_store();
+    let (cfg, auth) = (RegistryConfig::default(), PullAuth::default());
+    send(s.pull("x", &auth, &cfg));
+    send(s.push_wasm(Path::new("x.wasm"), "x", &auth, &cfg));
+    send(s.import_layout("/nonexistent", None));
+    send(s.remove("x"));
+    send(s.fs_usage());
 }
