@@ -426,12 +426,21 @@ impl ImageStore {
             if st.images.contains_key(&id) {
                 continue;
             }
-            if let Some(img) = fs::read(&p)
+            let Some(mut img) = fs::read(&p)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Image>(&b).ok())
-            {
-                st.images.insert(img.id.clone(), img);
+            else {
+                continue;
+            };
+            let Ok(hex) = reference::validate_digest(&img.id) else {
+                continue;
+            };
+            // As in `open`: paths are re-derived from this store's root.
+            img.rootfs = inner.rootfs.join(hex);
+            if let Some(w) = &mut img.wasm {
+                w.path = img.rootfs.join(w.guest_path.trim_start_matches('/'));
             }
+            st.images.insert(img.id.clone(), img);
         }
     }
 
