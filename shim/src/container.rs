@@ -140,10 +140,12 @@ impl ContainerState {
     pub fn exit_with(&mut self, rec: &ExitRecord) {
         self.phase = ContainerPhase::Exited;
         self.pid = None;
-        if self.started_at == 0 {
+        // The runner's own clock says when the guest really started; the daemon's value
+        // (taken after the readiness line) can be later than a fast guest's finish.
+        if rec.started_at > 0 {
             self.started_at = rec.started_at;
         }
-        self.finished_at = rec.finished_at;
+        self.finished_at = rec.finished_at.max(self.started_at);
         self.exit_code = rec.exit_code;
         self.reason = rec.reason.clone();
         self.message = rec.message.clone();
