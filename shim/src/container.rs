@@ -261,7 +261,18 @@ mod tests {
         assert_eq!(s.phase, ContainerPhase::Exited);
         assert_eq!(
             (s.pid, s.started_at, s.finished_at, s.exit_code),
-            (None, 10, 20, 3)
+            (None, 11, 20, 3)
         );
+        // A record without a start time keeps the daemon's, and never finishes before it.
+        let mut s = ContainerState::created();
+        s.started_at = 30;
+        s.exit_with(&ExitRecord {
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            message: String::new(),
+            started_at: 0,
+            finished_at: 25,
+        });
+        assert_eq!((s.started_at, s.finished_at), (30, 30));
     }
 }
