@@ -145,11 +145,20 @@ async fn main() {
     let mut list_stats = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
-        let n = rt.list_container_stats(pb::ListContainerStatsRequest::default()).await.unwrap().into_inner().stats.len();
+        let n = rt
+            .list_container_stats(pb::ListContainerStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .len();
         list_stats.push(t.elapsed());
         assert_eq!(n, pids.len());
     }
-    row(&format!("ListContainerStats ({} containers)", pids.len()), &mut list_stats);
+    row(
+        &format!("ListContainerStats ({} containers)", pids.len()),
+        &mut list_stats,
+    );
     let mut kib: Vec<u64> = pids.iter().filter_map(|p| private_kib(*p)).collect();
     kib.sort();
     let avg = kib.iter().sum::<u64>() as f64 / kib.len().max(1) as f64;

@@ -65,6 +65,27 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_err(dir))
 }
 
+/// Writes `value` as JSON via a temporary file and a rename — atomic for readers, but not
+/// fsynced: for files that need not survive a crash (a runner spec is read once, right
+/// after it is written; a crash before that fails the start anyway).
+pub fn save_volatile<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    std::fs::write(tmp.path(), &bytes).map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
 /// Serialises `value` as JSON and writes it atomically.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
@@ -152,6 +173,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("rec.json")]);
+        save_volatile(
+            &p,
+            &Rec {
+                a: 3,
+                b: "z".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            load::<Rec>(&p).unwrap(),
+            Some(Rec {
+                a: 3,
+                b: "z".into()
+            })
+        );
         remove(&p).unwrap();
         remove(&p).unwrap();
         assert_eq!(load::<Rec>(&p).unwrap(), None);

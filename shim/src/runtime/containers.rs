@@ -411,7 +411,7 @@ impl Runtime {
         let exit_file = c.meta.dir.join("exit.json");
         let spec = self.runner_spec(&c, mode, exit_file)?;
         let spec_path = c.meta.dir.join("runner.json");
-        crate::store::save(&spec_path, &spec)?;
+        crate::store::save_volatile(&spec_path, &spec)?;
         let started = self.spawn_runner(&c, &spec_path).await;
         match started {
             Ok((pid, pid_start, child)) => {
@@ -554,7 +554,7 @@ impl Runtime {
             .meta
             .dir
             .join(format!("exec-{}.json", &crate::ids::new_id()[..12]));
-        crate::store::save(&spec_path, &spec)?;
+        crate::store::save_volatile(&spec_path, &spec)?;
         let out = self.run_exec(&spec_path, timeout_ms).await;
         let _ = std::fs::remove_file(&spec_path);
         out
