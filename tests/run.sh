@@ -17,6 +17,7 @@ rustup target add wasm32-wasip1 wasm32-wasip2 >/dev/null 2>&1 || rustup target a
 # Guests (examples/guests) are built for wasm; the e2e tests find them via WASMCRI_GUESTS.
 cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip1
 cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip2
+cargo build --release --manifest-path examples/http-hello/Cargo.toml --target wasm32-wasip2
 export WASMCRI_GUESTS="$PWD/examples/guests/target"
 
 # Reuse a build cache outside the checkout when there is one (a fresh clone then only

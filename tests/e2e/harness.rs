@@ -507,3 +507,72 @@ pub async fn wait_log(path: &Path, needle: &str, secs: u64) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The wasi:http/proxy component from `examples/http-hello` (built by tests/run.sh).
+pub fn http_guest() -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/http-hello/target/wasm32-wasip2/release/http_hello.wasm");
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{} missing ({e}); run tests/run.sh", p.display()))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 GET over a plain TCP connection: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, raw) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = raw;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        raw.to_string()
+    };
+    Ok((status, body))
+}
+
+/// Retries a GET until the server answers (or panics after `secs`).
+pub async fn http_get_ready(addr: &str, path: &str, secs: u64) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match http_get(addr, path).await {
+            Ok(r) if r.0 != 0 => return r,
+            other => assert!(
+                Instant::now() < deadline,
+                "{addr}{path} not answering: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

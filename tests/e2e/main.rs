@@ -3,6 +3,7 @@
 
 mod exec;
 mod harness;
+mod http;
 mod images;
 mod lifecycle;
 mod network;

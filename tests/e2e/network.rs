@@ -48,6 +48,9 @@ async fn pods_get_distinct_ips_and_release_them() {
         cni_dir, bin
     ))
     .await;
+    let layout = d.dir.path().join("http-layout");
+    wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
+    d.import(&layout, "localhost/http-hello:v1");
     let mut rt = d.rt().await;
     let s = rt
         .status(pb::StatusRequest { verbose: false })
@@ -88,6 +91,38 @@ async fn pods_get_distinct_ips_and_release_them() {
                     .map(|o| o.status.success())
                     .unwrap_or(true);
                 assert!(ok, "ping {ip}");
+            }
+            if round == 0 && i == 0 {
+                // A wasi:http component in the pod, on the pod IP and the default port, probed
+                // from the host the way the kubelet's httpGet and tcpSocket probes are.
+                let pod_cfg = pod_config(&format!("net-{round}-{i}"), &d.dir.path().join("logs"));
+                let c = create(
+                    &mut rt,
+                    &pod,
+                    &pod_cfg,
+                    container_config("web", "localhost/http-hello:v1"),
+                )
+                .await;
+                start(&mut rt, &c).await;
+                let (code, body) = http_get_ready(&format!("{ip}:8080"), "/healthz", 20).await;
+                assert_eq!(code, 200, "{body}");
+                assert!(body.contains("/healthz"));
+                assert_eq!(
+                    http_get(&format!("{ip}:8080"), "/fail").await.unwrap().0,
+                    500,
+                    "unhealthy answer"
+                );
+                assert!(
+                    tokio::net::TcpStream::connect(format!("{ip}:8080"))
+                        .await
+                        .is_ok()
+                );
+                assert!(
+                    tokio::net::TcpStream::connect(format!("{ip}:8081"))
+                        .await
+                        .is_err(),
+                    "nothing listens on 8081"
+                );
             }
             ips.push(ip);
             pods.push(pod);

@@ -1,0 +1,30 @@
+//! A `wasi:http/proxy` component: answers every request with `hello from wasi:http <path>`,
+//! `/fail` with a 500, and `/trap` by trapping (the host must answer 500 and keep serving).
+
+use std::io::Write as _;
+
+use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+
+wasi::http::proxy::export!(Hello);
+
+struct Hello;
+
+impl wasi::exports::http::incoming_handler::Guest for Hello {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        if path == "/trap" {
+            panic!("asked to trap");
+        }
+        let resp = OutgoingResponse::new(Fields::new());
+        if path == "/fail" {
+            resp.set_status_code(500).unwrap();
+        }
+        let body = resp.body().unwrap();
+        ResponseOutparam::set(response_out, Ok(resp));
+        let mut out = body.write().unwrap();
+        writeln!(out, "hello from wasi:http {path}").unwrap();
+        out.flush().unwrap();
+        drop(out);
+        OutgoingBody::finish(body, None).unwrap();
+    }
+}
