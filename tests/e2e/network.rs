@@ -51,6 +51,8 @@ async fn pods_get_distinct_ips_and_release_them() {
     let layout = d.dir.path().join("http-layout");
     wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
     d.import(&layout, "localhost/http-hello:v1");
+    import_guest(&d, "wasm32-wasip2", "tcpecho", "localhost/tcpecho:v1");
+    import_guest(&d, "wasm32-wasip2", "tcpclient", "localhost/tcpclient:v1");
     let mut rt = d.rt().await;
     let s = rt
         .status(pb::StatusRequest { verbose: false })
@@ -66,7 +68,7 @@ async fn pods_get_distinct_ips_and_release_them() {
     );
 
     let netns_dir = d.dir.path().join("state/netns");
-    let mut ips = Vec::new();
+    let mut ips: Vec<String> = Vec::new();
     for round in 0..15 {
         let mut pods = Vec::new();
         for i in 0..2 {
@@ -123,6 +125,26 @@ async fn pods_get_distinct_ips_and_release_them() {
                         .is_err(),
                     "nothing listens on 8081"
                 );
+                // A TCP echo component in the same pod (WASI 0.2 sockets).
+                let mut echo = container_config("echo", "localhost/tcpecho:v1");
+                echo.args = vec!["7000".into()];
+                let c = create(&mut rt, &pod, &pod_cfg, echo).await;
+                start(&mut rt, &c).await;
+                wait_log(&d.dir.path().join("logs/echo/0.log"), "listening", 10).await;
+            }
+            if round == 0 && i == 1 {
+                // Pod B's guest reaches pod A's echo server at A's IP over the bridge.
+                let a_ip = ips[0].clone();
+                let logs = d.dir.path().join("logs");
+                let pod_cfg = pod_config(&format!("net-{round}-{i}"), &logs);
+                let mut client = container_config("client", "localhost/tcpclient:v1");
+                client.args = vec![format!("{a_ip}:7000")];
+                let c = create(&mut rt, &pod, &pod_cfg, client).await;
+                start(&mut rt, &c).await;
+                let st = wait_exited(&mut rt, &c, 20).await;
+                let log = std::fs::read_to_string(logs.join("client/0.log")).unwrap_or_default();
+                assert_eq!(st.exit_code, 0, "{st:?} {log}");
+                assert!(log.contains("echo: ping from wasm"), "{log}");
             }
             ips.push(ip);
             pods.push(pod);

@@ -136,7 +136,11 @@ pub(crate) fn wasi_builder(spec: &RunnerSpec, output: &Output) -> Result<WasiCtx
         // Blocking file operations run on the guest's thread instead of a tokio blocking pool.
         .allow_blocking_current_thread(true)
         // Already inside the pod's network namespace: the pod network is the guest's.
+        // wasmtime-wasi allows no TCP/UDP by default; `inherit_network` only sets the
+        // address check, so the protocols are enabled explicitly.
         .inherit_network()
+        .allow_tcp(true)
+        .allow_udp(true)
         .allow_ip_name_lookup(true);
     if !spec.cwd.is_empty() {
         b.initial_cwd(&spec.cwd);
