@@ -69,7 +69,7 @@ async fn pods_get_distinct_ips_and_release_them() {
 
     let netns_dir = d.dir.path().join("state/netns");
     let mut ips: Vec<String> = Vec::new();
-    for round in 0..15 {
+    for round in 0..50 {
         let mut pods = Vec::new();
         for i in 0..2 {
             let mut cfg = pod_config(&format!("net-{round}-{i}"), &d.dir.path().join("logs"));
@@ -181,7 +181,16 @@ async fn pods_get_distinct_ips_and_release_them() {
             .unwrap();
         }
     }
-    // Every IP released, every namespace gone.
+    // 100 pods later: every IP released, every namespace gone, no veth left on the bridge.
+    let ports = Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge.0])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ports.stdout).trim().is_empty(),
+        "veths left: {}",
+        String::from_utf8_lossy(&ports.stdout)
+    );
     let allocated: Vec<_> = std::fs::read_dir(ipam_dir.join("wasmcri-e2e"))
         .map(|rd| {
             rd.flatten()
