@@ -412,22 +412,47 @@ impl Runtime {
         let spec = self.runner_spec(&c, mode, exit_file)?;
         let spec_path = c.meta.dir.join("runner.json");
         crate::store::save_volatile(&spec_path, &spec)?;
-        let started = self.spawn_runner(&c, &spec_path).await;
-        match started {
-            Ok((pid, pid_start, child)) => {
-                {
-                    let mut st = c.state.lock().expect("state lock");
-                    st.phase = ContainerPhase::Running;
-                    st.pid = Some(pid);
-                    st.pid_start = pid_start;
-                    st.started_at = crate::ids::now_ns();
-                }
-                self.save_container(&c)?;
+        let (mut child, pid, pid_start) = match self.spawn_runner(&c, &spec_path) {
+            Ok(v) => v,
+            Err(message) => {
+                let rec = self.finish_failed_start(&c, None, &message).await;
+                return Err(RuntimeError::StartFailed {
+                    id: c.meta.id.clone(),
+                    message: rec.message,
+                });
+            }
+        };
+        {
+            let mut st = c.state.lock().expect("state lock");
+            st.phase = ContainerPhase::Running;
+            st.pid = Some(pid);
+            st.pid_start = pid_start;
+            st.started_at = crate::ids::now_ns();
+        }
+        // Persist the PID (fsyncs) while the runner loads its module, not after: a restarted
+        // daemon must know about every runner it started.
+        let save = {
+            let (this, c) = (self.clone(), c.clone());
+            tokio::task::spawn_blocking(move || this.save_container(&c))
+        };
+        let ready = Self::wait_ready(&mut child).await;
+        let saved = save
+            .await
+            .map_err(|e| RuntimeError::FailedPrecondition(format!("persist task: {e}")))
+            .and_then(|r| r);
+        match (ready, saved) {
+            (Ok(()), Ok(())) => {
                 self.watch_child(c.clone(), child);
                 Ok(())
             }
-            Err((message, child)) => {
-                let rec = self.finish_failed_start(&c, child, &message).await;
+            (Ok(()), Err(e)) => {
+                // Not durably recorded: do not leave a runner nobody would find after a restart.
+                let _ = child.start_kill();
+                self.watch_child(c.clone(), child);
+                Err(e)
+            }
+            (Err(message), _) => {
+                let rec = self.finish_failed_start(&c, Some(child), &message).await;
                 Err(RuntimeError::StartFailed {
                     id: c.meta.id.clone(),
                     message: rec.message,

@@ -59,47 +59,46 @@ impl Runtime {
         cmd
     }
 
-    /// Spawns the runner and waits for its readiness line. Returns PID, start time and the
-    /// child handle; on failure, the one-line reason and the child (to be reaped).
-    pub(super) async fn spawn_runner(
+    /// Spawns the runner. Returns the child (stdout piped for the readiness line), its PID and
+    /// start time, or a one-line reason.
+    pub(super) fn spawn_runner(
         &self,
         c: &Container,
         spec_path: &Path,
-    ) -> std::result::Result<
-        (i32, Option<u64>, tokio::process::Child),
-        (String, Option<tokio::process::Child>),
-    > {
+    ) -> std::result::Result<(tokio::process::Child, i32, Option<u64>), String> {
         let runner_log = c.meta.dir.join("runner.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&runner_log)
-            .map_err(|e| (format!("open {}: {e}", runner_log.display()), None))?;
+            .map_err(|e| format!("open {}: {e}", runner_log.display()))?;
         let mut cmd = self.runner_command(spec_path);
         cmd.stdout(Stdio::piped()).stderr(log);
-        // Own session: a signal to the daemon's process group never reaches the runners.
+        // Own process group: a signal to the daemon's group never reaches the runners.
         cmd.process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| (format!("spawn runner: {e}"), None))?;
+        let child = cmd.spawn().map_err(|e| format!("spawn runner: {e}"))?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let pid_start = pid_start_time(pid);
-        let stdout = child.stdout.take().expect("piped stdout");
+        Ok((child, pid, pid_start))
+    }
+
+    /// Waits for the runner's readiness line: `Ok` once it reports the guest is about to
+    /// run, else the one-line reason (the runner is killed if it never answers).
+    pub(super) async fn wait_ready(
+        child: &mut tokio::process::Child,
+    ) -> std::result::Result<(), String> {
+        let Some(stdout) = child.stdout.take() else {
+            return Err("runner stdout not piped".into());
+        };
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
-            Ok(Ok(Some(line))) if line.trim() == "ok" => Ok((pid, pid_start, child)),
-            Ok(Ok(Some(line))) => Err((
-                line.trim_start_matches("error: ").trim().to_owned(),
-                Some(child),
-            )),
-            Ok(Ok(None)) => Err(("runner exited before the guest started".into(), Some(child))),
-            Ok(Err(e)) => Err((format!("reading runner readiness: {e}"), Some(child))),
+            Ok(Ok(Some(line))) if line.trim() == "ok" => Ok(()),
+            Ok(Ok(Some(line))) => Err(line.trim_start_matches("error: ").trim().to_owned()),
+            Ok(Ok(None)) => Err("runner exited before the guest started".into()),
+            Ok(Err(e)) => Err(format!("reading runner readiness: {e}")),
             Err(_) => {
                 let _ = child.start_kill();
-                Err((
-                    format!("runner not ready after {READY_TIMEOUT:?}"),
-                    Some(child),
-                ))
+                Err(format!("runner not ready after {READY_TIMEOUT:?}"))
             }
         }
     }
