@@ -527,3 +527,50 @@ async fn twenty_pods_in_parallel() {
     assert_eq!(all.len(), 20);
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_hostname_and_hosts_file_mount() {
+    let d = Daemon::start().await;
+    import_guest(&d, P1, "readfile", "localhost/readfile:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let mut pod_cfg = pod_config(&unique("dns"), &logs);
+    pod_cfg.hostname = "wasm-host".into();
+    pod_cfg.dns_config = Some(pb::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    // The kubelet mounts a file at /etc/hosts.
+    let hosts = d.dir.path().join("etc-hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n10.1.2.3 wasm-host\n").unwrap();
+    let read = |name: &str, path: &str| {
+        let mut c = container_config(name, "localhost/readfile:v1");
+        c.args = vec![path.into()];
+        c.mounts = vec![pb::Mount {
+            container_path: "/etc/hosts".into(),
+            host_path: hosts.display().to_string(),
+            ..Default::default()
+        }];
+        c
+    };
+    for (name, path, want) in [
+        ("resolv", "/etc/resolv.conf", "nameserver 10.96.0.10"),
+        (
+            "search",
+            "/etc/resolv.conf",
+            "search default.svc.cluster.local",
+        ),
+        ("hostname", "/etc/hostname", "wasm-host"),
+        ("hosts", "/etc/hosts", "10.1.2.3 wasm-host"),
+    ] {
+        let c = create(&mut rt, &pod, &pod_cfg, read(name, path)).await;
+        start(&mut rt, &c).await;
+        let st = wait_exited(&mut rt, &c, 30).await;
+        let log = std::fs::read_to_string(logs.join(format!("{name}/0.log"))).unwrap_or_default();
+        assert_eq!(st.exit_code, 0, "{name}: {st:?} {log}");
+        assert!(log.contains(want), "{name}: {log}");
+    }
+    d.shutdown().await;
+}
