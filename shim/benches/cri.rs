@@ -117,6 +117,40 @@ async fn main() {
     row("CreateContainer+StartContainer → first log", &mut first_log);
     row("StopPodSandbox+RemovePodSandbox", &mut teardown);
 
+    // PullImage of an image already present, by digest: a metadata check, no registry.
+    let mut img = d.img().await;
+    let spec = |s: &str| {
+        Some(pb::ImageSpec {
+            image: s.into(),
+            ..Default::default()
+        })
+    };
+    let digest_ref = img
+        .image_status(pb::ImageStatusRequest {
+            image: spec("localhost/hello:v1"),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
+        .repo_digests[0]
+        .clone();
+    let mut pulls = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        img.pull_image(pb::PullImageRequest {
+            image: spec(&digest_ref),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap();
+        pulls.push(t.elapsed());
+    }
+    row("PullImage, already present (by digest)", &mut pulls);
+
     // Idle memory.
     let cfg = pod_config("bench-idle", &logs.join("idle"));
     let pod = run_pod(&mut rt, cfg.clone()).await;
