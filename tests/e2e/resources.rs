@@ -207,7 +207,7 @@ async fn churn_leaves_no_cgroups() {
     let mut rt = d.rt().await;
     let pod_cfg = pod_config(&unique("churn"), &d.dir.path().join("logs"));
     let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    for i in 0..200 {
+    for i in 0..500 {
         let mut cfg = limited("c", "localhost/sleeper:v1", 64 << 20, 50_000, 256);
         cfg.metadata.as_mut().unwrap().attempt = i;
         let c = create(&mut rt, &pod, &pod_cfg, cfg).await;
