@@ -5,6 +5,8 @@
 //! - CreateContainer + StartContainer of `hello` until its log line is written
 //! - StopPodSandbox + RemovePodSandbox
 //! - ListContainerStats over the idle containers
+//! - PullImage from a local docker-registry of a 2 MB and a 20 MB module, cold and already
+//!   present (by tag: one manifest request; by digest: no network), and pull → first output
 //! - private memory (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) of idle
 //!   `sleeper` runners
 //!
@@ -43,6 +45,52 @@ fn private_kib(pid: i32) -> Option<u64> {
             .unwrap_or(0)
     };
     Some(field("Private_Clean:") + field("Private_Dirty:"))
+}
+
+/// A valid core module of about `bytes` bytes: one memory and one data segment (what makes a
+/// real module big is mostly data and code; data keeps compilation out of the pull figure).
+fn module_with_data(bytes: usize) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let pages = bytes.div_ceil(65536) + 1;
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let mut mem = vec![1u8, 0];
+    leb(pages, &mut mem);
+    m.push(5);
+    leb(mem.len(), &mut m);
+    m.extend(mem);
+    let mut data = vec![1u8, 0, 0x41, 0, 0x0b];
+    leb(bytes, &mut data);
+    data.extend((0..bytes).map(|i| (i * 7 % 251) as u8));
+    m.push(11);
+    leb(data.len(), &mut m);
+    m.extend(data);
+    m
+}
+
+fn push(d: &Daemon, file: &std::path::Path, reference: &str) {
+    let out = std::process::Command::new(Daemon::bin())
+        .arg("--config")
+        .arg(&d.config_path)
+        .args(["image", "push"])
+        .arg(file)
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -150,6 +198,96 @@ async fn main() {
         pulls.push(t.elapsed());
     }
     row("PullImage, already present (by digest)", &mut pulls);
+
+    // Registry pulls (skipped when docker-registry is not installed).
+    if let Some(reg) = registry() {
+        let pull = |img: &mut cri::v1::image_service_client::ImageServiceClient<_>, r: String| {
+            let mut img = img.clone();
+            async move {
+                let t = Instant::now();
+                let id = img
+                    .pull_image(pb::PullImageRequest {
+                        image: spec(&r),
+                        auth: None,
+                        sandbox_config: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .image_ref;
+                (t.elapsed(), id)
+            }
+        };
+        for mb in [2usize, 20] {
+            let file = d.dir.path().join(format!("data-{mb}mb.wasm"));
+            std::fs::write(&file, module_with_data(mb << 20)).unwrap();
+            let reference = format!("{}/bench/data{mb}:v1", reg.host);
+            push(&d, &file, &reference);
+            let (mut cold, mut tag, mut digest) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..10 {
+                let (t, id) = pull(&mut img, reference.clone()).await;
+                cold.push(t);
+                img.remove_image(pb::RemoveImageRequest { image: spec(&id) })
+                    .await
+                    .unwrap();
+            }
+            let (_, id) = pull(&mut img, reference.clone()).await;
+            let by_digest = img
+                .image_status(pb::ImageStatusRequest {
+                    image: spec(&id),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .image
+                .unwrap()
+                .repo_digests[0]
+                .clone();
+            for _ in 0..50 {
+                tag.push(pull(&mut img, reference.clone()).await.0);
+                digest.push(pull(&mut img, by_digest.clone()).await.0);
+            }
+            row(&format!("PullImage {mb} MB, cold"), &mut cold);
+            row(&format!("PullImage {mb} MB, present, by tag"), &mut tag);
+            row(
+                &format!("PullImage {mb} MB, present, by digest"),
+                &mut digest,
+            );
+        }
+        // Pull → first output of a freshly published hello.
+        let hello = guests_dir().join("wasm32-wasip1/release/hello.wasm");
+        let mut first = Vec::new();
+        for i in 0..20 {
+            let reference = format!("{}/bench/hello{i}:v1", reg.host);
+            push(&d, &hello, &reference);
+            let cfg = pod_config(&format!("bench-pull-{i}"), &logs.join(format!("pull{i}")));
+            let t = Instant::now();
+            pull(&mut img, reference.clone()).await;
+            let pod = run_pod(&mut rt, cfg.clone()).await;
+            let c = create(&mut rt, &pod, &cfg, container_config("hello", &reference)).await;
+            start(&mut rt, &c).await;
+            let log = logs.join(format!("pull{i}")).join("hello/0.log");
+            while !std::fs::read_to_string(&log)
+                .map(|s| s.contains("hello from wasm"))
+                .unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            first.push(t.elapsed());
+            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap();
+            rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .unwrap();
+        }
+        row("PullImage (cold) → first log line, hello", &mut first);
+    }
 
     // Idle memory.
     let cfg = pod_config("bench-idle", &logs.join("idle"));

@@ -576,3 +576,64 @@ pub async fn http_get_ready(addr: &str, path: &str, secs: u64) -> (u16, String) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Debian's docker-registry on 127.0.0.1 and a random port, killed on drop.
+pub struct Registry {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a registry, or `None` (with a message) if docker-registry is not installed.
+pub fn registry() -> Option<Registry> {
+    let bin = "/usr/bin/docker-registry";
+    if !std::path::Path::new(bin).exists() {
+        eprintln!("skipping: {bin} not installed");
+        return None;
+    }
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: e2e\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reg = Registry {
+            child,
+            _dir: dir,
+            host: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = reg.child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(&reg.host).is_ok() {
+                return Some(reg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("docker-registry did not start");
+}
