@@ -204,7 +204,32 @@ fn endpoints(registry: &str, config: &RegistryConfig, with_mirrors: bool) -> Vec
     out
 }
 
-fn client_for(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
+/// Registry clients, reused across pulls: building one loads the TLS root store, which costs
+/// more (~15 ms) than a manifest round trip to a nearby registry. Keyed by endpoint, TLS
+/// settings and a hash of the credentials, so a token fetched with one pod's credentials is
+/// never offered on behalf of another's.
+fn client_for(ep: &Endpoint, config: &RegistryConfig, auth: &RegistryAuth) -> Result<Client> {
+    static CLIENTS: std::sync::OnceLock<Mutex<HashMap<String, Client>>> =
+        std::sync::OnceLock::new();
+    let who = match auth {
+        RegistryAuth::Anonymous => String::new(),
+        RegistryAuth::Basic(u, p) => sha256_digest(format!("basic\0{u}\0{p}").as_bytes()),
+        RegistryAuth::Bearer(t) => sha256_digest(format!("bearer\0{t}").as_bytes()),
+    };
+    let key = format!("{}|{}|{:?}|{who}", ep.host, ep.plain_http, config.ca_file);
+    let clients = CLIENTS.get_or_init(Default::default);
+    if let Some(c) = clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(c.clone());
+    }
+    let client = new_client(ep, config)?;
+    clients
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, client.clone());
+    Ok(client)
+}
+
+fn new_client(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
     let mut cc = ClientConfig {
         protocol: if ep.plain_http {
             ClientProtocol::Http
@@ -517,8 +542,8 @@ impl ImageStore {
         while i < eps.len() {
             let ep = &eps[i];
             i += 1;
-            let client = client_for(ep, config)?;
             let registry_auth = auth_for(ep, &r.registry, auth, config, &reference)?;
+            let client = client_for(ep, config, &registry_auth)?;
             let oci_ref = r.to_oci(&ep.host);
             match client
                 .pull_manifest_raw(&oci_ref, &registry_auth, manifest::ACCEPTED_MANIFESTS)
@@ -660,8 +685,8 @@ impl ImageStore {
         while i < eps.len() {
             let ep = &eps[i];
             i += 1;
-            let client = client_for(ep, config)?;
             let registry_auth = auth_for(ep, &r.registry, auth, config, &canonical)?;
+            let client = client_for(ep, config, &registry_auth)?;
             let oci_ref = r.to_oci(&ep.host);
             client
                 .store_auth_if_needed(oci_ref.resolve_registry(), &registry_auth)
