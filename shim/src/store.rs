@@ -45,17 +45,34 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_atomic_via(dir, path, bytes)
+}
+
+/// [`write_atomic`] with the temporary file in `tmp_dir` (same filesystem as `path`), for
+/// stores that sweep their own temp directory after a crash. Every durable file wasmcri
+/// writes (metadata, exit records, image records, precompiled artifacts) goes through here.
+pub fn write_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
+        .tempfile_in(tmp_dir)
+        .map_err(io_err(tmp_dir))?;
     tmp.write_all(bytes).map_err(io_err(path))?;
     tmp.as_file().sync_all().map_err(io_err(path))?;
     tmp.persist(path).map_err(|e| StoreError::Io {
         path: path.to_owned(),
         source: e.error,
     })?;
-    sync_dir(dir)
+    // The rename is only durable once the directory entry is.
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+impl From<StoreError> for std::io::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { source, .. } => source,
+            StoreError::Corrupt { source, .. } => std::io::Error::other(source),
+        }
+    }
 }
 
 /// fsyncs a directory so a rename or unlink inside it is durable.

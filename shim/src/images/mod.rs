@@ -43,7 +43,7 @@ mod store_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -626,15 +626,8 @@ impl ImageStore {
         let path = self.record_path(&img.id)?;
         let data = serde_json::to_vec_pretty(img)
             .map_err(|e| ImageError::Internal(format!("serialising record: {e}")))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix("record-")
-            .tempfile_in(&self.inner.tmp)
-            .at(&self.inner.tmp)?;
-        tmp.write_all(&data).at(tmp.path())?;
-        tmp.as_file().sync_all().at(tmp.path())?;
-        tmp.persist(&path)
-            .map_err(|e| ImageError::io(&path, e.error))?;
-        blobs::sync_dir(&self.inner.records)
+        crate::store::write_atomic_via(&self.inner.tmp, &path, &data)
+            .map_err(|e| ImageError::io(&path, e.into()))
     }
 
     /// Adds names to an existing image, moving tags away from any other image.

@@ -84,7 +84,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use spec::{ExitRecord, Preopen, RunMode, RunnerSpec};
 
@@ -104,26 +104,18 @@ pub const REASON_COMPLETED: &str = "Completed";
 /// CRI reason for everything else the runner can record.
 pub const REASON_ERROR: &str = "Error";
 
-/// Now as Unix nanoseconds.
-pub fn unix_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Runs the guest described by `spec` in this process and reports how it ended, without the
 /// process-level setup of [`run`] (cgroups, netns, credentials, signals, readiness) and
 /// without writing the exit file. Guest output goes to `spec.log_path` (closed at the end) or,
 /// in `Exec` mode, to this process's stdout/stderr. Used by [`run`] and by tests.
 pub fn execute(spec: &RunnerSpec) -> ExitRecord {
-    let started_at = unix_nanos();
+    let started_at = crate::ids::now_ns();
     let fail = |message: String| ExitRecord {
         exit_code: EXIT_FAILURE,
         reason: REASON_ERROR.into(),
         message,
         started_at,
-        finished_at: unix_nanos(),
+        finished_at: crate::ids::now_ns(),
     };
     let output = match open_output(spec) {
         Ok(o) => o,
@@ -181,7 +173,7 @@ fn record(exit_code: i32, message: String, started_at: i64) -> ExitRecord {
         .into(),
         message,
         started_at,
-        finished_at: unix_nanos(),
+        finished_at: crate::ids::now_ns(),
     }
 }
 
@@ -271,7 +263,7 @@ impl Finisher {
 /// The runner process: see the module docs for the order of steps, the readiness protocol and
 /// the exit codes. Never returns.
 pub fn run(spec_path: &Path) -> ! {
-    let started_at = unix_nanos();
+    let started_at = crate::ids::now_ns();
     let spec = match read_spec(spec_path) {
         Ok(s) => s,
         Err(m) => {
@@ -461,14 +453,7 @@ pub fn write_exit_record(path: &Path, rec: &ExitRecord) -> io::Result<()> {
         _ => Path::new("."),
     };
     let json = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".exit-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(&json)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    fs::File::open(dir)?.sync_all()
+    Ok(crate::store::write_atomic_via(dir, path, &json)?)
 }
 
 /// Reads an exit record; `None` if it does not exist (yet) or is not a complete record.

@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::hash::Hasher;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -297,22 +297,7 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), WasmError> {
             source,
         }
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cwasm-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err("create", dir))?;
-    tmp.write_all(contents)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io_err("write", tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .map_err(io_err("rename", path))?;
-    // The rename is only durable once the directory entry is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", dir))?;
-    Ok(())
+    crate::store::write_atomic_via(dir, path, contents).map_err(|e| io_err("write", path)(e.into()))
 }
 
 /// wasmtime's error with its causes on one line (for exit messages and `WasmError`s).
