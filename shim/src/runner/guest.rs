@@ -109,7 +109,7 @@ pub(crate) enum Output {
 
 /// The environment the guest sees: spec order, later duplicates replacing earlier ones (WASI
 /// would pass both), plus `PWD` = the working directory if the spec does not set it.
-fn guest_env(spec: &RunnerSpec) -> Vec<(String, String)> {
+pub(crate) fn guest_env(spec: &RunnerSpec) -> Vec<(String, String)> {
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (i, (k, _)) in spec.env.iter().enumerate() {
         last.insert(k, i);
@@ -127,12 +127,17 @@ fn guest_env(spec: &RunnerSpec) -> Vec<(String, String)> {
     env
 }
 
-/// Builds the WASI context from the spec. Preopens are opened here, i.e. with the runner's
+/// Builds the WASI context from the spec and its [`guest_env`] (computed once by callers
+/// that build a context per request). Preopens are opened here, i.e. with the runner's
 /// (already dropped) credentials.
-pub(crate) fn wasi_builder(spec: &RunnerSpec, output: &Output) -> Result<WasiCtxBuilder, String> {
+pub(crate) fn wasi_builder(
+    spec: &RunnerSpec,
+    env: &[(String, String)],
+    output: &Output,
+) -> Result<WasiCtxBuilder, String> {
     let mut b = WasiCtxBuilder::new();
     b.args(&spec.args)
-        .envs(&guest_env(spec))
+        .envs(env)
         // Blocking file operations run on the guest's thread instead of a tokio blocking pool.
         .allow_blocking_current_thread(true)
         // Already inside the pod's network namespace: the pod network is the guest's.
@@ -202,7 +207,7 @@ pub(crate) fn run_command(
     output: &Output,
     stop: &StopState,
 ) -> Outcome {
-    let mut builder = match wasi_builder(spec, output) {
+    let mut builder = match wasi_builder(spec, &guest_env(spec), output) {
         Ok(b) => b,
         Err(message) => {
             return Outcome {

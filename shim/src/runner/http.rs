@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::guest::{Outcome, Output, StopState, signal_name, wasi_builder};
+use super::guest::{Outcome, Output, StopState, guest_env, signal_name, wasi_builder};
 use super::{EXIT_FAILURE, RunnerSpec};
 use crate::logs::Stream;
 use crate::wasm::one_line;
@@ -63,6 +63,8 @@ impl WasiHttpView for RequestState {
 struct Server {
     pre: ProxyPre<RequestState>,
     spec: RunnerSpec,
+    /// The guest environment, computed once rather than per request.
+    env: Vec<(String, String)>,
     output: Output,
 }
 
@@ -80,7 +82,7 @@ impl Server {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
-        let wasi = wasi_builder(&self.spec, &self.output)
+        let wasi = wasi_builder(&self.spec, &self.env, &self.output)
             .map_err(wasmtime::Error::msg)?
             .build();
         let mut store = Store::new(
@@ -168,6 +170,7 @@ pub(crate) fn serve(
     let server = Arc::new(Server {
         pre,
         spec: spec.clone(),
+        env: guest_env(spec),
         output,
     });
     let grace = super::stop_grace(spec);

@@ -282,7 +282,13 @@ impl Runtime {
     fn runner_spec(&self, c: &Container, mode: RunMode, exit_file: PathBuf) -> Result<RunnerSpec> {
         let m = &c.meta;
         let pod = self.pod(&m.pod_id)?;
-        let preopens = self.preopens(c, &pod.meta)?;
+        let preopens = match c.preopens.get() {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.preopens(c, &pod.meta)?;
+                c.preopens.get_or_init(|| p).clone()
+            }
+        };
         let cgroup_procs = m
             .cgroup
             .as_ref()

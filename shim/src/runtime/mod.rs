@@ -138,6 +138,9 @@ pub struct Container {
     pub exited: tokio::sync::watch::Sender<bool>,
     /// Set once RemoveContainer has begun; no new operations after it.
     pub removing: std::sync::atomic::AtomicBool,
+    /// The guest's preopens, built (file-mount links included) on first start and reused by
+    /// every ExecSync — exec probes run every few seconds.
+    pub preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
 }
 
 impl Container {
@@ -150,6 +153,7 @@ impl Container {
             op: tokio::sync::Mutex::new(()),
             exited: tokio::sync::watch::channel(exited).0,
             removing: Default::default(),
+            preopens: Default::default(),
         })
     }
 
