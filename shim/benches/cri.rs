@@ -77,22 +77,6 @@ fn module_with_data(bytes: usize) -> Vec<u8> {
     m
 }
 
-fn push(d: &Daemon, file: &std::path::Path, reference: &str) {
-    let out = std::process::Command::new(Daemon::bin())
-        .arg("--config")
-        .arg(&d.config_path)
-        .args(["image", "push"])
-        .arg(file)
-        .arg(reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -127,27 +111,10 @@ async fn main() {
         .await;
         start(&mut rt, &c).await;
         let log = logs.join(i.to_string()).join("hello/0.log");
-        loop {
-            if std::fs::read_to_string(&log)
-                .map(|s| s.contains("hello from wasm"))
-                .unwrap_or(false)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
+        wait_log_every(&log, "hello from wasm", 30, Duration::from_micros(200)).await;
         first_log.push(t.elapsed());
         let t = Instant::now();
-        rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut rt, &pod).await;
         teardown.push(t.elapsed());
     }
     println!(
@@ -222,7 +189,7 @@ async fn main() {
             let file = d.dir.path().join(format!("data-{mb}mb.wasm"));
             std::fs::write(&file, module_with_data(mb << 20)).unwrap();
             let reference = format!("{}/bench/data{mb}:v1", reg.host);
-            push(&d, &file, &reference);
+            d.push(&file, &reference);
             let (mut cold, mut tag, mut digest) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..10 {
                 let (t, id) = pull(&mut img, reference.clone()).await;
@@ -260,7 +227,7 @@ async fn main() {
         let mut first = Vec::new();
         for i in 0..20 {
             let reference = format!("{}/bench/hello{i}:v1", reg.host);
-            push(&d, &hello, &reference);
+            d.push(&hello, &reference);
             let cfg = pod_config(&format!("bench-pull-{i}"), &logs.join(format!("pull{i}")));
             let t = Instant::now();
             pull(&mut img, reference.clone()).await;
@@ -268,23 +235,9 @@ async fn main() {
             let c = create(&mut rt, &pod, &cfg, container_config("hello", &reference)).await;
             start(&mut rt, &c).await;
             let log = logs.join(format!("pull{i}")).join("hello/0.log");
-            while !std::fs::read_to_string(&log)
-                .map(|s| s.contains("hello from wasm"))
-                .unwrap_or(false)
-            {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+            wait_log_every(&log, "hello from wasm", 30, Duration::from_micros(200)).await;
             first.push(t.elapsed());
-            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
-            rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await
-            .unwrap();
+            remove_pod(&mut rt, &pod).await;
         }
         row("PullImage (cold) → first log line, hello", &mut first);
     }

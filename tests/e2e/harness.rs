@@ -189,6 +189,23 @@ impl Daemon {
         );
     }
 
+    /// `wasmcri image push FILE REF` with this daemon's configuration.
+    pub fn push(&self, file: &Path, reference: &str) {
+        let out = Command::new(Self::bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["image", "push"])
+            .arg(file)
+            .arg(reference)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Removes every pod through the CRI, then stops the daemon.
     pub async fn shutdown(mut self) {
         if self.child.is_some() {
@@ -200,16 +217,7 @@ impl Daemon {
                 .into_inner()
                 .items;
             for p in pods {
-                rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-                    pod_sandbox_id: p.id.clone(),
-                })
-                .await
-                .unwrap();
-                rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-                    pod_sandbox_id: p.id,
-                })
-                .await
-                .unwrap();
+                remove_pod(&mut rt, &p.id).await;
             }
             let st = self.terminate();
             assert!(st.success(), "daemon exit {st}: {}", self.log());
@@ -493,6 +501,12 @@ pub async fn wait_exited(
 
 /// Polls until `path` holds a line containing `needle`.
 pub async fn wait_log(path: &Path, needle: &str, secs: u64) -> String {
+    wait_log_every(path, needle, secs, Duration::from_millis(20)).await
+}
+
+/// [`wait_log`] polling every `poll` (the bench polls finely so it measures the runtime, not
+/// the poll interval).
+pub async fn wait_log_every(path: &Path, needle: &str, secs: u64, poll: Duration) -> String {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -504,8 +518,22 @@ pub async fn wait_log(path: &Path, needle: &str, secs: u64) -> String {
             "{needle:?} not in {}: {text:?}",
             path.display()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(poll).await;
     }
+}
+
+/// StopPodSandbox then RemovePodSandbox.
+pub async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
 }
 
 /// The wasi:http/proxy component from `examples/http-hello` (built by tests/run.sh).

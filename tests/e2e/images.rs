@@ -1,8 +1,6 @@
 //! Images through the CRI: publish with `wasmcri image push`, pull with PullImage (by tag and
 //! by digest), run, inspect, remove — against Debian's docker-registry on 127.0.0.1.
 
-use std::process::Command;
-
 use cri::v1 as pb;
 use tonic::Code;
 
@@ -14,19 +12,7 @@ async fn push_pull_run_remove() {
     let d = Daemon::start().await;
     let wasm = guests_dir().join("wasm32-wasip2/release/hello.wasm");
     let reference = format!("{}/e2e/hello:v1", reg.host);
-    let out = Command::new(Daemon::bin())
-        .arg("--config")
-        .arg(&d.config_path)
-        .args(["image", "push"])
-        .arg(&wasm)
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.push(&wasm, &reference);
 
     let mut img = d.img().await;
     let spec = |s: &str| {
