@@ -58,7 +58,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("open runtime")?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "wasmcri serving CRI runtime.v1");
-    let cri = Cri::new(rt);
+    let cri = Cri::new(rt.clone());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let res = tonic::transport::Server::builder()
         .add_service(
@@ -73,6 +73,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
     let _ = std::fs::remove_file(&socket);
+    rt.shutdown().await;
     res.context("gRPC server")?;
     Ok(())
 }

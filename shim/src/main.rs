@@ -41,7 +41,11 @@ enum Cmd {
     #[command(hide = true)]
     Runner {
         /// The runner spec written by the daemon.
-        spec: PathBuf,
+        #[arg(required_unless_present = "standby")]
+        spec: Option<PathBuf>,
+        /// Start ahead of need and read the spec's path from stdin.
+        #[arg(long, conflicts_with = "spec")]
+        standby: bool,
     },
     /// Manage the local image store.
     Image {
@@ -127,10 +131,13 @@ fn init_tracing(level: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Runner { spec } = &cli.cmd {
+    if let Cmd::Runner { spec, standby } = &cli.cmd {
         // Before anything else: the runner must stay single-threaded until it has joined
         // its cgroup and network namespace.
-        wasmcri::runner::run(spec);
+        match spec {
+            Some(spec) if !standby => wasmcri::runner::run(spec),
+            _ => wasmcri::runner::standby(),
+        }
     }
     let config = load_config(&cli)?;
     init_tracing(&config.log_level);

@@ -126,6 +126,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's PID, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// kill -9 of the daemon (runners survive).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -138,3 +138,111 @@ async fn containers_survive_daemon_restart() {
     );
     d.shutdown().await;
 }
+
+/// PID and start time of the daemon's idle standby runners (`runner --standby`), waiting up
+/// to 10 s for `want` of them.
+async fn standby_runners(daemon_pid: i32, want: usize) -> Vec<(i32, Option<u64>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found: Vec<_> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok());
+                ppid == Some(daemon_pid) && cmdline.split(|b| *b == 0).any(|a| a == b"--standby")
+            })
+            .map(|pid| (pid, wasmcri::runtime::pid_start_time(pid)))
+            .collect();
+        if found.len() >= want || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Gone, or a zombie nobody has reaped yet: either way no longer running.
+fn ended(pid: i32, start: Option<u64>) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next());
+    !wasmcri::runtime::same_process(pid, start) || state == Some("Z")
+}
+
+async fn wait_ended(runners: &[(i32, Option<u64>)]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !runners.iter().all(|(p, s)| ended(*p, *s)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "standby runners still running: {runners:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Standby runners are replaced as they are used, start containers like spawned ones, and
+/// end with the daemon however it ends (SIGTERM or kill -9): nothing is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_runners_end_with_the_daemon() {
+    let mut d = Daemon::start().await;
+    import_guest(&d, "wasm32-wasip1", "sleeper", "localhost/sleeper:v1");
+    let before = standby_runners(d.pid().unwrap(), 2).await;
+    assert_eq!(before.len(), 2, "standby runners after startup: {before:?}");
+
+    // A container takes one of them: it is the container's runner, and a new one replaces it.
+    let logs = d.dir.path().join("logs");
+    let mut rt = d.rt().await;
+    let cfg = pod_config(&unique("standby"), &logs);
+    let pod = run_pod(&mut rt, cfg.clone()).await;
+    let c = create(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config("s", "localhost/sleeper:v1"),
+    )
+    .await;
+    start(&mut rt, &c).await;
+    wait_log(&logs.join("s/0.log"), "started", 10).await;
+    let v = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: c.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
+    let pid = info["pid"].as_i64().unwrap() as i32;
+    assert!(
+        before.iter().any(|(p, _)| *p == pid),
+        "container runner {pid} was not a standby one: {before:?}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroup.contains(&c), "runner not in its cgroup: {cgroup}");
+    // The container's runner still says `--standby` on its command line.
+    let after: Vec<_> = standby_runners(d.pid().unwrap(), 3)
+        .await
+        .into_iter()
+        .filter(|(p, _)| *p != pid)
+        .collect();
+    assert_eq!(after.len(), 2, "pool not refilled: {after:?}");
+
+    // kill -9: the standbys see their pipe close and exit; the container keeps running.
+    d.kill9();
+    wait_ended(&after).await;
+    assert!(!ended(pid, wasmcri::runtime::pid_start_time(pid)));
+
+    // A graceful stop ends them too.
+    d.spawn().await;
+    let again = standby_runners(d.pid().unwrap(), 2).await;
+    assert_eq!(again.len(), 2);
+    assert!(d.terminate().success());
+    wait_ended(&again).await;
+    d.spawn().await;
+    d.shutdown().await;
+}

@@ -93,9 +93,23 @@ fn exit_dir(exit_file: &Path) -> Option<&Path> {
 /// Points fd 1 at `/dev/null` (after the readiness line) so a daemon that went away cannot
 /// kill the runner with SIGPIPE on a later write.
 pub(crate) fn detach_stdout() -> io::Result<()> {
-    let null = File::options().write(true).open("/dev/null")?;
-    // SAFETY: dup2 onto fd 1 only replaces the process's stdout; no Rust object owns fd 1.
-    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+    redirect(1, &File::options().write(true).open("/dev/null")?)
+}
+
+/// Points fd 0 at `/dev/null`: a standby runner's stdin was the pipe its spec came through.
+pub(crate) fn detach_stdin() -> io::Result<()> {
+    redirect(0, &File::open("/dev/null")?)
+}
+
+/// Points fd 2 at `path` (appending, created if needed): a standby runner's debug log.
+pub(crate) fn redirect_stderr(path: &Path) -> io::Result<()> {
+    redirect(2, &File::options().create(true).append(true).open(path)?)
+}
+
+fn redirect(fd: i32, file: &File) -> io::Result<()> {
+    // SAFETY: dup2 onto one of the standard descriptors only replaces what that descriptor
+    // refers to; no Rust object owns fds 0-2, and `file` stays open for the call.
+    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(file), fd) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -29,7 +29,7 @@ pub struct RunnerSpec {
     /// The CRI log file (`<log_directory>/<log_path>`); `None` discards output. Ignored in
     /// [`RunMode::Exec`], where stdout/stderr are the runner's own.
     pub log_path: Option<PathBuf>,
-    /// Where the runner writes its [`ExitRecord`] (write to a temp file, fsync, rename).
+    /// Where the runner writes its [`ExitRecord`] (write to a temp file, rename).
     pub exit_file: PathBuf,
     /// Files to write the runner's PID into before any guest code runs (`cgroup.procs` of the
     /// container's cgroup, one per v1 hierarchy or one for v2).
@@ -51,6 +51,11 @@ pub struct RunnerSpec {
     /// reach an interruption point. `None` = [`crate::runner::STOP_GRACE`].
     #[serde(default)]
     pub stop_grace_ms: Option<u64>,
+    /// The runner's own debug log (warnings, load errors). A runner spawned for this spec has
+    /// its stderr pointed there by the daemon; a standby runner opens it once it receives
+    /// the spec.
+    #[serde(default)]
+    pub debug_log: Option<PathBuf>,
 }
 
 /// How the guest is driven.

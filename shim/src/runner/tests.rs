@@ -79,6 +79,7 @@ impl Fixture {
             stdin: false,
             oom_score_adj: None,
             stop_grace_ms: None,
+            debug_log: None,
         };
         Self { dir, spec }
     }

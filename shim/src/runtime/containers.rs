@@ -313,6 +313,7 @@ impl Runtime {
             stdin: m.stdin,
             oom_score_adj: m.oom_score_adj,
             stop_grace_ms: None,
+            debug_log: Some(c.runner_log()),
         })
     }
 
@@ -418,7 +419,11 @@ impl Runtime {
         let spec = self.runner_spec(&c, mode, exit_file)?;
         let spec_path = c.meta.dir.join("runner.json");
         crate::store::save_volatile(&spec_path, &spec)?;
-        let (mut child, pid, pid_start) = match self.spawn_runner(&c, &spec_path) {
+        let spawned = match self.assign_standby(&spec_path).await {
+            Some(v) => Ok(v),
+            None => self.spawn_runner(&c, &spec_path),
+        };
+        let (mut child, pid, pid_start) = match spawned {
             Ok(v) => v,
             Err(message) => {
                 let rec = self.finish_failed_start(&c, None, &message).await;

@@ -11,6 +11,7 @@ mod images;
 mod pods;
 mod process;
 mod recover;
+mod standby;
 mod stats;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::pod::{PodRecord, PodState};
 
 pub use containers::{ExecOutput, NewContainer};
 pub use pods::NewPod;
+pub use process::{pid_start_time, same_process};
 pub use stats::Usage;
 
 /// Everything that can go wrong in a runtime operation, with the object it concerns.
@@ -157,6 +159,11 @@ impl Container {
         })
     }
 
+    /// The runner's debug log (its stderr).
+    pub fn runner_log(&self) -> PathBuf {
+        self.meta.dir.join("runner.log")
+    }
+
     /// A consistent copy of the state.
     pub fn snapshot(&self) -> ContainerState {
         self.state.lock().expect("container state lock").clone()
@@ -197,6 +204,12 @@ pub struct Runtime {
     pub pod_cidr: Mutex<String>,
     /// Last CPU sample per container/pod, for usage_nano_cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Idle standby runners (see [`standby`]).
+    standby: Mutex<Vec<standby::Standby>>,
+    /// A refill task is running.
+    standby_refilling: std::sync::atomic::AtomicBool,
+    /// [`Runtime::shutdown`] has begun: start no more standby runners.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -253,10 +266,21 @@ impl Runtime {
             runner_exe,
             pod_cidr: Default::default(),
             cpu_samples: Default::default(),
+            standby: Default::default(),
+            standby_refilling: Default::default(),
+            shutting_down: Default::default(),
             config,
         });
         rt.recover().await?;
+        rt.refill_standby();
         Ok(rt)
+    }
+
+    /// Daemon shutdown: ends the idle standby runners and waits until every record written
+    /// so far is on disk. Running containers are left running.
+    pub async fn shutdown(&self) {
+        self.stop_standby().await;
+        let _ = tokio::task::spawn_blocking(crate::store::flush_pending).await;
     }
 
     // ---- lookups ----

@@ -66,7 +66,7 @@ impl Runtime {
         c: &Container,
         spec_path: &Path,
     ) -> std::result::Result<(tokio::process::Child, i32, Option<u64>), String> {
-        let runner_log = c.meta.dir.join("runner.log");
+        let runner_log = c.runner_log();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -1,0 +1,122 @@
+//! Standby runners: a few runner processes started ahead of need (`wasmcri runner --standby`,
+//! see [`crate::runner::standby`]), each blocked reading its spec's path from a pipe.
+//! StartContainer hands the next one its spec instead of paying for fork/exec, the dynamic
+//! loader and engine setup on the request path, and a replacement is started in the
+//! background. With none idle (a burst of starts), StartContainer spawns a runner itself, as
+//! it would without the pool.
+//!
+//! A standby owns nothing yet: no cgroup, no netns, no files. When the daemon exits for any
+//! reason its end of the pipe closes and every standby exits with 0 on its own, so a crash
+//! leaks nothing and a restarted daemon has nothing to recover.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncWriteExt;
+
+use super::Runtime;
+use super::process::pid_start_time;
+
+/// One idle standby runner.
+pub(super) struct Standby {
+    child: tokio::process::Child,
+    pid: i32,
+    pid_start: Option<u64>,
+}
+
+/// A spawned runner as StartContainer tracks it: the child, its PID and start time.
+pub(super) type Spawned = (tokio::process::Child, i32, Option<u64>);
+
+impl Runtime {
+    /// Hands `spec_path` to an idle standby runner, if there is a live one, and starts a
+    /// replacement in the background. The runner then behaves as one spawned for the spec.
+    pub(super) async fn assign_standby(self: &Arc<Self>, spec_path: &Path) -> Option<Spawned> {
+        loop {
+            let mut s = self.standby.lock().expect("standby lock").pop()?;
+            self.refill_standby();
+            match s.child.try_wait() {
+                Ok(None) => {}
+                _ => continue, // died while idle (killed by hand?): reaped, try the next
+            }
+            let Some(mut stdin) = s.child.stdin.take() else {
+                continue;
+            };
+            let mut line = spec_path.as_os_str().as_encoded_bytes().to_vec();
+            line.push(b'\n');
+            match stdin.write_all(&line).await {
+                // Dropping stdin closes our end: the runner reads exactly one line.
+                Ok(()) => return Some((s.child, s.pid, s.pid_start)),
+                Err(e) => {
+                    tracing::debug!(pid = s.pid, error = %e, "standby runner gone; trying another");
+                    let _ = s.child.start_kill();
+                    let _ = s.child.wait().await;
+                }
+            }
+        }
+    }
+
+    /// Tops the pool up to `config.standby_runners` in the background (one spawn task at a
+    /// time).
+    pub(super) fn refill_standby(self: &Arc<Self>) {
+        let want = self.config.standby_runners;
+        if want == 0
+            || self.standby.lock().expect("standby lock").len() >= want
+            || self.standby_refilling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            while !this.shutting_down.load(Ordering::SeqCst)
+                && this.standby.lock().expect("standby lock").len() < want
+            {
+                match this.spawn_standby() {
+                    Ok(s) => this.standby.lock().expect("standby lock").push(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a standby runner");
+                        break;
+                    }
+                }
+            }
+            this.standby_refilling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    fn spawn_standby(&self) -> std::io::Result<Standby> {
+        let mut cmd = tokio::process::Command::new(&self.runner_exe);
+        cmd.arg("runner")
+            .arg("--standby")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Until it has a spec (and its debug log), the daemon's stderr.
+            .stderr(Stdio::inherit())
+            .kill_on_drop(false)
+            // Own process group: a signal to the daemon's group never reaches the runners.
+            .process_group(0);
+        let child = cmd.spawn()?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        Ok(Standby {
+            child,
+            pid,
+            pid_start: pid_start_time(pid),
+        })
+    }
+
+    /// Ends the idle standby runners (closing their pipes makes them exit) and waits for them.
+    pub(super) async fn stop_standby(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let idle = std::mem::take(&mut *self.standby.lock().expect("standby lock"));
+        for mut s in idle {
+            drop(s.child.stdin.take());
+            if tokio::time::timeout(std::time::Duration::from_secs(2), s.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = s.child.start_kill();
+                let _ = s.child.wait().await;
+            }
+        }
+    }
+}
