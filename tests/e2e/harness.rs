@@ -42,6 +42,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub cgroup_parent: String,
     pub config_path: PathBuf,
+    /// Network namespace the daemon runs in (its CNI plugins, bridge and iptables rules
+    /// too); `None` = the test's own.
+    pub netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -52,6 +55,21 @@ pub fn unique(prefix: &str) -> String {
 impl Daemon {
     /// Starts a daemon; `extra_config` is appended to its TOML config.
     pub async fn start_with(extra_config: &str) -> Daemon {
+        let mut d = Self::configure(extra_config);
+        d.spawn().await;
+        d
+    }
+
+    /// [`Daemon::start_with`], with the daemon in the network namespace `netns`.
+    pub async fn start_in_netns(extra_config: &str, netns: &Path) -> Daemon {
+        let mut d = Self::configure(extra_config);
+        d.netns = Some(netns.to_owned());
+        d.spawn().await;
+        d
+    }
+
+    /// A temp dir and config for a daemon that is not started yet.
+    fn configure(extra_config: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("wasmcri-e2e")
             .tempdir()
@@ -74,15 +92,14 @@ impl Daemon {
             },
         );
         std::fs::write(&config_path, format!("{cfg}{extra_config}")).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             cgroup_parent,
             config_path,
+            netns: None,
             child: None,
-        };
-        d.spawn().await;
-        d
+        }
     }
 
     pub async fn start() -> Daemon {
@@ -100,15 +117,26 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(Self::bin())
-            .arg("--config")
+        let mut cmd = Command::new(Self::bin());
+        cmd.arg("--config")
             .arg(&self.config_path)
             .arg("serve")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(ns) = &self.netns {
+            use std::os::unix::process::CommandExt;
+            let ns = std::fs::File::open(ns).unwrap();
+            // SAFETY: setns is async-signal-safe; it only changes the child's network
+            // namespace between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.socket.exists()
@@ -481,6 +509,22 @@ pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::Con
     .into_inner()
     .status
     .unwrap()
+}
+
+/// The pod's IP as PodSandboxStatus reports it (empty without one).
+pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String {
+    rt.pod_sandbox_status(pb::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+    .network
+    .map(|n| n.ip)
+    .unwrap_or_default()
 }
 
 /// Polls until the container has exited (or panics after `secs`).

@@ -1,6 +1,9 @@
-//! Pod networking through real CNI plugins (bridge + host-local + loopback) on a bridge and
-//! subnet made for this test, with no route or NAT to anything outside the machine.
+//! Pod networking through real CNI plugins (bridge + host-local + loopback + portmap) on a
+//! bridge and subnet made for this test, with no route or NAT to anything outside the
+//! machine. The portmap test runs the daemon in a network namespace of its own, so the
+//! plugin's iptables rules land in that namespace's tables, not the host's.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cri::v1 as pb;
@@ -30,24 +33,8 @@ async fn pods_get_distinct_ips_and_release_them() {
     let dir = tempfile::tempdir().unwrap();
     let bridge = Bridge(format!("wc{}", &wasmcri::ids::new_id()[..8]));
     let octet = 100 + (rand_octet() % 100);
-    let subnet = format!("10.251.{octet}.0/24");
     let ipam_dir = dir.path().join("ipam");
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "wasmcri-e2e",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge.0, "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "dataDir": ipam_dir, "ranges": [[{"subnet": subnet}]]}},
-        ]
-    });
-    let cni_dir = dir.path().join("net.d");
-    std::fs::create_dir_all(&cni_dir).unwrap();
-    std::fs::write(cni_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
-    let d = Daemon::start_with(&format!(
-        "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n",
-        cni_dir, bin
-    ))
-    .await;
+    let d = Daemon::start_with(&cni_config(dir.path(), bin, &bridge.0, octet, false)).await;
     let layout = d.dir.path().join("http-layout");
     wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
     d.import(&layout, "localhost/http-hello:v1");
@@ -75,15 +62,7 @@ async fn pods_get_distinct_ips_and_release_them() {
             let mut cfg = pod_config(&format!("net-{round}-{i}"), &d.dir.path().join("logs"));
             cfg.linux = None; // pod network
             let pod = run_pod(&mut rt, cfg).await;
-            let st = rt
-                .pod_sandbox_status(pb::PodSandboxStatusRequest {
-                    pod_sandbox_id: pod.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let ip = st.status.unwrap().network.unwrap().ip;
+            let ip = pod_ip(&mut rt, &pod).await;
             assert!(ip.starts_with(&format!("10.251.{octet}.")), "ip {ip:?}");
             if round == 0 {
                 // The pod is reachable from the host over the bridge.
@@ -165,15 +144,7 @@ async fn pods_get_distinct_ips_and_release_them() {
             })
             .await
             .unwrap();
-            let st = rt
-                .pod_sandbox_status(pb::PodSandboxStatusRequest {
-                    pod_sandbox_id: pod.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(st.status.unwrap().network.unwrap().ip, "");
+            assert_eq!(pod_ip(&mut rt, &pod).await, "");
             rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
                 pod_sandbox_id: pod,
             })
@@ -204,6 +175,168 @@ async fn pods_get_distinct_ips_and_release_them() {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "netns left: {left:?}");
+    d.shutdown().await;
+}
+
+/// A bridge + host-local (+ portmap) conflist on `bridge` and 10.251.`octet`.0/24 in
+/// `dir/net.d`, host-local's state in `dir/ipam`; returns the daemon's `[cni]` config.
+fn cni_config(dir: &Path, bin: &str, bridge: &str, octet: u32, portmap: bool) -> String {
+    let mut plugins = vec![serde_json::json!(
+        {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+         "ipam": {"type": "host-local", "dataDir": dir.join("ipam"),
+                  "ranges": [[{"subnet": format!("10.251.{octet}.0/24")}]]}}
+    )];
+    if portmap {
+        plugins.push(serde_json::json!(
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ));
+    }
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "wasmcri-e2e",
+        "plugins": plugins,
+    });
+    let cni_dir = dir.join("net.d");
+    std::fs::create_dir_all(&cni_dir).unwrap();
+    std::fs::write(cni_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
+    format!("[cni]\nconf_dir = {cni_dir:?}\nbin_dirs = [{bin:?}]\n")
+}
+
+/// A network namespace made for one test (`ip netns add`), deleted with everything in it
+/// (bridge, veths, iptables rules) on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new() -> TestNetns {
+        let name = format!("wcpm{}", &wasmcri::ids::new_id()[..8]);
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = TestNetns(name);
+        run_ok(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.0)
+    }
+
+    /// `iptables -t nat -S` inside the namespace.
+    fn nat_rules(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "iptables", "-t", "nat", "-S"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An HTTP GET made from inside the namespace (from a thread that joined it).
+    fn http_get(&self, addr: String, path: &'static str) -> std::io::Result<(u16, String)> {
+        let ns = std::fs::File::open(self.path()).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(http_get(&addr, path))
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A pod's `port_mappings` reach its wasi:http component through the portmap plugin's DNAT
+/// rules, and StopPodSandbox (CNI DEL) takes those rules away again.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_port_reaches_the_pod_through_portmap() {
+    let Some(bin) = cni_plugins_dir() else {
+        eprintln!("skipping: CNI plugins not installed");
+        return;
+    };
+    if Command::new("iptables").arg("--version").output().is_err() {
+        eprintln!("skipping: iptables not installed");
+        return;
+    }
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let octet = 100 + (rand_octet() % 100);
+    let d = Daemon::start_in_netns(
+        &cni_config(dir.path(), bin, "wcpm0", octet, true),
+        &ns.path(),
+    )
+    .await;
+    let layout = d.dir.path().join("http-layout");
+    wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
+    d.import(&layout, "localhost/http-hello:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let mut cfg = pod_config(&unique("portmap"), &logs);
+    cfg.linux = None; // pod network
+    cfg.port_mappings = vec![pb::PortMapping {
+        protocol: pb::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: 18080,
+        host_ip: String::new(),
+    }];
+    let pod = run_pod(&mut rt, cfg.clone()).await;
+    let c = create(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config("web", "localhost/http-hello:v1"),
+    )
+    .await;
+    start(&mut rt, &c).await;
+    let ip = pod_ip(&mut rt, &pod).await;
+    let rules = ns.nat_rules();
+    assert!(
+        rules.contains("18080") && rules.contains(&ip),
+        "no DNAT rule for the pod: {rules}"
+    );
+    // The node's address on the bridge, port 18080 → the pod's 8080.
+    let gateway = format!("10.251.{octet}.1:18080");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (code, body) = loop {
+        match ns.http_get(gateway.clone(), "/healthz") {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{gateway}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(code, 200, "{body}");
+
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let rules = ns.nat_rules();
+    assert!(
+        !rules.contains("18080") && !rules.contains(&ip),
+        "portmap rules left after StopPodSandbox: {rules}"
+    );
+    assert!(ns.http_get(gateway, "/healthz").is_err());
     d.shutdown().await;
 }
 
