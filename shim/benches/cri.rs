@@ -10,7 +10,9 @@
 //! - private memory (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) of idle
 //!   `sleeper` runners
 //!
-//! Env: `WASMCRI_BENCH_ITERS` (default 200), `WASMCRI_BENCH_IDLE` (default 100).
+//! Env: `WASMCRI_BENCH_ITERS` (default 200), `WASMCRI_BENCH_IDLE` (default 100),
+//! `WASMCRI_BENCH_CONFIG` (TOML appended to the daemon's config, e.g. `standby_runners = 0`),
+//! `WASMCRI_BENCH_LOG` (copy the daemon's debug log there at the end: per-RPC durations).
 
 #[path = "../../tests/e2e/harness.rs"]
 mod harness;
@@ -90,7 +92,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let d = Daemon::start().await;
+    let d = Daemon::start_with(&std::env::var("WASMCRI_BENCH_CONFIG").unwrap_or_default()).await;
     import_guest(&d, "wasm32-wasip1", "hello", "localhost/hello:v1");
     import_guest(&d, "wasm32-wasip1", "sleeper", "localhost/sleeper:v1");
     let mut rt = d.rt().await;
@@ -294,5 +296,8 @@ async fn main() {
         kib[kib.len() / 2] as f64 / 1024.0,
         *kib.last().unwrap_or(&0) as f64 / 1024.0
     );
+    if let Ok(to) = std::env::var("WASMCRI_BENCH_LOG") {
+        std::fs::copy(d.dir.path().join("daemon.log"), to).unwrap();
+    }
     d.shutdown().await;
 }

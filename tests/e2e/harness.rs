@@ -79,8 +79,9 @@ impl Daemon {
         let config_path = dir.path().join("config.toml");
         let cni_dir = dir.path().join("cni");
         std::fs::create_dir_all(&cni_dir).unwrap();
+        // `extra_config` comes before our `[cni]` table so its top-level keys stay top-level.
         let cfg = format!(
-            "socket = {:?}\nroot = {:?}\nstate = {:?}\nlog_level = \"wasmcri=debug,info\"\ndefault_cgroup_parent = {:?}\n{}\n",
+            "socket = {:?}\nroot = {:?}\nstate = {:?}\nlog_level = \"wasmcri=debug,info\"\ndefault_cgroup_parent = {:?}\n{extra_config}\n{}\n",
             socket,
             dir.path().join("root"),
             dir.path().join("state"),
@@ -91,7 +92,7 @@ impl Daemon {
                 format!("[cni]\nconf_dir = {:?}\n", cni_dir)
             },
         );
-        std::fs::write(&config_path, format!("{cfg}{extra_config}")).unwrap();
+        std::fs::write(&config_path, cfg).unwrap();
         Daemon {
             dir,
             socket,

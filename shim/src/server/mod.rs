@@ -62,8 +62,12 @@ where
     let span = tracing::info_span!("cri", rpc = name, id = %id);
     async move {
         tracing::debug!("start");
+        let t = std::time::Instant::now();
         match fut.await {
-            Ok(v) => Ok(Response::new(v)),
+            Ok(v) => {
+                tracing::debug!(us = t.elapsed().as_micros() as u64, "done");
+                Ok(Response::new(v))
+            }
             Err(e) => {
                 let status = Status::from(e);
                 if status.code() == Code::NotFound {
