@@ -5,22 +5,24 @@
 //! and recording its [`ExitRecord`] durably before it exits.
 //!
 //! # Order of [`run`]
-//! 1. Read the [`RunnerSpec`] JSON.
+//! 1. Get the [`RunnerSpec`]: `wasmcri runner SPEC` reads the JSON file (exec, manual runs);
+//!    `wasmcri runner --standby` ([`standby`], how the daemon starts containers) reads one
+//!    line of JSON from stdin.
 //! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
 //!    `oom_score_adj` (EPERM/EACCES tolerated); open the CRI log (as root: the kubelet's log
 //!    directory is root-owned); `setgroups`/`setgid`/`setuid` if asked (the exit file's
 //!    directory is chowned to the new user first so the record can still be renamed into it —
 //!    give each runner a directory of its own for its exit file).
-//! 3. Build the engine ([`crate::wasm::engine`]) and load the guest: the `precompiled`
-//!    artifact by mmap, falling back to compiling `wasm` if it is absent or incompatible.
+//! 3. Build the engine ([`crate::wasm::engine`]; a standby runner has built it already) and
+//!    load the guest: the `precompiled` artifact by mmap, falling back to compiling `wasm` if
+//!    it is absent or incompatible.
 //! 4. Start the signal thread, report readiness, run the guest on the main thread.
 //! 5. Close the log (pending partial lines become `F` records), write the [`ExitRecord`]
-//!    atomically (temp file, fsync, rename, fsync dir), exit with its code.
+//!    atomically (temp file, rename), exit with its code.
 //!
 //! # Readiness protocol
-//! The daemon spawns the runner (see [`spawn_command`]) with stdout piped and reads one line
-//! ([`wait_ready`]):
+//! The daemon reads one line from the runner's stdout ([`parse_ready_line`]):
 //! - `ok` — the guest is loaded and about to run; in `Command`/`Http` mode the runner then
 //!   points its fd 1 at `/dev/null`, so a daemon that has gone away cannot SIGPIPE it;
 //! - `error: <one line>` — setup or loading failed; the runner has written an [`ExitRecord`]
@@ -79,9 +81,8 @@ mod stdio;
 mod tests;
 
 use std::fs;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -263,7 +264,7 @@ impl Finisher {
 /// The runner process: see the module docs for the order of steps, the readiness protocol and
 /// the exit codes. Never returns.
 pub fn run(spec_path: &Path) -> ! {
-    run_spec(spec_path, None)
+    run_spec(read_spec(spec_path), None)
 }
 
 /// `wasmcri runner --standby`: a runner the daemon starts before it is needed, so that
@@ -284,16 +285,20 @@ pub fn standby() -> ! {
         Ok(n) if n > 0 && line.ends_with('\n') => {}
         _ => std::process::exit(0),
     }
-    let spec_path = PathBuf::from(line.trim_end_matches('\n'));
     if let Err(e) = setup::detach_stdin() {
         eprintln!("runner: cannot detach stdin: {e}");
     }
-    run_spec(&spec_path, Some(engine))
+    let spec =
+        serde_json::from_str(&line).map_err(|e| format!("invalid spec from the daemon: {e}"));
+    run_spec(spec, Some(engine))
 }
 
-fn run_spec(spec_path: &Path, standby_engine: Option<Result<wasmtime::Engine, String>>) -> ! {
+fn run_spec(
+    spec: Result<RunnerSpec, String>,
+    standby_engine: Option<Result<wasmtime::Engine, String>>,
+) -> ! {
     let started_at = crate::ids::now_ns();
-    let spec = match read_spec(spec_path) {
+    let spec = match spec {
         Ok(s) => s,
         Err(m) => {
             ready_line(Err(&m), true);
@@ -495,46 +500,18 @@ pub fn read_exit_record(path: &Path) -> Option<ExitRecord> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The command the daemon runs to start a runner: `<exe> runner <spec>`, stdin from
-/// `/dev/null` (or inherited from the caller when it sets one), stdout piped for the readiness
-/// line ([`wait_ready`]), stderr appended to `runner_log`, in a process group of its own so
-/// signals aimed at the daemon's group do not reach it.
-pub fn spawn_command(
-    exe: &Path,
-    spec_path: &Path,
-    runner_log: &Path,
-) -> io::Result<std::process::Command> {
-    use std::os::unix::process::CommandExt;
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(runner_log)?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("runner")
-        .arg(spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0);
-    Ok(cmd)
-}
-
-/// Reads the runner's readiness line from its stdout: `Ok` on `ok`, `Err(reason)` on
-/// `error: reason` or when the runner exited without a line.
-pub fn wait_ready(stdout: impl Read) -> Result<(), String> {
-    let mut line = String::new();
-    match io::BufReader::new(stdout).read_line(&mut line) {
-        Ok(0) => Err("runner exited before reporting readiness".into()),
-        Ok(_) => {
-            let line = line.trim_end();
-            if line == "ok" {
-                Ok(())
-            } else if let Some(reason) = line.strip_prefix("error: ") {
-                Err(reason.to_string())
-            } else {
-                Err(format!("unexpected readiness line {line:?}"))
-            }
-        }
-        Err(e) => Err(format!("reading runner readiness: {e}")),
+/// Interprets the runner's readiness line (`None`: it exited without writing one): `Ok` on
+/// `ok`, `Err(reason)` on `error: reason` or anything else.
+pub fn parse_ready_line(line: Option<&str>) -> Result<(), String> {
+    let Some(line) = line else {
+        return Err("runner exited before the guest started".into());
+    };
+    let line = line.trim_end();
+    if line == "ok" {
+        Ok(())
+    } else if let Some(reason) = line.strip_prefix("error: ") {
+        Err(reason.to_string())
+    } else {
+        Err(format!("unexpected readiness line {line:?}"))
     }
 }

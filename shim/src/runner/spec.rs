@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Everything a runner needs to run one container (or one ExecSync command). Paths are host
-/// paths. Written by the daemon to `<state>/containers/<id>/runner.json`.
+/// paths. The daemon sends it as one line of JSON on a container runner's stdin, and writes
+/// it to a file for an ExecSync runner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunnerSpec {
     /// The container ID (64 hex), for logging.

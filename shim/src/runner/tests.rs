@@ -400,13 +400,13 @@ fn exit_record_round_trip_is_atomic() {
 
 #[test]
 fn readiness_lines() {
-    assert_eq!(wait_ready(&b"ok\n"[..]), Ok(()));
+    assert_eq!(parse_ready_line(Some("ok\n")), Ok(()));
     assert_eq!(
-        wait_ready(&b"error: cannot read spec x: gone\n"[..]),
+        parse_ready_line(Some("error: cannot read spec x: gone")),
         Err("cannot read spec x: gone".into())
     );
-    assert!(wait_ready(&b""[..]).unwrap_err().contains("exited"));
-    assert!(wait_ready(&b"hello\n"[..]).is_err());
+    assert!(parse_ready_line(None).unwrap_err().contains("exited"));
+    assert!(parse_ready_line(Some("hello")).is_err());
 }
 
 #[test]

@@ -417,13 +417,7 @@ impl Runtime {
         };
         let exit_file = c.meta.dir.join("exit.json");
         let spec = self.runner_spec(&c, mode, exit_file)?;
-        let spec_path = c.meta.dir.join("runner.json");
-        crate::store::save_volatile(&spec_path, &spec)?;
-        let spawned = match self.assign_standby(&spec_path).await {
-            Some(v) => Ok(v),
-            None => self.spawn_runner(&c, &spec_path),
-        };
-        let (mut child, pid, pid_start) = match spawned {
+        let (mut child, pid, pid_start) = match self.start_runner(&spec).await {
             Ok(v) => v,
             Err(message) => {
                 let rec = self.finish_failed_start(&c, None, &message).await;

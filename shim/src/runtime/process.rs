@@ -59,29 +59,6 @@ impl Runtime {
         cmd
     }
 
-    /// Spawns the runner. Returns the child (stdout piped for the readiness line), its PID and
-    /// start time, or a one-line reason.
-    pub(super) fn spawn_runner(
-        &self,
-        c: &Container,
-        spec_path: &Path,
-    ) -> std::result::Result<(tokio::process::Child, i32, Option<u64>), String> {
-        let runner_log = c.runner_log();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&runner_log)
-            .map_err(|e| format!("open {}: {e}", runner_log.display()))?;
-        let mut cmd = self.runner_command(spec_path);
-        cmd.stdout(Stdio::piped()).stderr(log);
-        // Own process group: a signal to the daemon's group never reaches the runners.
-        cmd.process_group(0);
-        let child = cmd.spawn().map_err(|e| format!("spawn runner: {e}"))?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        let pid_start = pid_start_time(pid);
-        Ok((child, pid, pid_start))
-    }
-
     /// Waits for the runner's readiness line: `Ok` once it reports the guest is about to
     /// run, else the one-line reason (the runner is killed if it never answers).
     pub(super) async fn wait_ready(
@@ -92,9 +69,7 @@ impl Runtime {
         };
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
-            Ok(Ok(Some(line))) if line.trim() == "ok" => Ok(()),
-            Ok(Ok(Some(line))) => Err(line.trim_start_matches("error: ").trim().to_owned()),
-            Ok(Ok(None)) => Err("runner exited before the guest started".into()),
+            Ok(Ok(line)) => crate::runner::parse_ready_line(line.as_deref()),
             Ok(Err(e)) => Err(format!("reading runner readiness: {e}")),
             Err(_) => {
                 let _ = child.start_kill();

@@ -2,14 +2,13 @@
 //! see [`crate::runner::standby`]), each blocked reading its spec's path from a pipe.
 //! StartContainer hands the next one its spec instead of paying for fork/exec, the dynamic
 //! loader and engine setup on the request path, and a replacement is started in the
-//! background. With none idle (a burst of starts), StartContainer spawns a runner itself, as
-//! it would without the pool.
+//! background. With none idle (a burst of starts, or `standby_runners = 0`), StartContainer
+//! spawns one the same way and hands it the spec at once.
 //!
 //! A standby owns nothing yet: no cgroup, no netns, no files. When the daemon exits for any
 //! reason its end of the pipe closes and every standby exits with 0 on its own, so a crash
 //! leaks nothing and a restarted daemon has nothing to recover.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,28 +29,49 @@ pub(super) struct Standby {
 pub(super) type Spawned = (tokio::process::Child, i32, Option<u64>);
 
 impl Runtime {
-    /// Hands `spec_path` to an idle standby runner, if there is a live one, and starts a
-    /// replacement in the background. The runner then behaves as one spawned for the spec.
-    pub(super) async fn assign_standby(self: &Arc<Self>, spec_path: &Path) -> Option<Spawned> {
+    /// Starts the runner for `spec`: an idle standby one if there is a live one (a
+    /// replacement is started in the background), else one spawned now. Either way the spec
+    /// goes over the runner's stdin as one line of JSON; no file is written.
+    pub(super) async fn start_runner(
+        self: &Arc<Self>,
+        spec: &crate::runner::RunnerSpec,
+    ) -> std::result::Result<Spawned, String> {
+        let mut line = serde_json::to_vec(spec).map_err(|e| format!("runner spec: {e}"))?;
+        line.push(b'\n');
         loop {
-            let mut s = self.standby.lock().expect("standby lock").pop()?;
-            self.refill_standby();
-            match s.child.try_wait() {
-                Ok(None) => {}
-                _ => continue, // died while idle (killed by hand?): reaped, try the next
+            let idle = self.standby.lock().expect("standby lock").pop();
+            let from_pool = idle.is_some();
+            let mut s = match idle {
+                Some(s) => {
+                    self.refill_standby();
+                    s
+                }
+                None => {
+                    let this = self.clone();
+                    tokio::task::spawn_blocking(move || this.spawn_standby())
+                        .await
+                        .map_err(|e| format!("spawn runner: {e}"))?
+                        .map_err(|e| format!("spawn runner: {e}"))?
+                }
+            };
+            if from_pool && !matches!(s.child.try_wait(), Ok(None)) {
+                continue; // died while idle (killed by hand?): reaped, try the next
             }
             let Some(mut stdin) = s.child.stdin.take() else {
                 continue;
             };
-            let mut line = spec_path.as_os_str().as_encoded_bytes().to_vec();
-            line.push(b'\n');
+            // Dropping stdin afterwards closes our end: the runner reads exactly one line.
             match stdin.write_all(&line).await {
-                // Dropping stdin closes our end: the runner reads exactly one line.
-                Ok(()) => return Some((s.child, s.pid, s.pid_start)),
-                Err(e) => {
+                Ok(()) => return Ok((s.child, s.pid, s.pid_start)),
+                Err(e) if from_pool => {
                     tracing::debug!(pid = s.pid, error = %e, "standby runner gone; trying another");
                     let _ = s.child.start_kill();
                     let _ = s.child.wait().await;
+                }
+                Err(e) => {
+                    let _ = s.child.start_kill();
+                    let _ = s.child.wait().await;
+                    return Err(format!("runner did not take its spec: {e}"));
                 }
             }
         }
