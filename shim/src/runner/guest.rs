@@ -216,6 +216,25 @@ pub(crate) fn run_command(
             };
         }
     };
+    // wasmtime-wasi's synchronous bindings run their async implementation on the current
+    // tokio runtime, or else on a global one with a worker per CPU (found by reading the
+    // cgroup files) — on a big node, dozens of threads per container. One worker is plenty
+    // for one guest thread; created here, after setns, so its threads are in the pod netns.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Outcome {
+                exit_code: EXIT_FAILURE,
+                message: format!("cannot start the WASI runtime: {e}"),
+            };
+        }
+    };
+    let enter = rt.enter();
     let result = match loaded {
         Loaded::Module(module) => run_module(engine, module, builder.build_p1()),
         Loaded::Component(component) => run_component(
@@ -227,6 +246,9 @@ pub(crate) fn run_command(
             },
         ),
     };
+    drop(enter);
+    // Do not wait for blocking tasks (a read of stdin, say) that the guest left behind.
+    rt.shutdown_background();
     classify(result, spec, stop)
 }
 

@@ -416,7 +416,9 @@ impl Runtime {
             None => RunMode::Command,
         };
         let exit_file = c.meta.dir.join("exit.json");
+        let t0 = std::time::Instant::now();
         let spec = self.runner_spec(&c, mode, exit_file)?;
+        let t_spec = t0.elapsed();
         let (mut child, pid, pid_start) = match self.start_runner(&spec).await {
             Ok(v) => v,
             Err(message) => {
@@ -434,17 +436,27 @@ impl Runtime {
             st.pid_start = pid_start;
             st.started_at = crate::ids::now_ns();
         }
-        // Persist the PID (fsyncs) while the runner loads its module, not after: a restarted
-        // daemon must know about every runner it started.
+        let t_runner = t0.elapsed();
+        // Persist the PID while the runner loads its module, not after: a restarted daemon
+        // must know about every runner it started.
         let save = {
             let (this, c) = (self.clone(), c.clone());
             tokio::task::spawn_blocking(move || this.save_container(&c))
         };
         let ready = Self::wait_ready(&mut child).await;
+        let t_ready = t0.elapsed();
         let saved = save
             .await
             .map_err(|e| RuntimeError::FailedPrecondition(format!("persist task: {e}")))
             .and_then(|r| r);
+        tracing::debug!(
+            pid,
+            spec_us = t_spec.as_micros() as u64,
+            runner_us = t_runner.as_micros() as u64,
+            ready_us = t_ready.as_micros() as u64,
+            saved_us = t0.elapsed().as_micros() as u64,
+            "runner started"
+        );
         match (ready, saved) {
             (Ok(()), Ok(())) => {
                 self.watch_child(c.clone(), child);
