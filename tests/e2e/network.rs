@@ -7,7 +7,8 @@ use cri::v1 as pb;
 
 use crate::harness::*;
 
-struct Bridge(String);
+/// A bridge made for one test, deleted on drop.
+pub struct Bridge(pub String);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
@@ -15,7 +16,8 @@ impl Drop for Bridge {
     }
 }
 
-fn cni_plugins_dir() -> Option<&'static str> {
+/// Where the standard CNI plugins are installed, if they are.
+pub fn cni_plugins_dir() -> Option<&'static str> {
     ["/usr/lib/cni", "/opt/cni/bin"]
         .into_iter()
         .find(|d| std::path::Path::new(d).join("bridge").exists())
@@ -207,6 +209,6 @@ async fn pods_get_distinct_ips_and_release_them() {
     d.shutdown().await;
 }
 
-fn rand_octet() -> u32 {
+pub fn rand_octet() -> u32 {
     u32::from_str_radix(&wasmcri::ids::new_id()[..4], 16).unwrap()
 }
