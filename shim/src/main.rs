@@ -119,8 +119,11 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: under systemd or redirected to a file (as the kubelet
+    // acceptance setup does) escape codes would clutter every line.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
