@@ -89,6 +89,15 @@ pub struct PortMapping {
     pub host_ip: String,
 }
 
+impl PortMapping {
+    /// The host port to publish, if any. The kubelet lists every `containerPort` of the pod,
+    /// with host port 0 when the spec asks for none; only a real port goes to CNI (the
+    /// `portmap` plugin rejects 0), as containerd filters them.
+    pub fn published_host_port(&self) -> Option<u16> {
+        u16::try_from(self.host_port).ok().filter(|p| *p != 0)
+    }
+}
+
 /// Sandbox state as the CRI defines it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum PodPhase {
@@ -137,5 +146,19 @@ mod tests {
             "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
         );
         assert_eq!(DnsConfig::default().resolv_conf(), "");
+    }
+
+    #[test]
+    fn only_real_host_ports_are_published() {
+        let m = |host_port| PortMapping {
+            protocol: "tcp".into(),
+            container_port: 8080,
+            host_port,
+            host_ip: String::new(),
+        };
+        assert_eq!(m(0).published_host_port(), None);
+        assert_eq!(m(-1).published_host_port(), None);
+        assert_eq!(m(70_000).published_host_port(), None);
+        assert_eq!(m(30080).published_host_port(), Some(30080));
     }
 }

@@ -5,6 +5,7 @@ mod exec;
 mod harness;
 mod http;
 mod images;
+mod kubelet;
 mod lifecycle;
 mod network;
 mod resources;

@@ -10,7 +10,8 @@ use cri::v1 as pb;
 
 use crate::harness::*;
 
-struct Bridge(String);
+/// A bridge made for one test, deleted on drop.
+pub struct Bridge(pub String);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
@@ -18,7 +19,8 @@ impl Drop for Bridge {
     }
 }
 
-fn cni_plugins_dir() -> Option<&'static str> {
+/// Where the standard CNI plugins are installed, if they are.
+pub fn cni_plugins_dir() -> Option<&'static str> {
     ["/usr/lib/cni", "/opt/cni/bin"]
         .into_iter()
         .find(|d| std::path::Path::new(d).join("bridge").exists())
@@ -340,6 +342,6 @@ async fn host_port_reaches_the_pod_through_portmap() {
     d.shutdown().await;
 }
 
-fn rand_octet() -> u32 {
+pub fn rand_octet() -> u32 {
     u32::from_str_radix(&wasmcri::ids::new_id()[..4], 16).unwrap()
 }

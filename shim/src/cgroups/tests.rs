@@ -172,6 +172,15 @@ fn v2_update_cpu_max_and_unlimited() {
     ));
 }
 
+/// What the kubelet sends for a container that asks for no hugepages: a zero limit for
+/// every size in `/sys/kernel/mm/hugepages`, whether or not a hugetlb controller exists.
+fn kubelet_default_hugepages() -> Resources {
+    Resources {
+        hugepage_limits: vec![("2MB".into(), 0), ("1GB".into(), 0)],
+        ..Default::default()
+    }
+}
+
 #[test]
 fn v2_missing_controller_is_unsupported_and_rolls_back() {
     let (t, cg) = v2_fixture("memory pids");
@@ -197,6 +206,9 @@ fn v2_missing_controller_is_unsupported_and_rolls_back() {
         )
         .unwrap_err();
     assert!(matches!(err, CgroupError::Unsupported { .. }), "{err}");
+    // The kubelet's default for every container: zero for each size the kernel knows.
+    cg.create("/p/c", &kubelet_default_hugepages()).unwrap();
+    cg.remove("/p/c").unwrap();
     let err = cg
         .create(
             "/p/c",
@@ -393,6 +405,8 @@ fn v1_rejects_unified_hugetlb_and_bad_swap() {
         matches!(&err, CgroupError::Unsupported { what } if what.contains("hugetlb")),
         "{err}"
     );
+    cg.create("/a/b", &kubelet_default_hugepages()).unwrap();
+    cg.remove("/a/b").unwrap();
     let err = cg
         .create(
             "/a/b",

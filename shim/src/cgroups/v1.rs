@@ -180,6 +180,13 @@ impl V1 {
 
     fn apply_hugetlb(&self, rel: &Path, res: &Resources) -> Result<()> {
         for (size, limit) in &res.hugepage_limits {
+            // The kubelet sends a zero limit for every page size the kernel knows, hugetlb
+            // controller or not. Without the controller no process of the cgroup can be
+            // charged hugetlb pages anyway, and a guest cannot ask for any: skip, as
+            // containerd does.
+            if *limit == 0 && self.hierarchy("hugetlb").is_none() {
+                continue;
+            }
             let dir = self.need("hugetlb", rel, &format!("hugepage limit {size}"))?;
             let f = dir.join(format!("hugetlb.{size}.limit_in_bytes"));
             if !self.files.has(&f) {

@@ -210,6 +210,10 @@ impl Backend for V2 {
             self.write(&dir, "pids.max", &v)?;
         }
         for (size, limit) in &res.hugepage_limits {
+            // A zero limit without the controller: see the v1 backend's `apply_hugetlb`.
+            if *limit == 0 && !self.controllers.iter().any(|c| c == "hugetlb") {
+                continue;
+            }
             self.need("hugetlb", &format!("hugepage limit {size}"))?;
             let f = dir.join(format!("hugetlb.{size}.max"));
             if !self.files.has(&f) {

@@ -201,15 +201,17 @@ impl Runtime {
             port_mappings: meta
                 .port_mappings
                 .iter()
-                .map(|p| crate::network::cni::PortMapping {
-                    host_port: p.host_port as u16,
-                    container_port: p.container_port as u16,
-                    protocol: match p.protocol.as_str() {
-                        "udp" => crate::network::cni::Protocol::Udp,
-                        "sctp" => crate::network::cni::Protocol::Sctp,
-                        _ => crate::network::cni::Protocol::Tcp,
-                    },
-                    host_ip: p.host_ip.clone(),
+                .filter_map(|p| {
+                    Some(crate::network::cni::PortMapping {
+                        host_port: p.published_host_port()?,
+                        container_port: p.container_port as u16,
+                        protocol: match p.protocol.as_str() {
+                            "udp" => crate::network::cni::Protocol::Udp,
+                            "sctp" => crate::network::cni::Protocol::Sctp,
+                            _ => crate::network::cni::Protocol::Tcp,
+                        },
+                        host_ip: p.host_ip.clone(),
+                    })
                 })
                 .collect(),
         }
