@@ -197,6 +197,8 @@ async fn exit_codes_traps_and_broken_modules() {
     start(&mut rt, &c).await;
     let st = wait_exited(&mut rt, &c, 30).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+    // The kubelet prefixes `terminated.message` with this: nothing for a plain exit.
+    assert_eq!(st.message, "", "{st:?}");
 
     let c = create(
         &mut rt,

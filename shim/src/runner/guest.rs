@@ -17,9 +17,6 @@ use super::{EXIT_FAILURE, EXIT_TIMEOUT, RunMode, RunnerSpec};
 use crate::logs::{CriLogWriter, Stream};
 use crate::wasm::{WasmKind, detect, one_line};
 
-/// Start of the message recorded for a guest's own nonzero `exit(n)`.
-pub(crate) const GUEST_EXIT_PREFIX: &str = "exited with code";
-
 /// A guest ready to instantiate.
 pub(crate) enum Loaded {
     /// A core module (WASI preview 1).
@@ -330,21 +327,20 @@ pub(crate) fn classify(
         }
         Err(RunError::Instantiate(e) | RunError::Guest(e)) => e,
     };
+    // A guest's own exit and a stop are not news: the kubelet puts a non-empty message in
+    // front of the container's termination message (`terminated.message`), which tools
+    // parse. Only what the exit code cannot say (traps, load errors, timeouts) gets one.
     if let Some(I32Exit(code)) = err.downcast_ref::<I32Exit>() {
         return Outcome {
             exit_code: *code,
-            message: if *code == 0 {
-                String::new()
-            } else {
-                format!("{GUEST_EXIT_PREFIX} {code}")
-            },
+            message: String::new(),
         };
     }
     let signal = stop.signal.load(Ordering::SeqCst);
     if signal != 0 {
         return Outcome {
             exit_code: 128 + signal,
-            message: format!("stopped by {}", signal_name(signal)),
+            message: String::new(),
         };
     }
     if stop.timed_out.load(Ordering::SeqCst) {

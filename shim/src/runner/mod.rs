@@ -37,11 +37,11 @@
 //! | how the guest ended | code | reason | message |
 //! |---|---|---|---|
 //! | returned from `_start` / `wasi:cli/run` ok | 0 | `Completed` | empty |
-//! | `exit(n)` (`proc_exit`, `wasi:cli/exit`) | n | `Completed` if 0, else `Error` | `exited with code n` |
+//! | `exit(n)` (`proc_exit`, `wasi:cli/exit`) | n | `Completed` if 0, else `Error` | empty |
 //! | trap (`unreachable`, out-of-bounds, stack overflow, Rust panic = abort) | 1 | `Error` | the trap, e.g. ``wasm trap: wasm `unreachable` instruction executed`` |
 //! | `wasi:cli/run` returned `err` | 1 | `Error` | `wasi:cli/run returned an error` |
 //! | cannot load: not wasm, corrupt, missing `_start`, missing imports, bad preopen, setup failed | 1 | `Error` | why, one line |
-//! | stopped by SIGTERM / SIGINT | 143 / 130 (128+signal) | `Error` | `stopped by SIGTERM` |
+//! | stopped by SIGTERM / SIGINT | 143 / 130 (128+signal) | `Error` | empty |
 //! | exec deadline passed (`Exec { timeout_ms }`) | 124, like `timeout(1)` | `Error` | `timed out after N ms` |
 //! | killed (SIGKILL, OOM) | — the runner cannot record it; the daemon infers 137 / `OOMKilled` | | |
 //!
@@ -253,8 +253,8 @@ impl Finisher {
                 self.exit_file.display()
             );
         }
-        // The guest's own `exit(n)` is not news; in exec mode stderr is the user's.
-        if !rec.message.is_empty() && !rec.message.starts_with(guest::GUEST_EXIT_PREFIX) {
+        // Only what the exit code cannot say; in exec mode stderr is the user's.
+        if !rec.message.is_empty() {
             eprintln!("runner: exit {}: {}", rec.exit_code, rec.message);
         }
         std::process::exit(rec.exit_code)
@@ -467,14 +467,12 @@ fn start_signal_thread(
                     && std::time::Instant::now() >= d
                 {
                     let sig = stop.signal.load(Ordering::SeqCst);
-                    finisher.finish(record(
-                        128 + sig,
-                        format!(
-                            "stopped by {} (guest blocked in a host call)",
-                            guest::signal_name(sig)
-                        ),
-                        started_at,
-                    ));
+                    // A stop, like one that reached the guest: no status message.
+                    eprintln!(
+                        "runner: {}: guest blocked in a host call; exiting without it",
+                        guest::signal_name(sig)
+                    );
+                    finisher.finish(record(128 + sig, String::new(), started_at));
                 }
                 std::thread::sleep(Duration::from_millis(if deadline.is_some() {
                     20
