@@ -7,47 +7,12 @@ use cri::v1 as pb;
 
 use crate::harness::*;
 
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-fn cni_plugins_dir() -> Option<&'static str> {
-    ["/usr/lib/cni", "/opt/cni/bin"]
-        .into_iter()
-        .find(|d| std::path::Path::new(d).join("bridge").exists())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_get_distinct_ips_and_release_them() {
-    let Some(bin) = cni_plugins_dir() else {
-        eprintln!("skipping: CNI plugins not installed");
+    let Some(net) = CniNet::new() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge(format!("wc{}", &wasmcri::ids::new_id()[..8]));
-    let octet = 100 + (rand_octet() % 100);
-    let subnet = format!("10.251.{octet}.0/24");
-    let ipam_dir = dir.path().join("ipam");
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "wasmcri-e2e",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge.0, "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "dataDir": ipam_dir, "ranges": [[{"subnet": subnet}]]}},
-        ]
-    });
-    let cni_dir = dir.path().join("net.d");
-    std::fs::create_dir_all(&cni_dir).unwrap();
-    std::fs::write(cni_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
-    let d = Daemon::start_with(&format!(
-        "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n",
-        cni_dir, bin
-    ))
-    .await;
+    let d = Daemon::start_with(&net.daemon_config()).await;
     let layout = d.dir.path().join("http-layout");
     wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
     d.import(&layout, "localhost/http-hello:v1");
@@ -84,7 +49,7 @@ async fn pods_get_distinct_ips_and_release_them() {
                 .unwrap()
                 .into_inner();
             let ip = st.status.unwrap().network.unwrap().ip;
-            assert!(ip.starts_with(&format!("10.251.{octet}.")), "ip {ip:?}");
+            assert!(ip.starts_with(&net.prefix), "ip {ip:?}");
             if round == 0 {
                 // The pod is reachable from the host over the bridge.
                 let ok = Command::new("ping")
@@ -183,7 +148,7 @@ async fn pods_get_distinct_ips_and_release_them() {
     }
     // 100 pods later: every IP released, every namespace gone, no veth left on the bridge.
     let ports = Command::new("ip")
-        .args(["-o", "link", "show", "master", &bridge.0])
+        .args(["-o", "link", "show", "master", &net.bridge])
         .output()
         .unwrap();
     assert!(
@@ -191,7 +156,7 @@ async fn pods_get_distinct_ips_and_release_them() {
         "veths left: {}",
         String::from_utf8_lossy(&ports.stdout)
     );
-    let allocated: Vec<_> = std::fs::read_dir(ipam_dir.join("wasmcri-e2e"))
+    let allocated: Vec<_> = std::fs::read_dir(net.ipam_dir.join(CniNet::NAME))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -205,8 +170,4 @@ async fn pods_get_distinct_ips_and_release_them() {
         .unwrap_or_default();
     assert!(left.is_empty(), "netns left: {left:?}");
     d.shutdown().await;
-}
-
-fn rand_octet() -> u32 {
-    u32::from_str_radix(&wasmcri::ids::new_id()[..4], 16).unwrap()
 }

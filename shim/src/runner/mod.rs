@@ -40,6 +40,8 @@
 //! | `wasi:cli/run` returned `err` | 1 | `Error` | `wasi:cli/run returned an error` |
 //! | cannot load: not wasm, corrupt, missing `_start`, missing imports, bad preopen, setup failed | 1 | `Error` | why, one line |
 //! | stopped by SIGTERM / SIGINT | 143 / 130 (128+signal) | `Error` | `stopped by SIGTERM` |
+//! | `Http` mode: stopped by SIGTERM / SIGINT, in-flight requests drained | 0 | `Completed` | `stopped by SIGTERM; in-flight requests drained` |
+//! | `Http` mode: in-flight requests still running at the StopContainer timeout | — SIGKILL: 137, inferred by the daemon | `Error` | |
 //! | exec deadline passed (`Exec { timeout_ms }`) | 124, like `timeout(1)` | `Error` | `timed out after N ms` |
 //! | killed (SIGKILL, OOM) | — the runner cannot record it; the daemon infers 137 / `OOMKilled` | | |
 //!
@@ -57,7 +59,8 @@
 //! guests stop within microseconds. A guest blocked inside a host call (a long `sleep`, a read
 //! of stdin) only notices when the call returns, so after [`STOP_GRACE`] the signal thread
 //! finishes on its own: it writes the record, flushes the log and exits. SIGUSR1 reopens the
-//! log file (`ReopenContainerLog`).
+//! log file (`ReopenContainerLog`). A wasi:http server (`Http` mode) instead stops accepting
+//! and drains its in-flight requests (see `http`), exiting 0 once they are done.
 //!
 //! # WASI notes
 //! argv, env (later duplicates win) and preopens come from the spec; the guest sees the pod
@@ -312,11 +315,14 @@ pub fn run(spec_path: &Path) -> ! {
         output: Mutex::new(None),
     });
     let stop = Arc::new(StopState::default());
-    // In HTTP mode the accept loop drains for the grace period itself; the signal thread
-    // only steps in if that does not end the process shortly after.
+    // In HTTP mode the accept loop drains in-flight requests itself, for `stop_grace_ms` if
+    // given, else until they finish (the StopContainer timeout bounds that); the signal thread
+    // only steps in if a given limit does not end the process shortly after.
     let force_after = match spec.mode {
-        RunMode::Http { .. } => stop_grace(&spec) + Duration::from_secs(1),
-        _ => stop_grace(&spec),
+        RunMode::Http { .. } => spec
+            .stop_grace_ms
+            .map(|ms| Duration::from_millis(ms) + Duration::from_secs(1)),
+        _ => Some(stop_grace(&spec)),
     };
     if let Err(e) = start_signal_thread(&engine, &stop, log, &finisher, started_at, force_after) {
         close_output(&output);
@@ -387,7 +393,7 @@ fn start_signal_thread(
     log: Option<Arc<CriLogWriter>>,
     finisher: &Arc<Finisher>,
     started_at: i64,
-    force_after: Duration,
+    force_after: Option<Duration>,
 ) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
@@ -418,7 +424,9 @@ fn start_signal_thread(
                                 Ordering::SeqCst,
                             );
                             engine.increment_epoch();
-                            deadline.get_or_insert_with(|| std::time::Instant::now() + force_after);
+                            if let Some(after) = force_after {
+                                deadline.get_or_insert_with(|| std::time::Instant::now() + after);
+                            }
                         }
                     }
                 }
