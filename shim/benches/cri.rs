@@ -37,18 +37,6 @@ fn row(name: &str, v: &mut [Duration]) {
     );
 }
 
-fn private_kib(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Some(field("Private_Clean:") + field("Private_Dirty:"))
-}
-
 /// A valid core module of about `bytes` bytes: one memory and one data segment (what makes a
 /// real module big is mostly data and code; data keeps compilation out of the pull figure).
 fn module_with_data(bytes: usize) -> Vec<u8> {
@@ -304,16 +292,7 @@ async fn main() {
         )
         .await;
         start(&mut rt, &c).await;
-        let v = rt
-            .container_status(pb::ContainerStatusRequest {
-                container_id: c,
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
-        pids.push(info["pid"].as_i64().unwrap() as i32);
+        pids.push(runner_pid(&mut rt, &c).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut list_stats = Vec::new();

@@ -8,10 +8,15 @@
 //! machine's load (it is shared) hits both; the figures are over all rounds.
 //!
 //! - wasmcri: the daemon, a pod with node networking, the component on a free loopback port.
-//! - `wasmtime serve --addr 127.0.0.1:PORT FILE`: wasmtime-cli 48.0.8's defaults (pooling
-//!   allocator, a fresh instance per request, multi-threaded tokio); taken from `WASMTIME_CLI`,
+//! - `wasmtime serve -S cli --addr 127.0.0.1:PORT FILE`: wasmtime-cli 48.0.8's defaults
+//!   (pooling allocator, a fresh instance per request, multi-threaded tokio); `-S cli` because
+//!   the component (Rust std) imports `wasi:cli/environment`, which wasmcri links for every
+//!   component and `serve` only on request. Taken from `WASMTIME_CLI`,
 //!   else `/work/tools/wasmtime-cli/bin/wasmtime`, else `wasmtime` on `PATH`; skipped (said so)
 //!   if none runs.
+//!
+//! Also prints each server's private memory (Private_Clean + Private_Dirty) idle and after the
+//! load.
 //!
 //! Env: `WASMCRI_BENCH_SECS` (measured seconds per round, default 8),
 //! `WASMCRI_BENCH_WARMUP_SECS` (default 2).
@@ -153,7 +158,7 @@ fn wasmtime_cli() -> Option<PathBuf> {
 async fn start_wasmtime_serve(cli: &Path, wasm: &Path, addr: &str, log: &Path) -> WasmtimeServe {
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(cli)
-        .args(["serve", "--addr", addr])
+        .args(["serve", "-S", "cli", "--addr", addr])
         .arg(wasm)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -187,7 +192,8 @@ async fn main() {
     std::fs::write(&wasm, http_guest()).unwrap();
     import_http_hello(&d);
     let mut rt = d.rt().await;
-    let (_, wasmcri_addr) = serve_http_hello(&d, &mut rt, "bench-http").await;
+    let (c, wasmcri_addr) = serve_http_hello(&d, &mut rt, "bench-http").await;
+    let runner = runner_pid(&mut rt, &c).await;
 
     let cli = wasmtime_cli();
     let wasmtime_addr = format!("127.0.0.1:{}", free_port());
@@ -204,6 +210,11 @@ async fn main() {
         None => None,
     };
 
+    // Memory of the servers idle (after one request each) and after the load.
+    let mib = |pid: i32| private_kib(pid).map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let serve_pid = serve.as_ref().map(|s| s.0.id() as i32);
+    let idle = (mib(runner), serve_pid.map(mib));
+
     let (mut ours, mut theirs) = (Load::default(), Load::default());
     for _ in 0..ROUNDS {
         load(&wasmcri_addr, warmup, window, &mut ours).await;
@@ -211,6 +222,7 @@ async fn main() {
             load(&wasmtime_addr, warmup, window, &mut theirs).await;
         }
     }
+    let loaded = (mib(runner), serve_pid.map(mib));
     drop(serve);
 
     println!(
@@ -230,9 +242,17 @@ async fn main() {
         "-".repeat(9)
     );
     ours.row("wasmcri (pod, node network)");
+    let memory = |idle: f64, loaded: f64| {
+        format!("private memory {idle:.1} MiB idle, {loaded:.1} MiB after the load")
+    };
     match &cli {
         Some(cli) => {
             theirs.row("wasmtime serve");
+            println!("\nwasmcri runner: {}", memory(idle.0, loaded.0));
+            println!(
+                "wasmtime serve: {}",
+                memory(idle.1.unwrap_or(f64::NAN), loaded.1.unwrap_or(f64::NAN))
+            );
             println!(
                 "\nwasmcri / wasmtime serve: throughput {:.2}, p50 {:.2}, p99 {:.2} ({})",
                 ours.rps() / theirs.rps(),
@@ -242,8 +262,9 @@ async fn main() {
             );
         }
         None => println!(
-            "\nwasmtime serve comparison skipped: no wasmtime CLI (set WASMTIME_CLI, or install \
-             wasmtime-cli 48.0.8 to /work/tools/wasmtime-cli)"
+            "\nwasmcri runner: {}\nwasmtime serve comparison skipped: no wasmtime CLI (set WASMTIME_CLI, or install \
+             wasmtime-cli 48.0.8 to /work/tools/wasmtime-cli)",
+            memory(idle.0, loaded.0)
         ),
     }
     d.shutdown().await;

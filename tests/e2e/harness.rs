@@ -478,6 +478,33 @@ pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::Con
     .unwrap()
 }
 
+/// The PID of a running container's runner (from verbose ContainerStatus).
+pub async fn runner_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> i32 {
+    let v = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+/// Private memory (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) in KiB.
+pub fn private_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some(field("Private_Clean:") + field("Private_Dirty:"))
+}
+
 /// Polls until the container has exited (or panics after `secs`).
 pub async fn wait_exited(
     rt: &mut RuntimeServiceClient<Channel>,

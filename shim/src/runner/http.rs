@@ -78,6 +78,10 @@ impl WasiHttpView for RequestState {
 
 struct Server {
     pre: ProxyPre<RequestState>,
+    /// One permit per instance slot of the engine's pool ([`crate::wasm::SERVING_INSTANCES`]),
+    /// held until the request's instance is dropped: a request beyond that waits for a slot
+    /// instead of failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
     spec: RunnerSpec,
     /// The guest environment, computed once rather than per request.
     env: Vec<(String, String)>,
@@ -98,6 +102,7 @@ impl Server {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+        let slot = self.slots.clone().acquire_owned().await?;
         let wasi = wasi_builder(&self.spec, &self.env, &self.output)
             .map_err(wasmtime::Error::msg)?
             .build();
@@ -121,10 +126,13 @@ impl Server {
         let pre = self.pre.clone();
         let task = tokio::task::spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
+            let handled = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await;
+            drop(store);
+            drop(slot);
+            handled
         });
         match receiver.await {
             Ok(Ok(resp)) => Ok(resp),
@@ -195,6 +203,9 @@ pub(crate) fn serve(
     };
     let server = Arc::new(Server {
         pre,
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            crate::wasm::SERVING_INSTANCES as usize,
+        )),
         spec: spec.clone(),
         env: guest_env(spec),
         output,

@@ -12,7 +12,8 @@
 //!    directory is root-owned); `setgroups`/`setgid`/`setuid` if asked (the exit file's
 //!    directory is chowned to the new user first so the record can still be renamed into it —
 //!    give each runner a directory of its own for its exit file).
-//! 3. Build the engine ([`crate::wasm::engine`]) and load the guest: the `precompiled`
+//! 3. Build the engine ([`crate::wasm::engine`]; [`crate::wasm::serving_engine`], which pools
+//!    instances, in `Http` mode) and load the guest: the `precompiled`
 //!    artifact by mmap, falling back to compiling `wasm` if it is absent or incompatible.
 //! 4. Start the signal thread, report readiness, run the guest on the main thread.
 //! 5. Close the log (pending partial lines become `F` records), write the [`ExitRecord`]
@@ -124,7 +125,7 @@ pub fn execute(spec: &RunnerSpec) -> ExitRecord {
         Ok(o) => o,
         Err(m) => return fail(m),
     };
-    let engine = match crate::wasm::engine() {
+    let engine = match engine_for(&spec.mode) {
         Ok(e) => e,
         Err(e) => return fail(e.to_string()),
     };
@@ -294,7 +295,7 @@ pub fn run(spec_path: &Path) -> ! {
     if let Err(m) = setup::drop_privileges(&spec) {
         fail(m);
     }
-    let engine = match crate::wasm::engine() {
+    let engine = match engine_for(&spec.mode) {
         Ok(e) => e,
         Err(e) => fail(e.to_string()),
     };
@@ -345,6 +346,15 @@ pub fn run(spec_path: &Path) -> ! {
         run_loaded(&engine, &loaded, &spec, &out_ref, &stop)
     };
     finisher.finish(record(outcome.exit_code, outcome.message, started_at))
+}
+
+/// The pooling engine for a wasi:http server (an instance per request), the default one for
+/// everything else; artifacts load into either.
+fn engine_for(mode: &RunMode) -> Result<wasmtime::Engine, crate::wasm::WasmError> {
+    match mode {
+        RunMode::Http { .. } => crate::wasm::serving_engine(),
+        RunMode::Command | RunMode::Exec { .. } => crate::wasm::engine(),
+    }
 }
 
 /// The stop grace period the spec asks for, or [`STOP_GRACE`].
