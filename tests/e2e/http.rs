@@ -107,7 +107,8 @@ async fn stop_drains_in_flight_requests_and_refuses_new_connections() {
         let addr = addr.clone();
         async move { http_get(&addr, "/sleep?ms=1500").await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = d.dir.path().join("logs/web/0.log");
+    wait_log(&log, "sleep 1500 ms: start", 10).await;
 
     let t0 = Instant::now();
     let stop = tokio::spawn({
@@ -155,7 +156,12 @@ async fn stop_cuts_off_requests_slower_than_the_timeout() {
         let addr = addr.clone();
         async move { http_get(&addr, "/sleep?ms=30000").await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_log(
+        &d.dir.path().join("logs/web/0.log"),
+        "sleep 30000 ms: start",
+        10,
+    )
+    .await;
     let t0 = Instant::now();
     rt.stop_container(pb::StopContainerRequest {
         container_id: c.clone(),
