@@ -20,7 +20,9 @@
 //! connections close at once, HTTP/1.1 connections close after their current response, HTTP/2
 //! ones get a GOAWAY. In-flight requests are then left to finish with no limit of the runner's
 //! own: the StopContainer timeout bounds them (the daemon's SIGKILL, reported as 137), as it
-//! bounds any container's shutdown. When they are done the runner exits 0.
+//! bounds any container's shutdown. When they are done the runner exits 0. (A spec that sets
+//! `stop_grace_ms` gets that limit instead: requests still running then are cut off and the
+//! runner exits 128 + the signal.)
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
