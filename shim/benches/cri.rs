@@ -4,6 +4,8 @@
 //! - RunPodSandbox (host network)
 //! - CreateContainer + StartContainer of `hello` until its log line is written
 //! - StopPodSandbox + RemovePodSandbox
+//! - the same with the pod on a CNI bridge network of the bench's own (skipped without the CNI
+//!   plugins): RunPodSandbox, RunPodSandbox → first log line, teardown (at least 100 cycles)
 //! - ListContainerStats over the idle containers
 //! - PullImage from a local docker-registry of a 2 MB and a 20 MB module, cold and already
 //!   present (by tag: one manifest request; by digest: no network), and pull → first output
@@ -37,18 +39,6 @@ fn row(name: &str, v: &mut [Duration]) {
     );
 }
 
-fn private_kib(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Some(field("Private_Clean:") + field("Private_Dirty:"))
-}
-
 /// A valid core module of about `bytes` bytes: one memory and one data segment (what makes a
 /// real module big is mostly data and code; data keeps compilation out of the pull figure).
 fn module_with_data(bytes: usize) -> Vec<u8> {
@@ -79,6 +69,57 @@ fn module_with_data(bytes: usize) -> Vec<u8> {
     m
 }
 
+/// Latencies of `n` pod cycles.
+struct Cycles {
+    /// RunPodSandbox.
+    run: Vec<Duration>,
+    /// CreateContainer + StartContainer of `hello` → its log line.
+    first_log: Vec<Duration>,
+    /// RunPodSandbox → the log line.
+    pod_start: Vec<Duration>,
+    /// StopPodSandbox + RemovePodSandbox.
+    teardown: Vec<Duration>,
+}
+
+/// `n` times: a pod (host network, or the daemon's CNI network), `hello` in it until its log
+/// line, teardown.
+async fn pod_cycles(d: &Daemon, n: usize, host_network: bool) -> Cycles {
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let mut out = Cycles {
+        run: Vec::new(),
+        first_log: Vec::new(),
+        pod_start: Vec::new(),
+        teardown: Vec::new(),
+    };
+    for i in 0..n {
+        let mut cfg = pod_config(&format!("bench-{i}"), &logs.join(i.to_string()));
+        if !host_network {
+            cfg.linux = None;
+        }
+        let t0 = Instant::now();
+        let pod = run_pod(&mut rt, cfg.clone()).await;
+        out.run.push(t0.elapsed());
+        let t = Instant::now();
+        let c = create(
+            &mut rt,
+            &pod,
+            &cfg,
+            container_config("hello", "localhost/hello:v1"),
+        )
+        .await;
+        start(&mut rt, &c).await;
+        let log = logs.join(i.to_string()).join("hello/0.log");
+        wait_log_every(&log, "hello from wasm", 30, Duration::from_micros(200)).await;
+        out.first_log.push(t.elapsed());
+        out.pod_start.push(t0.elapsed());
+        let t = Instant::now();
+        remove_pod(&mut rt, &pod).await;
+        out.teardown.push(t.elapsed());
+    }
+    out
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -97,28 +138,7 @@ async fn main() {
     import_guest(&d, "wasm32-wasip1", "sleeper", "localhost/sleeper:v1");
     let mut rt = d.rt().await;
     let logs = d.dir.path().join("logs");
-    let (mut run, mut first_log, mut teardown) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..iters {
-        let cfg = pod_config(&format!("bench-{i}"), &logs.join(i.to_string()));
-        let t = Instant::now();
-        let pod = run_pod(&mut rt, cfg.clone()).await;
-        run.push(t.elapsed());
-        let t = Instant::now();
-        let c = create(
-            &mut rt,
-            &pod,
-            &cfg,
-            container_config("hello", "localhost/hello:v1"),
-        )
-        .await;
-        start(&mut rt, &c).await;
-        let log = logs.join(i.to_string()).join("hello/0.log");
-        wait_log_every(&log, "hello from wasm", 30, Duration::from_micros(200)).await;
-        first_log.push(t.elapsed());
-        let t = Instant::now();
-        remove_pod(&mut rt, &pod).await;
-        teardown.push(t.elapsed());
-    }
+    let mut host = pod_cycles(&d, iters, true).await;
     println!(
         "| {:<44} | {:>9} | {:>9} | {:>5} |",
         "operation", "p50 ms", "p99 ms", "n"
@@ -130,9 +150,26 @@ async fn main() {
         "-".repeat(11),
         "-".repeat(7)
     );
-    row("RunPodSandbox (host network)", &mut run);
-    row("CreateContainer+StartContainer → first log", &mut first_log);
-    row("StopPodSandbox+RemovePodSandbox", &mut teardown);
+    row("RunPodSandbox (host network)", &mut host.run);
+    row(
+        "CreateContainer+StartContainer → first log",
+        &mut host.first_log,
+    );
+    row("StopPodSandbox+RemovePodSandbox", &mut host.teardown);
+
+    // The same on a CNI bridge network (netns, veth, host-local IPAM) of the bench's own.
+    if let Some(net) = CniNet::new() {
+        let cd = Daemon::start_with(&net.daemon_config()).await;
+        import_guest(&cd, "wasm32-wasip1", "hello", "localhost/hello:v1");
+        let mut cni = pod_cycles(&cd, iters.max(100), false).await;
+        row("RunPodSandbox (CNI bridge)", &mut cni.run);
+        row(
+            "pod start (CNI bridge): Run → first log",
+            &mut cni.pod_start,
+        );
+        row("StopPodSandbox+RemovePodSandbox (CNI)", &mut cni.teardown);
+        cd.shutdown().await;
+    }
 
     // PullImage of an image already present, by digest: a metadata check, no registry.
     let mut img = d.img().await;
@@ -257,16 +294,7 @@ async fn main() {
         )
         .await;
         start(&mut rt, &c).await;
-        let v = rt
-            .container_status(pb::ContainerStatusRequest {
-                container_id: c,
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
-        pids.push(info["pid"].as_i64().unwrap() as i32);
+        pids.push(runner_pid(&mut rt, &c).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut list_stats = Vec::new();

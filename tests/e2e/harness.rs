@@ -528,6 +528,33 @@ pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String
     .unwrap_or_default()
 }
 
+/// The PID of a running container's runner (from verbose ContainerStatus).
+pub async fn runner_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> i32 {
+    let v = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+/// Private memory (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) in KiB.
+pub fn private_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some(field("Private_Clean:") + field("Private_Dirty:"))
+}
+
 /// Polls until the container has exited (or panics after `secs`).
 pub async fn wait_exited(
     rt: &mut RuntimeServiceClient<Channel>,
@@ -593,6 +620,35 @@ pub fn http_guest() -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{} missing ({e}); run tests/run.sh", p.display()))
 }
 
+/// Imports [`http_guest`] as the image `localhost/http-hello:v1`.
+pub fn import_http_hello(d: &Daemon) {
+    let layout = d.dir.path().join(format!("layout-{}", unique("http")));
+    wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
+    d.import(&layout, "localhost/http-hello:v1");
+}
+
+/// Runs `localhost/http-hello:v1` (see [`import_http_hello`]) in a new host-network pod named
+/// after `name`, on a free loopback port; returns (container id, `127.0.0.1:port`) once it
+/// answers.
+pub async fn serve_http_hello(
+    d: &Daemon,
+    rt: &mut RuntimeServiceClient<Channel>,
+    name: &str,
+) -> (String, String) {
+    let pod_cfg = pod_config(&unique(name), &d.dir.path().join("logs"));
+    let pod = run_pod(rt, pod_cfg.clone()).await;
+    let port = free_port();
+    let mut cfg = container_config("web", "localhost/http-hello:v1");
+    cfg.annotations
+        .insert("wasmcri.io/http-port".into(), port.to_string());
+    let c = create(rt, &pod, &pod_cfg, cfg).await;
+    start(rt, &c).await;
+    let addr = format!("127.0.0.1:{port}");
+    let (code, body) = http_get_ready(&addr, "/ready", 20).await;
+    assert_eq!(code, 200, "{body}");
+    (c, addr)
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -652,6 +708,124 @@ pub async fn http_get_ready(addr: &str, path: &str, secs: u64) -> (u16, String) 
             ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One HTTP/2 GET with prior knowledge (h2c, no upgrade): (status, body).
+pub async fn http2_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let code = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A CNI network of real plugins (bridge + host-local) on a bridge and a 10.251.x.0/24 subnet
+/// made for one test, with no route or NAT to anything outside the machine. The bridge is
+/// deleted on drop.
+pub struct CniNet {
+    /// The bridge device, `wc<hex>`.
+    pub bridge: String,
+    /// The subnet's first three octets with a trailing dot, e.g. `10.251.123.`.
+    pub prefix: String,
+    /// host-local's data directory (allocated IPs are files under `<ipam_dir>/<net name>`).
+    pub ipam_dir: PathBuf,
+    /// The conflist directory, to hand to the daemon.
+    pub conf_dir: PathBuf,
+    /// The directory holding the plugin binaries.
+    pub bin_dir: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+impl CniNet {
+    /// Network name in the conflist.
+    pub const NAME: &'static str = "wasmcri-e2e";
+
+    /// Writes the conflist, or `None` (with a message) if the CNI plugins are not installed.
+    pub fn new() -> Option<CniNet> {
+        Self::build(false)
+    }
+
+    /// [`CniNet::new`] with the `portmap` plugin chained after the bridge.
+    pub fn with_portmap() -> Option<CniNet> {
+        Self::build(true)
+    }
+
+    fn build(portmap: bool) -> Option<CniNet> {
+        let Some(bin_dir) = ["/usr/lib/cni", "/opt/cni/bin"]
+            .into_iter()
+            .find(|d| Path::new(d).join("bridge").exists())
+        else {
+            eprintln!("skipping: CNI plugins not installed");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let id = wasmcri::ids::new_id();
+        let bridge = format!("wc{}", &id[..8]);
+        let octet = 100 + u32::from_str_radix(&id[8..12], 16).unwrap() % 100;
+        let prefix = format!("10.251.{octet}.");
+        let ipam_dir = dir.path().join("ipam");
+        let mut plugins = vec![serde_json::json!(
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "dataDir": ipam_dir,
+                      "ranges": [[{"subnet": format!("{prefix}0/24")}]]}}
+        )];
+        if portmap {
+            plugins.push(serde_json::json!(
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ));
+        }
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": Self::NAME,
+            "plugins": plugins,
+        });
+        let conf_dir = dir.path().join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        std::fs::write(conf_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
+        Some(CniNet {
+            bridge,
+            prefix,
+            ipam_dir,
+            conf_dir,
+            bin_dir,
+            _dir: dir,
+        })
+    }
+
+    /// The `[cni]` section for [`Daemon::start_with`].
+    pub fn daemon_config(&self) -> String {
+        format!(
+            "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n",
+            self.conf_dir, self.bin_dir
+        )
+    }
+}
+
+impl Drop for CniNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 

@@ -1,5 +1,7 @@
 //! wasi:http components served by the runner: a fresh instance per request, errors and traps
-//! answered 500 without killing the server, concurrency, graceful stop.
+//! answered 500 without killing the server, concurrency, HTTP/1.1 and h2c on one port,
+//! graceful stop (in-flight requests drained, new connections refused) and the cut-off at the
+//! StopContainer timeout.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +12,7 @@ use crate::harness::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_wasi_http_component() {
     let d = Daemon::start().await;
-    let layout = d.dir.path().join("http-layout");
-    wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
-    d.import(&layout, "localhost/http-hello:v1");
+    import_http_hello(&d);
     let mut img = d.img().await;
     let st = img
         .image_status(pb::ImageStatusRequest {
@@ -32,24 +32,18 @@ async fn serves_wasi_http_component() {
     );
 
     let mut rt = d.rt().await;
-    let logs = d.dir.path().join("logs");
-    let pod_cfg = pod_config(&unique("http"), &logs);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let port = free_port();
-    let mut cfg = container_config("web", "localhost/http-hello:v1");
-    cfg.annotations
-        .insert("wasmcri.io/http-port".into(), port.to_string());
-    let c = create(&mut rt, &pod, &pod_cfg, cfg).await;
-    start(&mut rt, &c).await;
-    let addr = format!("127.0.0.1:{port}");
-
-    let (code, body) = http_get_ready(&addr, "/hi", 20).await;
+    let (c, addr) = serve_http_hello(&d, &mut rt, "http").await;
+    let (code, body) = http_get(&addr, "/hi").await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("hello from wasi:http /hi"), "{body}");
     assert_eq!(http_get(&addr, "/fail").await.unwrap().0, 500);
     // A trapping instance is a 500 for that request only.
     assert_eq!(http_get(&addr, "/trap").await.unwrap().0, 500);
     assert_eq!(http_get(&addr, "/after").await.unwrap().0, 200);
+    // HTTP/2 with prior knowledge on the same port.
+    let (code, body) = http2_get(&addr, "/h2").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello from wasi:http /h2"), "{body}");
 
     // Concurrent requests, each its own instance.
     let mut tasks = Vec::new();
@@ -80,10 +74,115 @@ async fn serves_wasi_http_component() {
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     let st = status(&mut rt, &c).await;
     assert_eq!(st.state, pb::ContainerState::ContainerExited as i32);
-    assert!(st.exit_code == 0 || st.exit_code == 143, "{st:?}");
+    assert_eq!(st.exit_code, 0, "{st:?}");
     assert!(
         http_get(&addr, "/gone").await.is_err(),
         "still serving after stop"
     );
+    d.shutdown().await;
+}
+
+/// A daemon serving http-hello: (daemon, client, container id, `127.0.0.1:port`).
+async fn serve_hello(
+    name: &str,
+) -> (
+    Daemon,
+    cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    String,
+    String,
+) {
+    let d = Daemon::start().await;
+    import_http_hello(&d);
+    let mut rt = d.rt().await;
+    let (c, addr) = serve_http_hello(&d, &mut rt, name).await;
+    (d, rt, c, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_drains_in_flight_requests_and_refuses_new_connections() {
+    let (d, mut rt, c, addr) = serve_hello("drain").await;
+    // An idle keep-alive connection must not hold the stop up.
+    let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let slow = tokio::spawn({
+        let addr = addr.clone();
+        async move { http_get(&addr, "/sleep?ms=1500").await }
+    });
+    let log = d.dir.path().join("logs/web/0.log");
+    wait_log(&log, "sleep 1500 ms: start", 10).await;
+
+    let t0 = Instant::now();
+    let stop = tokio::spawn({
+        let mut rt = rt.clone();
+        let c = c.clone();
+        async move {
+            rt.stop_container(pb::StopContainerRequest {
+                container_id: c,
+                timeout: 10,
+            })
+            .await
+            .unwrap();
+            t0.elapsed()
+        }
+    });
+    // The runner sees the signal within its 50 ms poll; from then on nothing listens.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!slow.is_finished() && !stop.is_finished());
+    let refused = tokio::net::TcpStream::connect(&addr).await;
+    assert!(
+        refused.is_err(),
+        "new connection accepted while stopping: {refused:?}"
+    );
+
+    let (code, body) = slow.await.unwrap().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("/sleep?ms=1500"), "{body}");
+    let took = stop.await.unwrap();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(5),
+        "StopContainer took {took:?}"
+    );
+    let st = status(&mut rt, &c).await;
+    assert_eq!(st.state, pb::ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    assert_eq!(st.reason, "Completed", "{st:?}");
+    drop(idle);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_cuts_off_requests_slower_than_the_timeout() {
+    let (d, mut rt, c, addr) = serve_hello("cutoff").await;
+    let slow = tokio::spawn({
+        let addr = addr.clone();
+        async move { http_get(&addr, "/sleep?ms=30000").await }
+    });
+    wait_log(
+        &d.dir.path().join("logs/web/0.log"),
+        "sleep 30000 ms: start",
+        10,
+    )
+    .await;
+    let t0 = Instant::now();
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "StopContainer took {took:?}"
+    );
+    // The client sees the connection end without a response.
+    let answer = slow.await.unwrap();
+    assert!(
+        !matches!(answer, Ok((200, _))),
+        "cut-off request answered: {answer:?}"
+    );
+    let st = status(&mut rt, &c).await;
+    assert_eq!(st.state, pb::ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(st.reason, "Error", "{st:?}");
     d.shutdown().await;
 }

@@ -4,7 +4,6 @@
 use cri::v1 as pb;
 
 use crate::harness::*;
-use crate::network::{Bridge, cni_plugins_dir, rand_octet};
 
 /// The page sizes the kernel offers (`/sys/kernel/mm/hugepages/hugepages-2048kB` → `2MB`),
 /// named the way the kubelet names them in `HugepageLimit.page_size`.
@@ -41,30 +40,10 @@ fn kernel_hugepage_sizes() -> Vec<String> {
 /// sets for every page size the kernel knows, hugetlb controller mounted or not.
 #[tokio::test(flavor = "multi_thread")]
 async fn kubelet_defaults_port_list_and_zero_hugepage_limits() {
-    let Some(bin) = cni_plugins_dir() else {
-        eprintln!("skipping: CNI plugins not installed");
+    let Some(net) = CniNet::with_portmap() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge(format!("wk{}", &wasmcri::ids::new_id()[..8]));
-    let subnet = format!("10.251.{}.0/24", 200 + rand_octet() % 50);
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "wasmcri-e2e-kubelet",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge.0, "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "dataDir": dir.path().join("ipam"),
-                      "ranges": [[{"subnet": subnet}]]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-        ]
-    });
-    let cni_dir = dir.path().join("net.d");
-    std::fs::create_dir_all(&cni_dir).unwrap();
-    std::fs::write(cni_dir.join("10-kubelet.conflist"), conf.to_string()).unwrap();
-    let d = Daemon::start_with(&format!(
-        "[cni]\nconf_dir = {cni_dir:?}\nbin_dirs = [{bin:?}]\n"
-    ))
-    .await;
+    let d = Daemon::start_with(&net.daemon_config()).await;
     import_guest(&d, "wasm32-wasip1", "hello", "localhost/hello:v1");
     let mut rt = d.rt().await;
     let logs = d.dir.path().join("logs");

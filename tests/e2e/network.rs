@@ -10,33 +10,12 @@ use cri::v1 as pb;
 
 use crate::harness::*;
 
-/// A bridge made for one test, deleted on drop.
-pub struct Bridge(pub String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-/// Where the standard CNI plugins are installed, if they are.
-pub fn cni_plugins_dir() -> Option<&'static str> {
-    ["/usr/lib/cni", "/opt/cni/bin"]
-        .into_iter()
-        .find(|d| std::path::Path::new(d).join("bridge").exists())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_get_distinct_ips_and_release_them() {
-    let Some(bin) = cni_plugins_dir() else {
-        eprintln!("skipping: CNI plugins not installed");
+    let Some(net) = CniNet::new() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge(format!("wc{}", &wasmcri::ids::new_id()[..8]));
-    let octet = 100 + (rand_octet() % 100);
-    let ipam_dir = dir.path().join("ipam");
-    let d = Daemon::start_with(&cni_config(dir.path(), bin, &bridge.0, octet, false)).await;
+    let d = Daemon::start_with(&net.daemon_config()).await;
     let layout = d.dir.path().join("http-layout");
     wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
     d.import(&layout, "localhost/http-hello:v1");
@@ -65,7 +44,7 @@ async fn pods_get_distinct_ips_and_release_them() {
             cfg.linux = None; // pod network
             let pod = run_pod(&mut rt, cfg).await;
             let ip = pod_ip(&mut rt, &pod).await;
-            assert!(ip.starts_with(&format!("10.251.{octet}.")), "ip {ip:?}");
+            assert!(ip.starts_with(&net.prefix), "ip {ip:?}");
             if round == 0 {
                 // The pod is reachable from the host over the bridge.
                 let ok = Command::new("ping")
@@ -156,7 +135,7 @@ async fn pods_get_distinct_ips_and_release_them() {
     }
     // 100 pods later: every IP released, every namespace gone, no veth left on the bridge.
     let ports = Command::new("ip")
-        .args(["-o", "link", "show", "master", &bridge.0])
+        .args(["-o", "link", "show", "master", &net.bridge])
         .output()
         .unwrap();
     assert!(
@@ -164,7 +143,7 @@ async fn pods_get_distinct_ips_and_release_them() {
         "veths left: {}",
         String::from_utf8_lossy(&ports.stdout)
     );
-    let allocated: Vec<_> = std::fs::read_dir(ipam_dir.join("wasmcri-e2e"))
+    let allocated: Vec<_> = std::fs::read_dir(net.ipam_dir.join(CniNet::NAME))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -178,30 +157,6 @@ async fn pods_get_distinct_ips_and_release_them() {
         .unwrap_or_default();
     assert!(left.is_empty(), "netns left: {left:?}");
     d.shutdown().await;
-}
-
-/// A bridge + host-local (+ portmap) conflist on `bridge` and 10.251.`octet`.0/24 in
-/// `dir/net.d`, host-local's state in `dir/ipam`; returns the daemon's `[cni]` config.
-fn cni_config(dir: &Path, bin: &str, bridge: &str, octet: u32, portmap: bool) -> String {
-    let mut plugins = vec![serde_json::json!(
-        {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-         "ipam": {"type": "host-local", "dataDir": dir.join("ipam"),
-                  "ranges": [[{"subnet": format!("10.251.{octet}.0/24")}]]}}
-    )];
-    if portmap {
-        plugins.push(serde_json::json!(
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ));
-    }
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "wasmcri-e2e",
-        "plugins": plugins,
-    });
-    let cni_dir = dir.join("net.d");
-    std::fs::create_dir_all(&cni_dir).unwrap();
-    std::fs::write(cni_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
-    format!("[cni]\nconf_dir = {cni_dir:?}\nbin_dirs = [{bin:?}]\n")
 }
 
 /// A network namespace made for one test (`ip netns add`), deleted with everything in it
@@ -270,22 +225,16 @@ fn run_ok(cmd: &mut Command) {
 /// rules, and StopPodSandbox (CNI DEL) takes those rules away again.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_port_reaches_the_pod_through_portmap() {
-    let Some(bin) = cni_plugins_dir() else {
-        eprintln!("skipping: CNI plugins not installed");
-        return;
-    };
     if Command::new("iptables").arg("--version").output().is_err() {
         eprintln!("skipping: iptables not installed");
         return;
     }
+    let Some(net) = CniNet::with_portmap() else {
+        return;
+    };
+    // The bridge is made inside `ns` by the daemon's plugins and goes away with it.
     let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let octet = 100 + (rand_octet() % 100);
-    let d = Daemon::start_in_netns(
-        &cni_config(dir.path(), bin, "wcpm0", octet, true),
-        &ns.path(),
-    )
-    .await;
+    let d = Daemon::start_in_netns(&net.daemon_config(), &ns.path()).await;
     let layout = d.dir.path().join("http-layout");
     wasm_artifact_layout(&layout, &http_guest(), "localhost/http-hello:v1");
     d.import(&layout, "localhost/http-hello:v1");
@@ -315,7 +264,7 @@ async fn host_port_reaches_the_pod_through_portmap() {
         "no DNAT rule for the pod: {rules}"
     );
     // The node's address on the bridge, port 18080 → the pod's 8080.
-    let gateway = format!("10.251.{octet}.1:18080");
+    let gateway = format!("{}1:18080", net.prefix);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let (code, body) = loop {
         match ns.http_get(gateway.clone(), "/healthz") {
@@ -340,8 +289,4 @@ async fn host_port_reaches_the_pod_through_portmap() {
     );
     assert!(ns.http_get(gateway, "/healthz").is_err());
     d.shutdown().await;
-}
-
-pub fn rand_octet() -> u32 {
-    u32::from_str_radix(&wasmcri::ids::new_id()[..4], 16).unwrap()
 }

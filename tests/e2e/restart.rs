@@ -46,18 +46,7 @@ async fn containers_survive_daemon_restart() {
     start(&mut rt, &done).await;
     wait_exited(&mut rt, &done, 30).await;
     wait_log(&logs.join("keep/0.log"), "started", 10).await;
-    let die_pid: i32 = {
-        let v = rt
-            .container_status(pb::ContainerStatusRequest {
-                container_id: die.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
-        info["pid"].as_i64().unwrap() as i32
-    };
+    let die_pid = runner_pid(&mut rt, &die).await;
 
     d.kill9();
     // While the daemon is down, one container is stopped by someone else.

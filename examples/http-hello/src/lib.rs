@@ -1,5 +1,8 @@
 //! A `wasi:http/proxy` component: answers every request with `hello from wasi:http <path>`,
-//! `/fail` with a 500, and `/trap` by trapping (the host must answer 500 and keep serving).
+//! `/fail` with a 500, `/trap` by trapping (the host must answer 500 and keep serving), and
+//! `/sleep?ms=N` after waiting N milliseconds on a `wasi:clocks` pollable (a slow request for
+//! the drain tests, which see `sleep N ms: start` on stdout; the wait is a host call, so it
+//! does not hold a host thread).
 
 use std::io::Write as _;
 
@@ -14,6 +17,12 @@ impl wasi::exports::http::incoming_handler::Guest for Hello {
         let path = request.path_with_query().unwrap_or_default();
         if path == "/trap" {
             panic!("asked to trap");
+        }
+        if let Some(ms) = path.strip_prefix("/sleep?ms=") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            // Tells a test watching the container log that the request is in flight.
+            println!("sleep {ms} ms: start");
+            wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
         }
         let resp = OutgoingResponse::new(Fields::new());
         if path == "/fail" {

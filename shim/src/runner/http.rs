@@ -2,10 +2,27 @@
 //! `0.0.0.0:port`, the way `wasmtime serve` does: link and pre-instantiate once, fail before
 //! listening if that fails, then a fresh `Store` (and WASI context) per request.
 //!
-//! The tokio runtime is a current-thread one created here, i.e. after the runner joined the
-//! pod's network namespace, so the listener lives in the pod network. A stop signal (seen
-//! through [`StopState`]) closes the listener and lets in-flight requests finish for the
-//! grace period; connections are told to close after their current request.
+//! # Protocols
+//! HTTP/1.1 (keep-alive) and HTTP/2 over cleartext with prior knowledge (h2c) on the same
+//! port: hyper-util's `auto` builder reads the first bytes of a connection and picks by the
+//! HTTP/2 preface. There is no `Upgrade: h2c` dance and no TLS (a Service or mesh in front
+//! terminates it).
+//!
+//! # Threads
+//! The tokio runtime is a multi-threaded one created here, i.e. after the runner joined the
+//! pod's network namespace (threads inherit it) and its container cgroup, with one worker per
+//! CPU the container may use ([`worker_threads`]). Each request's guest runs on a fiber of its
+//! own, so requests proceed in parallel on all workers.
+//!
+//! # Stopping
+//! A stop signal (seen through [`StopState`]) closes the listener — new connections are
+//! refused from then on — and asks every connection to shut down gracefully: idle keep-alive
+//! connections close at once, HTTP/1.1 connections close after their current response, HTTP/2
+//! ones get a GOAWAY. In-flight requests are then left to finish with no limit of the runner's
+//! own: the StopContainer timeout bounds them (the daemon's SIGKILL, reported as 137), as it
+//! bounds any container's shutdown. When they are done the runner exits 0. (A spec that sets
+//! `stop_grace_ms` gets that limit instead: requests still running then are cut off and the
+//! runner exits 128 + the signal.)
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,7 +32,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -62,6 +80,10 @@ impl WasiHttpView for RequestState {
 
 struct Server {
     pre: ProxyPre<RequestState>,
+    /// One permit per instance slot of the engine's pool ([`crate::wasm::SERVING_INSTANCES`]),
+    /// held until the request's instance is dropped: a request beyond that waits for a slot
+    /// instead of failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
     spec: RunnerSpec,
     /// The guest environment, computed once rather than per request.
     env: Vec<(String, String)>,
@@ -82,6 +104,7 @@ impl Server {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+        let slot = self.slots.clone().acquire_owned().await?;
         let wasi = wasi_builder(&self.spec, &self.env, &self.output)
             .map_err(wasmtime::Error::msg)?
             .build();
@@ -105,10 +128,13 @@ impl Server {
         let pre = self.pre.clone();
         let task = tokio::task::spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
+            let handled = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await;
+            drop(store);
+            drop(slot);
+            handled
         });
         match receiver.await {
             Ok(Ok(resp)) => Ok(resp),
@@ -133,6 +159,14 @@ fn internal_error() -> hyper::Response<HyperOutgoingBody> {
     resp
 }
 
+/// One tokio worker per CPU this container may use. `std::thread::available_parallelism`
+/// reads the affinity mask and the cgroup CPU quota (v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`
+/// and v2 `cpu.max`, rounded down, at least 1) of the cgroup the runner has joined by now; more
+/// workers than the quota allows would only be throttled.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Serves until a stop signal; returns the outcome to record.
 pub(crate) fn serve(
     engine: &Engine,
@@ -155,7 +189,9 @@ pub(crate) fn serve(
         Ok(p) => p,
         Err(e) => return fail(format!("not servable over HTTP: {}", one_line(&e))),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .thread_name("http")
         .enable_all()
         .build()
     {
@@ -169,19 +205,61 @@ pub(crate) fn serve(
     };
     let server = Arc::new(Server {
         pre,
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            crate::wasm::SERVING_INSTANCES as usize,
+        )),
         spec: spec.clone(),
         env: guest_env(spec),
         output,
     });
-    let grace = super::stop_grace(spec);
-    runtime.block_on(accept_loop(server, port, stop.clone(), grace))
+    let drain_limit = spec.stop_grace_ms.map(Duration::from_millis);
+    let outcome = runtime.block_on(accept_loop(server, port, stop.clone(), drain_limit));
+    // Tasks still running (requests cut off at the drain limit) are dropped here, not waited
+    // for.
+    runtime.shutdown_background();
+    outcome
+}
+
+/// Serves one connection (HTTP/1.1 or h2c) until it ends or, once `shutdown` fires, until it
+/// has shut down gracefully.
+async fn serve_connection(
+    server: Arc<Server>,
+    stream: tokio::net::TcpStream,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    // Responses are written in a few pieces (head, body chunks); without this the last piece
+    // can wait for the client's delayed ACK (40 ms on Linux).
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req| {
+        let server = server.clone();
+        async move {
+            Ok::<_, Infallible>(match server.handle(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    server.log_error(&format!("request failed: {}", one_line(&e)));
+                    internal_error()
+                }
+            })
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => {}
+        // The flag only ever goes from false to true, after this receiver was cloned.
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 async fn accept_loop(
     server: Arc<Server>,
     port: u16,
     stop: Arc<StopState>,
-    grace: Duration,
+    drain_limit: Option<Duration>,
 ) -> Outcome {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     let listener = match TcpListener::bind(addr).await {
@@ -201,62 +279,36 @@ async fn accept_loop(
             break sig;
         }
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        server.log_error(&format!("accept: {e}"));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let server = server.clone();
-                let mut shutdown = shutdown_rx.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let server = server.clone();
-                        async move {
-                            Ok::<_, Infallible>(match server.handle(req).await {
-                                Ok(resp) => resp,
-                                Err(e) => {
-                                    server.log_error(&format!("request failed: {}", one_line(&e)));
-                                    internal_error()
-                                }
-                            })
-                        }
-                    });
-                    let conn = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = &mut conn => {}
-                        _ = shutdown.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(serve_connection(server.clone(), stream, shutdown_rx.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    server.log_error(&format!("accept: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = tokio::time::sleep(STOP_POLL) => {}
         }
     };
+    // Refuse new connections first, then ask the open ones to wind down.
     drop(listener);
     let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await
-    .is_ok();
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let drained = match drain_limit {
+        Some(limit) => tokio::time::timeout(limit, drain).await.is_ok(),
+        None => {
+            drain.await;
+            true
+        }
+    };
     if drained {
+        // A clean stop: no status message (see `guest::classify`).
         Outcome {
             exit_code: 0,
-            message: format!(
-                "stopped by {}; in-flight requests drained",
-                signal_name(signal)
-            ),
+            message: String::new(),
         }
     } else {
         connections.abort_all();
@@ -265,7 +317,7 @@ async fn accept_loop(
             message: format!(
                 "stopped by {}; in-flight requests cut off after {} ms",
                 signal_name(signal),
-                grace.as_millis()
+                drain_limit.unwrap_or_default().as_millis()
             ),
         }
     }

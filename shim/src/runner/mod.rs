@@ -14,9 +14,10 @@
 //!    directory is root-owned); `setgroups`/`setgid`/`setuid` if asked (the exit file's
 //!    directory is chowned to the new user first so the record can still be renamed into it —
 //!    give each runner a directory of its own for its exit file).
-//! 3. Build the engine ([`crate::wasm::engine`]; a standby runner has built it already) and
-//!    load the guest: the `precompiled` artifact by mmap, falling back to compiling `wasm` if
-//!    it is absent or incompatible.
+//! 3. Build the engine ([`crate::wasm::engine`], which a standby runner has built already;
+//!    [`crate::wasm::serving_engine`], which pools instances, in `Http` mode) and load the
+//!    guest: the `precompiled` artifact by mmap, falling back to compiling `wasm` if it is
+//!    absent or incompatible.
 //! 4. Start the signal thread, report readiness, run the guest on the main thread.
 //! 5. Close the log (pending partial lines become `F` records), write the [`ExitRecord`]
 //!    atomically (temp file, rename), exit with its code.
@@ -42,6 +43,8 @@
 //! | `wasi:cli/run` returned `err` | 1 | `Error` | `wasi:cli/run returned an error` |
 //! | cannot load: not wasm, corrupt, missing `_start`, missing imports, bad preopen, setup failed | 1 | `Error` | why, one line |
 //! | stopped by SIGTERM / SIGINT | 143 / 130 (128+signal) | `Error` | empty |
+//! | `Http` mode: stopped by SIGTERM / SIGINT, in-flight requests drained | 0 | `Completed` | empty |
+//! | `Http` mode: in-flight requests still running at the StopContainer timeout | — SIGKILL: 137, inferred by the daemon | `Error` | |
 //! | exec deadline passed (`Exec { timeout_ms }`) | 124, like `timeout(1)` | `Error` | `timed out after N ms` |
 //! | killed (SIGKILL, OOM) | — the runner cannot record it; the daemon infers 137 / `OOMKilled` | | |
 //!
@@ -59,7 +62,8 @@
 //! guests stop within microseconds. A guest blocked inside a host call (a long `sleep`, a read
 //! of stdin) only notices when the call returns, so after [`STOP_GRACE`] the signal thread
 //! finishes on its own: it writes the record, flushes the log and exits. SIGUSR1 reopens the
-//! log file (`ReopenContainerLog`).
+//! log file (`ReopenContainerLog`). A wasi:http server (`Http` mode) instead stops accepting
+//! and drains its in-flight requests (see `http`), exiting 0 once they are done.
 //!
 //! # WASI notes
 //! argv, env (later duplicates win) and preopens come from the spec; the guest sees the pod
@@ -122,7 +126,7 @@ pub fn execute(spec: &RunnerSpec) -> ExitRecord {
         Ok(o) => o,
         Err(m) => return fail(m),
     };
-    let engine = match crate::wasm::engine() {
+    let engine = match engine_for(&spec.mode) {
         Ok(e) => e,
         Err(e) => return fail(e.to_string()),
     };
@@ -331,11 +335,14 @@ fn run_spec(
     if let Err(m) = setup::drop_privileges(&spec) {
         fail(m);
     }
-    let engine =
-        match standby_engine.unwrap_or_else(|| crate::wasm::engine().map_err(|e| e.to_string())) {
-            Ok(e) => e,
-            Err(m) => fail(m),
-        };
+    let engine = match (&spec.mode, standby_engine) {
+        (RunMode::Command | RunMode::Exec { .. }, Some(prebuilt)) => prebuilt,
+        (mode, _) => engine_for(mode).map_err(|e| e.to_string()),
+    };
+    let engine = match engine {
+        Ok(e) => e,
+        Err(m) => fail(m),
+    };
     let loaded = match guest::load(&engine, &spec) {
         Ok(l) => l,
         Err(m) => {
@@ -353,11 +360,14 @@ fn run_spec(
         output: Mutex::new(None),
     });
     let stop = Arc::new(StopState::default());
-    // In HTTP mode the accept loop drains for the grace period itself; the signal thread
-    // only steps in if that does not end the process shortly after.
+    // In HTTP mode the accept loop drains in-flight requests itself, for `stop_grace_ms` if
+    // given, else until they finish (the StopContainer timeout bounds that); the signal thread
+    // only steps in if a given limit does not end the process shortly after.
     let force_after = match spec.mode {
-        RunMode::Http { .. } => stop_grace(&spec) + Duration::from_secs(1),
-        _ => stop_grace(&spec),
+        RunMode::Http { .. } => spec
+            .stop_grace_ms
+            .map(|ms| Duration::from_millis(ms) + Duration::from_secs(1)),
+        _ => Some(stop_grace(&spec)),
     };
     if let Err(e) = start_signal_thread(&engine, &stop, log, &finisher, started_at, force_after) {
         close_output(&output);
@@ -380,6 +390,15 @@ fn run_spec(
         run_loaded(&engine, &loaded, &spec, &out_ref, &stop)
     };
     finisher.finish(record(outcome.exit_code, outcome.message, started_at))
+}
+
+/// The pooling engine for a wasi:http server (an instance per request), the default one for
+/// everything else; artifacts load into either.
+fn engine_for(mode: &RunMode) -> Result<wasmtime::Engine, crate::wasm::WasmError> {
+    match mode {
+        RunMode::Http { .. } => crate::wasm::serving_engine(),
+        RunMode::Command | RunMode::Exec { .. } => crate::wasm::engine(),
+    }
 }
 
 /// The stop grace period the spec asks for, or [`STOP_GRACE`].
@@ -428,7 +447,7 @@ fn start_signal_thread(
     log: Option<Arc<CriLogWriter>>,
     finisher: &Arc<Finisher>,
     started_at: i64,
-    force_after: Duration,
+    force_after: Option<Duration>,
 ) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
@@ -459,7 +478,9 @@ fn start_signal_thread(
                                 Ordering::SeqCst,
                             );
                             engine.increment_epoch();
-                            deadline.get_or_insert_with(|| std::time::Instant::now() + force_after);
+                            if let Some(after) = force_after {
+                                deadline.get_or_insert_with(|| std::time::Instant::now() + after);
+                            }
                         }
                     }
                 }

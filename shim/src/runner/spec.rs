@@ -48,8 +48,9 @@ pub struct RunnerSpec {
     /// Value to write to `/proc/self/oom_score_adj` (EPERM is tolerated).
     pub oom_score_adj: Option<i64>,
     /// How long a stop signal lets the guest wind down: in `Http` mode, how long in-flight
-    /// requests may drain; otherwise how long to wait for a guest blocked in a host call to
-    /// reach an interruption point. `None` = [`crate::runner::STOP_GRACE`].
+    /// requests may drain (`None`: until they finish — the StopContainer timeout bounds it);
+    /// otherwise how long to wait for a guest blocked in a host call to reach an interruption
+    /// point (`None`: [`crate::runner::STOP_GRACE`]).
     #[serde(default)]
     pub stop_grace_ms: Option<u64>,
     /// The runner's own debug log (warnings, load errors). A runner spawned for this spec has

@@ -5,7 +5,8 @@
 //! [`Engine`] from the same [`engine`] function: a precompiled artifact only deserializes into an
 //! engine whose configuration hashes the same ([`compatibility_key`]). The key is part of the
 //! artifact's file name, so upgrading wasmtime or changing the configuration simply misses the
-//! cache instead of loading an incompatible artifact.
+//! cache instead of loading an incompatible artifact. [`serving_engine`] is the same
+//! configuration with a pooling instance allocator, which the hash does not cover.
 //!
 //! # Detection
 //! [`detect`] tells core modules, components and wasmtime precompiled artifacts apart by their
@@ -107,13 +108,46 @@ pub enum PrecompiledKind {
 /// component model on for WASI 0.2 components. Everything else stays at wasmtime's defaults,
 /// which are the well-trodden path (on-demand allocation; guard pages; signals-based traps).
 pub fn engine() -> Result<Engine, WasmError> {
+    build(&config())
+}
+
+/// Instances a [`serving_engine`] has room for at once — the most requests a wasi:http server
+/// runs concurrently (`wasmtime serve` allows 1000 by default too).
+pub const SERVING_INSTANCES: u32 = 1000;
+
+/// [`engine`]'s configuration with wasmtime's pooling instance allocator, for a wasi:http
+/// server that instantiates per request (as `wasmtime serve` does by default).
+///
+/// On-demand allocation maps and unmaps a linear memory, a fiber stack and tables for every
+/// request; under load those `mmap`/`munmap` calls and their TLB shootdowns serialize the
+/// workers on the process's address-space lock. The pool reserves address space for
+/// [`SERVING_INSTANCES`] of each once (about 4 TiB of it, none of it resident: an idle server
+/// costs no more memory) and reuses the slots. The allocator is not part of the compatibility
+/// hash, so the daemon's artifacts from [`engine`] load into this engine unchanged.
+pub fn serving_engine() -> Result<Engine, WasmError> {
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(SERVING_INSTANCES)
+        .total_core_instances(SERVING_INSTANCES)
+        .total_memories(SERVING_INSTANCES)
+        .total_tables(SERVING_INSTANCES)
+        .total_stacks(SERVING_INSTANCES);
+    let mut config = config();
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    build(&config)
+}
+
+fn config() -> Config {
     let mut config = Config::new();
     config
         .strategy(wasmtime::Strategy::Cranelift)
         .cranelift_opt_level(OptLevel::Speed)
         .epoch_interruption(true)
         .wasm_component_model(true);
-    Engine::new(&config).map_err(|e| WasmError::Engine {
+    config
+}
+
+fn build(config: &Config) -> Result<Engine, WasmError> {
+    Engine::new(config).map_err(|e| WasmError::Engine {
         message: one_line(&e),
     })
 }
@@ -381,6 +415,28 @@ mod tests {
         config.epoch_interruption(false);
         let other = Engine::new(&config).unwrap();
         assert_ne!(a, compatibility_key(&other));
+    }
+
+    #[test]
+    fn artifacts_load_into_the_serving_engine() {
+        let serving = serving_engine().unwrap();
+        assert_eq!(
+            compatibility_key(&engine().unwrap()),
+            compatibility_key(&serving)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("m.wasm");
+        fs::write(
+            &src,
+            wasm(r#"(module (memory 1) (func (export "_start")))"#),
+        )
+        .unwrap();
+        let artifact =
+            precompile_cached(&engine().unwrap(), &dir.path().join("cache"), &src).unwrap();
+        // SAFETY: an artifact this test just compiled.
+        let module = unsafe { wasmtime::Module::deserialize_file(&serving, &artifact) }.unwrap();
+        let mut store = wasmtime::Store::new(&serving, ());
+        wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
     }
 
     #[test]
