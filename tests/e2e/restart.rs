@@ -197,16 +197,7 @@ async fn standby_runners_end_with_the_daemon() {
     .await;
     start(&mut rt, &c).await;
     wait_log(&logs.join("s/0.log"), "started", 10).await;
-    let v = rt
-        .container_status(pb::ContainerStatusRequest {
-            container_id: c.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
-    let pid = info["pid"].as_i64().unwrap() as i32;
+    let pid = runner_pid(&mut rt, &c).await;
     assert!(
         before.iter().any(|(p, _)| *p == pid),
         "container runner {pid} was not a standby one: {before:?}"
