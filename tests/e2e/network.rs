@@ -85,6 +85,23 @@ async fn pods_get_distinct_ips_and_release_them() {
                         .is_err(),
                     "nothing listens on 8081"
                 );
+                // The pod's traffic shows in PodSandboxStats (the kubelet's pods[].network).
+                let net_stats = rt
+                    .pod_sandbox_stats(pb::PodSandboxStatsRequest {
+                        pod_sandbox_id: pod.clone(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .stats
+                    .unwrap()
+                    .linux
+                    .unwrap()
+                    .network
+                    .expect("pod network stats");
+                let eth0 = net_stats.default_interface.unwrap();
+                assert_eq!(eth0.name, "eth0");
+                assert!(eth0.rx_bytes.unwrap().value > 0 && eth0.tx_bytes.unwrap().value > 0);
                 // A TCP echo component in the same pod (WASI 0.2 sockets).
                 let mut echo = container_config("echo", "localhost/tcpecho:v1");
                 echo.args = vec!["7000".into()];

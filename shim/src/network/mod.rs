@@ -9,6 +9,7 @@
 pub mod cni;
 mod error;
 pub mod netns;
+pub mod stats;
 
 pub use cni::{
     Attachment, Cni, CniConfig, CniResult, Interface, IpConfig, NetworkList, PortMapping, Protocol,

@@ -23,7 +23,7 @@ use crate::container::{ContainerRecord, ContainerState};
 use crate::pod::{PodRecord, PodState};
 
 pub use containers::{ExecOutput, NewContainer};
-pub use pods::NewPod;
+pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
 pub use stats::Usage;
 

@@ -39,6 +39,9 @@ pub struct NewPod {
     pub port_mappings: Vec<PortMapping>,
 }
 
+/// The pod's interface inside its network namespace (`CNI_IFNAME`).
+pub const POD_IFNAME: &str = "eth0";
+
 impl Runtime {
     /// RunPodSandbox. Every step registers its undo; on failure all undos run (even if one
     /// of them fails) on a task of their own, so a cancelled request still cleans up.
@@ -194,7 +197,7 @@ impl Runtime {
         Attachment {
             container_id: meta.id.clone(),
             netns: meta.netns.clone().unwrap_or_default(),
-            ifname: "eth0".into(),
+            ifname: POD_IFNAME.into(),
             pod_name: meta.name.clone(),
             pod_namespace: meta.namespace.clone(),
             pod_uid: meta.uid.clone(),

@@ -99,6 +99,24 @@ impl Runtime {
         Ok(total)
     }
 
+    /// The traffic counters of a pod's network namespace, read through one of its running
+    /// runners (they live in it); `None` for node-network pods or with nothing running.
+    pub fn pod_network(
+        &self,
+        pod: &Pod,
+    ) -> Option<(i64, Vec<crate::network::stats::InterfaceUsage>)> {
+        pod.meta.netns.as_ref()?;
+        self.containers_of(&pod.meta.id).iter().find_map(|c| {
+            let st = c.snapshot();
+            let pid = st
+                .pid
+                .filter(|_| st.phase == crate::container::ContainerPhase::Running)?;
+            let ifaces = crate::network::stats::of_process(pid).ok()?;
+            // Read after the fact: still the runner we started, so still the pod's netns.
+            super::process::same_process(pid, st.pid_start).then(|| (crate::ids::now_ns(), ifaces))
+        })
+    }
+
     /// UpdateContainerResources: applies new limits in place and persists them.
     pub async fn update_resources(
         self: &Arc<Self>,

@@ -128,7 +128,23 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
         linux: Some(pb::LinuxPodSandboxStats {
             cpu: Some(cpu(&u)),
             memory: Some(memory(&u)),
-            network: None,
+            network: rt.pod_network(pod).map(|(timestamp, ifaces)| {
+                let usage = |i: crate::network::stats::InterfaceUsage| pb::NetworkInterfaceUsage {
+                    name: i.name,
+                    rx_bytes: u64v(i.rx_bytes),
+                    rx_errors: u64v(i.rx_errors),
+                    tx_bytes: u64v(i.tx_bytes),
+                    tx_errors: u64v(i.tx_errors),
+                };
+                let (default, others): (Vec<_>, Vec<_>) = ifaces
+                    .into_iter()
+                    .partition(|i| i.name == crate::runtime::POD_IFNAME);
+                pb::NetworkUsage {
+                    timestamp,
+                    default_interface: default.into_iter().next().map(usage),
+                    interfaces: others.into_iter().map(usage).collect(),
+                }
+            }),
             process: Some(pb::ProcessUsage {
                 timestamp: u.timestamp,
                 process_count: u64v(u.processes),
