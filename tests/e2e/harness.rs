@@ -528,6 +528,23 @@ pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String
     .unwrap_or_default()
 }
 
+/// PodSandboxStats' Linux part.
+pub async fn pod_stats(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+) -> pb::LinuxPodSandboxStats {
+    rt.pod_sandbox_stats(pb::PodSandboxStatsRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .stats
+    .unwrap()
+    .linux
+    .unwrap()
+}
+
 /// The PID of a running container's runner (from verbose ContainerStatus).
 pub async fn runner_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> i32 {
     let v = rt

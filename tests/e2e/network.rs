@@ -86,17 +86,8 @@ async fn pods_get_distinct_ips_and_release_them() {
                     "nothing listens on 8081"
                 );
                 // The pod's traffic shows in PodSandboxStats (the kubelet's pods[].network).
-                let net_stats = rt
-                    .pod_sandbox_stats(pb::PodSandboxStatsRequest {
-                        pod_sandbox_id: pod.clone(),
-                    })
+                let net_stats = pod_stats(&mut rt, &pod)
                     .await
-                    .unwrap()
-                    .into_inner()
-                    .stats
-                    .unwrap()
-                    .linux
-                    .unwrap()
                     .network
                     .expect("pod network stats");
                 let eth0 = net_stats.default_interface.unwrap();

@@ -158,16 +158,7 @@ async fn limits_oom_throttling_update_and_stats() {
     assert_eq!(st.resources.unwrap().linux.unwrap().cpu_quota, 50_000);
 
     // Pod and list stats.
-    let ps = rt
-        .pod_sandbox_stats(pb::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
-    let linux = ps.linux.unwrap();
+    let linux = pod_stats(&mut rt, &pod).await;
     assert_eq!(linux.containers.len(), 1);
     assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
     let all = rt
