@@ -152,6 +152,13 @@ async fn hello_runs_logs_and_completes() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
+        // Stopping what is gone succeeds too (critest's idempotence suite checks it).
+        rt.stop_container(pb::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
         rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
         })

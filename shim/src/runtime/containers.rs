@@ -479,9 +479,14 @@ impl Runtime {
     }
 
     /// StopContainer: SIGTERM, then SIGKILL after `timeout_s` seconds (0: at once).
-    /// Stopping a container that is not running succeeds.
+    /// Stopping a container that is not running, or no longer exists, succeeds (the CRI
+    /// makes StopContainer idempotent; critest checks the unknown-ID case).
     pub async fn stop_container(self: &Arc<Self>, id: &str, timeout_s: i64) -> Result<()> {
-        let c = self.container(id)?;
+        let c = match self.container(id) {
+            Ok(c) => c,
+            Err(RuntimeError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let _op = c.op.lock().await;
         self.stop_locked(&c, timeout_s).await
     }
