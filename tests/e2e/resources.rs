@@ -158,7 +158,21 @@ async fn limits_oom_throttling_update_and_stats() {
     assert_eq!(st.resources.unwrap().linux.unwrap().cpu_quota, 50_000);
 
     // Pod and list stats.
+    let _ = pod_stats(&mut rt, &pod).await; // the first sample sets the CPU-rate baseline
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let linux = pod_stats(&mut rt, &pod).await;
+    // The busy container's CPU rate inside the pod stats is its own, not zero.
+    let rate = |c: &pb::ContainerStats| {
+        c.cpu
+            .as_ref()
+            .and_then(|c| c.usage_nano_cores.as_ref())
+            .map(|v| v.value)
+    };
+    assert!(
+        linux.containers.iter().all(|c| rate(c) > Some(1_000_000)),
+        "{:?}",
+        linux.containers
+    );
     assert_eq!(linux.containers.len(), 1);
     assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
     let all = rt

@@ -34,6 +34,9 @@ pub struct Usage {
     pub writable_inodes: u64,
 }
 
+/// A running container and its usage sample.
+pub type ContainerUsage = (Arc<Container>, Usage);
+
 impl Runtime {
     fn usage_of(&self, key: &str, cgroup_path: &str) -> Result<Usage> {
         let cg = self.cgroups.as_ref().ok_or_else(|| {
@@ -71,13 +74,16 @@ impl Runtime {
         self.usage_of(&c.meta.id, &c.meta.cgroup_path)
     }
 
-    /// Usage of a pod (its cgroup parent, which holds all its containers).
-    pub fn pod_usage(&self, pod: &Pod) -> Result<Usage> {
+    /// Usage of a pod: the sum over its running containers, each sampled once, returned
+    /// with the per-container samples (sampling a container twice in one call would make
+    /// the second CPU rate cover microseconds).
+    pub fn pod_usage(&self, pod: &Pod) -> Result<(Usage, Vec<ContainerUsage>)> {
         let mut total = Usage {
             timestamp: crate::ids::now_ns(),
             ..Default::default()
         };
         let mut nano = None;
+        let mut each = Vec::new();
         for c in self.containers_of(&pod.meta.id) {
             if c.snapshot().phase != crate::container::ContainerPhase::Running {
                 continue;
@@ -93,10 +99,11 @@ impl Runtime {
                 if let Some(n) = u.nano_cores {
                     nano = Some(nano.unwrap_or(0) + n);
                 }
+                each.push((c, u));
             }
         }
         total.nano_cores = nano;
-        Ok(total)
+        Ok((total, each))
     }
 
     /// The traffic counters of a pod's network namespace, read through one of its running

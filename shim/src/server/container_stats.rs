@@ -35,8 +35,15 @@ fn container_stats_of(
     rt: &Arc<Runtime>,
     c: &crate::runtime::Container,
 ) -> Result<pb::ContainerStats> {
-    let u = rt.container_usage(c)?;
-    Ok(pb::ContainerStats {
+    Ok(container_stats_from(rt, c, &rt.container_usage(c)?))
+}
+
+fn container_stats_from(
+    rt: &Arc<Runtime>,
+    c: &crate::runtime::Container,
+    u: &Usage,
+) -> pb::ContainerStats {
+    pb::ContainerStats {
         attributes: Some(pb::ContainerAttributes {
             id: c.meta.id.clone(),
             metadata: Some(pb::ContainerMetadata {
@@ -46,8 +53,8 @@ fn container_stats_of(
             labels: c.meta.labels.clone(),
             annotations: c.meta.annotations.clone(),
         }),
-        cpu: Some(cpu(&u)),
-        memory: Some(memory(&u)),
+        cpu: Some(cpu(u)),
+        memory: Some(memory(u)),
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
             fs_id: Some(pb::FilesystemIdentifier {
@@ -57,7 +64,7 @@ fn container_stats_of(
             inodes_used: u64v(u.writable_inodes),
         }),
         swap: None,
-    })
+    }
 }
 
 /// ContainerStats.
@@ -111,12 +118,10 @@ pub async fn list(
 
 fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodSandboxStats> {
     let m = &pod.meta;
-    let u = rt.pod_usage(pod)?;
-    let containers = rt
-        .containers_of(&m.id)
+    let (u, each) = rt.pod_usage(pod)?;
+    let containers = each
         .iter()
-        .filter(|c| c.snapshot().phase == crate::container::ContainerPhase::Running)
-        .filter_map(|c| container_stats_of(rt, c).ok())
+        .map(|(c, cu)| container_stats_from(rt, c, cu))
         .collect();
     Ok(pb::PodSandboxStats {
         attributes: Some(pb::PodSandboxAttributes {
