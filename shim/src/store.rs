@@ -65,18 +65,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 /// stores that sweep their own temp directory after a crash. Every durable file wasmcri
 /// writes (metadata, exit records, image records, precompiled artifacts) goes through here.
 pub fn write_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    replace(tmp_dir, path, bytes, true)?;
+    // The rename is only durable once the directory entry is.
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `bytes` to a temporary file in `tmp_dir` (through the descriptor it was created
+/// with), fsyncs it if `fsync`, and renames it over `path`.
+fn replace(tmp_dir: &Path, path: &Path, bytes: &[u8], fsync: bool) -> Result<(), StoreError> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(tmp_dir)
         .map_err(io_err(tmp_dir))?;
     tmp.write_all(bytes).map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
+    if fsync {
+        tmp.as_file().sync_all().map_err(io_err(path))?;
+    }
     tmp.persist(path).map_err(|e| StoreError::Io {
         path: path.to_owned(),
         source: e.error,
     })?;
-    // The rename is only durable once the directory entry is.
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    Ok(())
 }
 
 impl From<StoreError> for std::io::Error {
@@ -103,17 +112,7 @@ pub fn save_volatile<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreEr
         path: path.to_owned(),
         source,
     })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    std::fs::write(tmp.path(), &bytes).map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    Ok(())
+    replace(path.parent().unwrap_or(Path::new(".")), path, &bytes, false)
 }
 
 /// Serialises `value` as JSON and writes it atomically (temp file and rename, directory

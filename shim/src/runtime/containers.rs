@@ -437,18 +437,11 @@ impl Runtime {
             st.started_at = crate::ids::now_ns();
         }
         let t_runner = t0.elapsed();
-        // Persist the PID while the runner loads its module, not after: a restarted daemon
-        // must know about every runner it started.
-        let save = {
-            let (this, c) = (self.clone(), c.clone());
-            tokio::task::spawn_blocking(move || this.save_container(&c))
-        };
+        // Persist the PID while the runner loads its module (a write and a rename, no fsync:
+        // no need for a blocking thread): a restarted daemon must know every runner it started.
+        let saved = self.save_container(&c);
         let ready = Self::wait_ready(&mut child).await;
         let t_ready = t0.elapsed();
-        let saved = save
-            .await
-            .map_err(|e| RuntimeError::FailedPrecondition(format!("persist task: {e}")))
-            .and_then(|r| r);
         tracing::debug!(
             pid,
             spec_us = t_spec.as_micros() as u64,

@@ -61,19 +61,16 @@ impl Runtime {
                 continue;
             };
             // Dropping stdin afterwards closes our end: the runner reads exactly one line.
-            match stdin.write_all(&line).await {
-                Ok(()) => return Ok((s.child, s.pid, s.pid_start)),
-                Err(e) if from_pool => {
-                    tracing::debug!(pid = s.pid, error = %e, "standby runner gone; trying another");
-                    let _ = s.child.start_kill();
-                    let _ = s.child.wait().await;
-                }
-                Err(e) => {
-                    let _ = s.child.start_kill();
-                    let _ = s.child.wait().await;
+            if let Err(e) = stdin.write_all(&line).await {
+                let _ = s.child.start_kill();
+                let _ = s.child.wait().await;
+                if !from_pool {
                     return Err(format!("runner did not take its spec: {e}"));
                 }
+                tracing::debug!(pid = s.pid, error = %e, "standby runner gone; trying another");
+                continue;
             }
+            return Ok((s.child, s.pid, s.pid_start));
         }
     }
 
