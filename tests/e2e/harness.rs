@@ -528,6 +528,16 @@ pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String
     .unwrap_or_default()
 }
 
+/// A TCP port mapping as the kubelet sends it (`host_port` 0: a `containerPort` only).
+pub fn tcp_mapping(container_port: i32, host_port: i32) -> pb::PortMapping {
+    pb::PortMapping {
+        protocol: pb::Protocol::Tcp as i32,
+        container_port,
+        host_port,
+        host_ip: String::new(),
+    }
+}
+
 /// PodSandboxStats' Linux part.
 pub async fn pod_stats(
     rt: &mut RuntimeServiceClient<Channel>,

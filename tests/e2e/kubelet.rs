@@ -50,12 +50,7 @@ async fn kubelet_defaults_port_list_and_zero_hugepage_limits() {
 
     let mut pod_cfg = pod_config(&unique("kubelet"), &logs);
     pod_cfg.linux = None; // pod network
-    pod_cfg.port_mappings = vec![pb::PortMapping {
-        protocol: pb::Protocol::Tcp as i32,
-        container_port: 8080,
-        host_port: 0,
-        host_ip: String::new(),
-    }];
+    pod_cfg.port_mappings = vec![tcp_mapping(8080, 0)];
     let pod = rt
         .run_pod_sandbox(pb::RunPodSandboxRequest {
             config: Some(pod_cfg.clone()),

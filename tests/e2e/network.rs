@@ -250,12 +250,7 @@ async fn host_port_reaches_the_pod_through_portmap() {
     let logs = d.dir.path().join("logs");
     let mut cfg = pod_config(&unique("portmap"), &logs);
     cfg.linux = None; // pod network
-    cfg.port_mappings = vec![pb::PortMapping {
-        protocol: pb::Protocol::Tcp as i32,
-        container_port: 8080,
-        host_port: 18080,
-        host_ip: String::new(),
-    }];
+    cfg.port_mappings = vec![tcp_mapping(8080, 18080)];
     let pod = run_pod(&mut rt, cfg.clone()).await;
     let c = create(
         &mut rt,
