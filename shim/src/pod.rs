@@ -9,11 +9,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// What the kubelet fixed when it ran the sandbox.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PodMeta {
-    /// 64-hex ID.
-    pub id: String,
+/// What the kubelet asked for when it ran the sandbox (RunPodSandbox), in domain terms; the
+/// runtime fills in `hostname` and `cgroup_parent` when the kubelet leaves them empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodSpec {
     /// Kubernetes pod name.
     pub name: String,
     /// Kubernetes pod UID.
@@ -28,8 +27,6 @@ pub struct PodMeta {
     pub annotations: HashMap<String, String>,
     /// Runtime handler (`""` or `wasmtime`).
     pub runtime_handler: String,
-    /// Creation time, Unix nanoseconds.
-    pub created_at: i64,
     /// Directory where the kubelet wants container logs (may be empty).
     pub log_directory: String,
     /// Pod hostname.
@@ -42,6 +39,20 @@ pub struct PodMeta {
     pub host_network: bool,
     /// Port mappings for the CNI portmap plugin.
     pub port_mappings: Vec<PortMapping>,
+}
+
+/// A sandbox's fixed metadata: the request plus what the runtime made for it. Persisted with
+/// the spec's fields inline (`flatten`), so the record's JSON keys are the same as before the
+/// spec was its own type.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodMeta {
+    /// 64-hex ID.
+    pub id: String,
+    /// What the kubelet asked for.
+    #[serde(flatten)]
+    pub spec: PodSpec,
+    /// Creation time, Unix nanoseconds.
+    pub created_at: i64,
     /// The pod's network namespace file, when it has its own.
     pub netns: Option<PathBuf>,
     /// The runtime-side pod directory (resolv.conf, hostname, hosts).
@@ -130,6 +141,21 @@ pub struct PodRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_record_keeps_flat_keys() {
+        // Records written before PodSpec existed had every field at the top level.
+        let old = r#"{"id":"ab","name":"web","uid":"u1","namespace":"ns","attempt":2,
+            "labels":{"a":"b"},"annotations":{},"runtime_handler":"wasmtime","created_at":7,
+            "log_directory":"/l","hostname":"web","cgroup_parent":"/kubepods/p","dns":null,
+            "host_network":false,"port_mappings":[],"netns":null,"dir":"/d"}"#;
+        let m: PodMeta = serde_json::from_str(old).unwrap();
+        assert_eq!((m.spec.name.as_str(), m.spec.attempt), ("web", 2));
+        assert_eq!(m.spec.cgroup_parent, "/kubepods/p");
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["namespace"], "ns");
+        assert_eq!(v, serde_json::from_str::<serde_json::Value>(old).unwrap());
+    }
 
     #[test]
     fn resolv_conf_text() {

@@ -151,7 +151,7 @@ impl Runtime {
             "/".into()
         };
         let http_port = if entry.world == "wasi:http/proxy" {
-            Some(http_port(&req.annotations, &pod.annotations, &env)?)
+            Some(http_port(&req.annotations, &pod.spec.annotations, &env)?)
         } else {
             None
         };
@@ -166,10 +166,10 @@ impl Runtime {
             }));
         }
 
-        let log_file = if req.log_path.is_empty() || pod.log_directory.is_empty() {
+        let log_file = if req.log_path.is_empty() || pod.spec.log_directory.is_empty() {
             None
         } else {
-            let p = Path::new(&pod.log_directory).join(&req.log_path);
+            let p = Path::new(&pod.spec.log_directory).join(&req.log_path);
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(RuntimeError::io(format!(
                     "create log dir {}",
@@ -179,7 +179,7 @@ impl Runtime {
             Some(p)
         };
 
-        let cgroup_path = format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id);
+        let cgroup_path = format!("{}/{}", pod.spec.cgroup_parent.trim_end_matches('/'), id);
         let cgroup = match &self.cgroups {
             Some(cg) => {
                 let handle = cg.create(&cgroup_path, &req.resources)?;

@@ -1,43 +1,14 @@
 //! Sandbox lifecycle: run (netns + CNI ADD + DNS/hostname files), stop (containers, CNI
 //! DEL), remove (containers, netns, files, record).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Pod, Result, Runtime, RuntimeError, Undo, pod_name_key, run_undo, with_cleanup};
 use crate::network::cni::Attachment;
-use crate::pod::{DnsConfig, PodMeta, PodPhase, PodRecord, PodState, PortMapping};
+use crate::pod::{PodMeta, PodPhase, PodRecord, PodState};
 
-/// What RunPodSandbox asks for, in domain terms.
-#[derive(Debug, Clone, Default)]
-pub struct NewPod {
-    /// Pod name.
-    pub name: String,
-    /// Pod UID.
-    pub uid: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Attempt.
-    pub attempt: u32,
-    /// Labels.
-    pub labels: HashMap<String, String>,
-    /// Annotations.
-    pub annotations: HashMap<String, String>,
-    /// Runtime handler.
-    pub runtime_handler: String,
-    /// Log directory.
-    pub log_directory: String,
-    /// Hostname.
-    pub hostname: String,
-    /// cgroup parent.
-    pub cgroup_parent: String,
-    /// DNS config.
-    pub dns: Option<DnsConfig>,
-    /// Use the node network namespace.
-    pub host_network: bool,
-    /// Port mappings.
-    pub port_mappings: Vec<PortMapping>,
-}
+/// What RunPodSandbox asks for.
+pub type NewPod = crate::pod::PodSpec;
 
 /// The pod's interface inside its network namespace (`CNI_IFNAME`).
 pub const POD_IFNAME: &str = "eth0";
@@ -89,7 +60,7 @@ impl Runtime {
     async fn run_pod_steps(
         self: &Arc<Self>,
         id: &str,
-        req: NewPod,
+        mut req: NewPod,
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let dir = self.config.pods_dir().join(id);
@@ -101,41 +72,25 @@ impl Runtime {
                 crate::store::remove(&dir).map_err(|e| e.to_string())
             }));
         }
-        let hostname = if req.hostname.is_empty() {
-            req.name.clone()
-        } else {
-            req.hostname.clone()
-        };
+        if req.hostname.is_empty() {
+            req.hostname = req.name.clone();
+        }
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(RuntimeError::io("create pod etc dir"))?;
-        std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
+        std::fs::write(etc.join("hostname"), format!("{}\n", req.hostname))
             .map_err(RuntimeError::io("write hostname"))?;
         if let Some(dns) = &req.dns {
             std::fs::write(etc.join("resolv.conf"), dns.resolv_conf())
                 .map_err(RuntimeError::io("write resolv.conf"))?;
         }
 
-        let cgroup_parent = if req.cgroup_parent.is_empty() {
-            self.config.default_cgroup_parent.clone()
-        } else {
-            req.cgroup_parent.clone()
-        };
+        if req.cgroup_parent.is_empty() {
+            req.cgroup_parent = self.config.default_cgroup_parent.clone();
+        }
         let mut meta = PodMeta {
             id: id.to_owned(),
-            name: req.name,
-            uid: req.uid,
-            namespace: req.namespace,
-            attempt: req.attempt,
-            labels: req.labels,
-            annotations: req.annotations,
-            runtime_handler: req.runtime_handler,
+            spec: req,
             created_at: crate::ids::now_ns(),
-            log_directory: req.log_directory,
-            hostname,
-            cgroup_parent,
-            dns: req.dns,
-            host_network: req.host_network,
-            port_mappings: req.port_mappings,
             netns: None,
             dir,
         };
@@ -145,7 +100,7 @@ impl Runtime {
             network_attached: false,
         };
 
-        if !meta.host_network {
+        if !meta.spec.host_network {
             let netns_dir = self.config.netns_dir();
             let name = format!("wasmcri-{}", &id[..16]);
             let path = tokio::task::spawn_blocking(move || {
@@ -198,10 +153,11 @@ impl Runtime {
             container_id: meta.id.clone(),
             netns: meta.netns.clone().unwrap_or_default(),
             ifname: POD_IFNAME.into(),
-            pod_name: meta.name.clone(),
-            pod_namespace: meta.namespace.clone(),
-            pod_uid: meta.uid.clone(),
+            pod_name: meta.spec.name.clone(),
+            pod_namespace: meta.spec.namespace.clone(),
+            pod_uid: meta.spec.uid.clone(),
             port_mappings: meta
+                .spec
                 .port_mappings
                 .iter()
                 .filter_map(|p| {
@@ -270,7 +226,7 @@ impl Runtime {
         self.pods.write().expect("pods lock").remove(&rec.meta.id);
         let m = &rec.meta;
         self.release(
-            &pod_name_key(&m.name, &m.namespace, &m.uid, m.attempt),
+            &pod_name_key(&m.spec.name, &m.spec.namespace, &m.spec.uid, m.spec.attempt),
             &m.id,
         );
         Ok(())

@@ -22,7 +22,7 @@ impl Runtime {
             let m = &rec.meta;
             let _ = self.reserve(
                 "pod sandbox",
-                &pod_name_key(&m.name, &m.namespace, &m.uid, m.attempt),
+                &pod_name_key(&m.spec.name, &m.spec.namespace, &m.spec.uid, m.spec.attempt),
                 &m.id,
             );
             let pod = Arc::new(Pod {

@@ -127,8 +127,8 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
         attributes: Some(pb::PodSandboxAttributes {
             id: m.id.clone(),
             metadata: Some(convert::pod_metadata(m)),
-            labels: m.labels.clone(),
-            annotations: m.annotations.clone(),
+            labels: m.spec.labels.clone(),
+            annotations: m.spec.annotations.clone(),
         }),
         linux: Some(pb::LinuxPodSandboxStats {
             cpu: Some(cpu(&u)),
@@ -180,7 +180,7 @@ pub async fn list_pods(
     let mut stats = Vec::new();
     for pod in rt.pods() {
         if !convert::id_matches(&pod.meta.id, &f.id)
-            || !convert::labels_match(&pod.meta.labels, &f.label_selector)
+            || !convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
         {
             continue;
         }

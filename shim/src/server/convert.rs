@@ -20,10 +20,10 @@ pub fn id_matches(id: &str, filter: &str) -> bool {
 /// CRI sandbox metadata of a pod.
 pub fn pod_metadata(m: &PodMeta) -> pb::PodSandboxMetadata {
     pb::PodSandboxMetadata {
-        name: m.name.clone(),
-        uid: m.uid.clone(),
-        namespace: m.namespace.clone(),
-        attempt: m.attempt,
+        name: m.spec.name.clone(),
+        uid: m.spec.uid.clone(),
+        namespace: m.spec.namespace.clone(),
+        attempt: m.spec.attempt,
     }
 }
 

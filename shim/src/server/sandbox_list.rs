@@ -20,7 +20,7 @@ pub async fn list(
         let state = convert::pod_state(rec.state.phase) as i32;
         if !convert::id_matches(&m.id, &f.id)
             || f.state.as_ref().is_some_and(|s| s.state != state)
-            || !convert::labels_match(&m.labels, &f.label_selector)
+            || !convert::labels_match(&m.spec.labels, &f.label_selector)
         {
             continue;
         }
@@ -29,9 +29,9 @@ pub async fn list(
             metadata: Some(convert::pod_metadata(m)),
             state,
             created_at: m.created_at,
-            labels: m.labels.clone(),
-            annotations: m.annotations.clone(),
-            runtime_handler: m.runtime_handler.clone(),
+            labels: m.spec.labels.clone(),
+            annotations: m.spec.annotations.clone(),
+            runtime_handler: m.spec.runtime_handler.clone(),
         });
     }
     items.sort_by_key(|p| p.created_at);

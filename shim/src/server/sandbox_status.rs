@@ -21,7 +21,7 @@ pub async fn status(
         ip: ips.next().cloned().unwrap_or_default(),
         additional_ips: ips.map(|ip| pb::PodIp { ip: ip.clone() }).collect(),
     };
-    let mode = if m.host_network {
+    let mode = if m.spec.host_network {
         pb::NamespaceMode::Node
     } else {
         pb::NamespaceMode::Pod
@@ -50,9 +50,9 @@ pub async fn status(
                     }),
                 }),
             }),
-            labels: m.labels.clone(),
-            annotations: m.annotations.clone(),
-            runtime_handler: m.runtime_handler.clone(),
+            labels: m.spec.labels.clone(),
+            annotations: m.spec.annotations.clone(),
+            runtime_handler: m.spec.runtime_handler.clone(),
         }),
         info,
         containers_statuses: Vec::new(),
