@@ -8,6 +8,7 @@
 
 mod containers;
 mod images;
+mod mounts;
 mod pods;
 mod process;
 mod recover;
