@@ -10,10 +10,13 @@
 //!    line of JSON from stdin.
 //! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
-//!    `oom_score_adj` (EPERM/EACCES tolerated); open the CRI log (as root: the kubelet's log
-//!    directory is root-owned); `setgroups`/`setgid`/`setuid` if asked (the exit file's
-//!    directory is chowned to the new user first so the record can still be renamed into it —
-//!    give each runner a directory of its own for its exit file).
+//!    `oom_score_adj` (EPERM/EACCES tolerated); enter a private mount namespace whose root
+//!    is a jail holding only what this runner needs ([`jail`]); open the CRI log (as root:
+//!    the kubelet's log directory is root-owned); empty the capability bounding set;
+//!    `setgroups`/`setgid`/`setuid` if asked (the exit file's directory is chowned to the new
+//!    user first so the record can still be renamed into it — give each runner a directory
+//!    of its own for its exit file); drop the remaining capabilities, set `no_new_privs`,
+//!    install the seccomp filter ([`confine`]).
 //! 3. Build the engine ([`crate::wasm::engine`], which a standby runner has built already;
 //!    [`crate::wasm::serving_engine`], which pools instances, in `Http` mode) and load the
 //!    guest: the `precompiled` artifact by mmap, falling back to compiling `wasm` if it is
@@ -76,8 +79,10 @@
 //! kubelet's root-owned log directory; the runner keeps writing to the old file and says so
 //! on its debug log.
 
+mod confine;
 mod guest;
 mod http;
+mod jail;
 mod setup;
 pub mod spec;
 mod stdio;
@@ -91,7 +96,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use spec::{ExitRecord, Preopen, RunMode, RunnerSpec};
+pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec};
 
 use crate::logs::CriLogWriter;
 use guest::{Loaded, Output, StopState};
@@ -332,7 +337,15 @@ fn run_spec(
         Ok(o) => o,
         Err(m) => fail(m),
     };
-    if let Err(m) = setup::drop_privileges(&spec) {
+    let filters = match confine::filters() {
+        Ok(f) => f,
+        Err(m) => fail(m),
+    };
+    if let Err(m) = confine::limit_bounding_set()
+        .and_then(|()| setup::drop_privileges(&spec))
+        .and_then(|()| confine::lock_down(&filters[0]))
+        .and_then(|()| confine::install_rest(&filters[1..]))
+    {
         fail(m);
     }
     let engine = match (&spec.mode, standby_engine) {
@@ -420,6 +433,9 @@ fn setup_process(spec: &RunnerSpec) -> Result<(), String> {
     }
     if let Some(adj) = spec.oom_score_adj {
         setup::set_oom_score_adj(adj)?;
+    }
+    if let Some(jail) = &spec.jail {
+        jail::enter(spec, jail)?;
     }
     Ok(())
 }

@@ -58,6 +58,17 @@ pub struct RunnerSpec {
     /// the spec.
     #[serde(default)]
     pub debug_log: Option<PathBuf>,
+    /// An empty host directory the runner mounts its filesystem jail on (see `runner::jail`);
+    /// `None` runs without a jail (tests and manual runs only: the daemon always sets it).
+    #[serde(default)]
+    pub jail: Option<PathBuf>,
+    /// The pod's `resolv.conf`, seen by the runner (and so by the guest's name lookups) as
+    /// `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
+    /// The pod's hosts file (the kubelet's `/etc/hosts` mount), seen as `/etc/hosts`.
+    #[serde(default)]
+    pub hosts: Option<PathBuf>,
 }
 
 /// How the guest is driven.
@@ -87,6 +98,22 @@ pub struct Preopen {
     /// Path the guest sees.
     pub guest: String,
     /// Deny writes.
+    pub read_only: bool,
+    /// File mounts gathered under this guest directory (WASI preopens only directories):
+    /// `host` is then only a mount point, which the runner covers with a tmpfs of its own
+    /// holding each file bind-mounted under its name (see `runner::jail`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileBind>,
+}
+
+/// One file mount inside a [`Preopen`]'s directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileBind {
+    /// File name in the guest directory (one plain component).
+    pub name: String,
+    /// The host file.
+    pub source: PathBuf,
+    /// Bind it read-only.
     pub read_only: bool,
 }
 

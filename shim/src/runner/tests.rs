@@ -68,6 +68,7 @@ impl Fixture {
                 host: rootfs,
                 guest: "/".into(),
                 read_only: false,
+                files: vec![],
             }],
             log_path: Some(dir.path().join("0.log")),
             exit_file: dir.path().join("exit.json"),
@@ -80,6 +81,9 @@ impl Fixture {
             oom_score_adj: None,
             stop_grace_ms: None,
             debug_log: None,
+            jail: None,
+            resolv_conf: None,
+            hosts: None,
         };
         Self { dir, spec }
     }
@@ -215,6 +219,7 @@ fn readfile_sees_env_and_read_only_mount() {
             host: config,
             guest: "/config".into(),
             read_only: true,
+            files: vec![],
         });
         f.spec.env = vec![
             ("GREETING".into(), "first".into()),
@@ -249,6 +254,7 @@ fn writefile_respects_read_only_mounts() {
             host: data.clone(),
             guest: "/data".into(),
             read_only: false,
+            files: vec![],
         });
         let rec = execute(&f.spec);
         assert_eq!(rec.exit_code, 0, "{target}: {rec:?} {:?}", f.log());
@@ -264,6 +270,7 @@ fn writefile_respects_read_only_mounts() {
             host: rodir.clone(),
             guest: "/ro".into(),
             read_only: true,
+            files: vec![],
         });
         let rec = execute(&ro.spec);
         assert_eq!(rec.exit_code, 1, "{target}: {rec:?} {:?}", ro.log());

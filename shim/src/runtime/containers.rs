@@ -294,6 +294,7 @@ impl Runtime {
             .as_ref()
             .map(|h| h.procs_files.clone())
             .unwrap_or_default();
+        let (resolv_conf, hosts) = Self::name_files(c, &pod.meta);
         Ok(RunnerSpec {
             container_id: m.id.clone(),
             mode,
@@ -314,6 +315,9 @@ impl Runtime {
             oom_score_adj: m.oom_score_adj,
             stop_grace_ms: None,
             debug_log: Some(c.runner_log()),
+            jail: Some(Self::jail_dir(c)),
+            resolv_conf,
+            hosts,
         })
     }
 

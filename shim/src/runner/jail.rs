@@ -1,0 +1,547 @@
+//! The runner's filesystem view: a private mount namespace whose root is a small read-only
+//! tmpfs holding only what this runner needs, each at its host path, so no path in the spec
+//! changes meaning and nothing else on the host is reachable by path.
+//!
+//! What the jail holds ([`plan`]):
+//! - every preopen directory, bind-mounted; read-only ones recursively read-only
+//!   (`mount_setattr(AT_RECURSIVE)`), so read-only holds in the kernel, not only in WASI's
+//!   permission checks, and all the way down through submounts;
+//! - every file-mount directory ([`Preopen::files`]) as a fresh tmpfs holding one placeholder
+//!   per file with the host file bind-mounted onto it, read-only where the kubelet asked:
+//!   a read-only `/etc/hosts` next to a writable file in the same guest directory stays
+//!   read-only, and nothing is ever written into a host directory the guest could reach;
+//! - the `.wasm` and its precompiled artifact, read-only; the CRI log's and the exit record's
+//!   directories, writable;
+//! - `/dev/null`, `/dev/zero`, `/dev/urandom`, `/dev/random`;
+//! - the pod's `/etc/resolv.conf` and `/etc/hosts`, read-only, and an `/etc/nsswitch.conf`
+//!   saying `files dns`, so name lookups by the runner on the guest's behalf (WASI sockets'
+//!   `resolve-addresses`, wasi:http's outgoing requests) use the pod's DNS, not the node's.
+//!
+//! Mount propagation from the namespace is off (`MS_PRIVATE` on the whole tree, before
+//! anything is mounted), so nothing the runner mounts is seen by the host, and everything
+//! disappears with the runner's last process.
+//!
+//! Order: this runs after the runner joined its cgroups and network namespace (opened by
+//! path from the host's view) and before it opens the log and drops privileges.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+use super::{RunMode, RunnerSpec};
+
+/// Device nodes a guest's runtime may need (`/dev/null` for detached stdio; the others for
+/// libraries that read randomness or zeroes by path).
+const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+
+/// The name-service configuration written into the jail: files (`/etc/hosts`), then DNS.
+const NSSWITCH: &str = "hosts: files dns\n";
+
+/// What is mounted at one path in the jail.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Source {
+    /// A host directory, bind-mounted with its submounts.
+    Dir(PathBuf),
+    /// A host file (or device node), bind-mounted.
+    File(PathBuf),
+    /// An empty tmpfs for placeholders; made read-only once every file is bound into it.
+    Tmpfs,
+    /// A file with these contents, written into the jail's own tmpfs.
+    Contents(&'static str),
+}
+
+/// One entry of the jail, mounted in the order of [`plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    /// Absolute path, the same inside the jail as on the host.
+    pub(crate) target: PathBuf,
+    pub(crate) source: Source,
+    pub(crate) read_only: bool,
+}
+
+/// The jail for `spec`, in mount order: parents before the paths inside them (so a tmpfs
+/// for file mounts comes before its placeholders).
+pub(crate) fn plan(spec: &RunnerSpec) -> Result<Vec<Entry>, String> {
+    let mut by_target: BTreeMap<PathBuf, Entry> = BTreeMap::new();
+    let mut add = |e: Entry| -> Result<(), String> {
+        let target = normal_absolute(&e.target)?;
+        match by_target.get_mut(&target) {
+            // The same path twice (the wasm inside the rootfs listed again, two preopens of
+            // one directory): one mount, read-only if either asks.
+            Some(prev) if prev.source == e.source => {
+                prev.read_only |= e.read_only;
+                Ok(())
+            }
+            Some(prev) => Err(format!(
+                "{} is needed as both {:?} and {:?}",
+                target.display(),
+                prev.source,
+                e.source
+            )),
+            None => {
+                by_target.insert(target.clone(), Entry { target, ..e });
+                Ok(())
+            }
+        }
+    };
+    for p in &spec.preopens {
+        if p.files.is_empty() {
+            add(Entry {
+                target: p.host.clone(),
+                source: Source::Dir(p.host.clone()),
+                read_only: p.read_only,
+            })?;
+            continue;
+        }
+        add(Entry {
+            target: p.host.clone(),
+            source: Source::Tmpfs,
+            read_only: true,
+        })?;
+        for f in &p.files {
+            if !is_plain_name(&f.name) {
+                return Err(format!("invalid file-mount name {:?}", f.name));
+            }
+            add(Entry {
+                target: p.host.join(&f.name),
+                source: Source::File(f.source.clone()),
+                read_only: f.read_only,
+            })?;
+        }
+    }
+    add(file_ro(&spec.wasm))?;
+    if let Some(p) = &spec.precompiled {
+        add(file_ro(p))?;
+    }
+    let writable_dir = |p: &Path| Entry {
+        target: p.to_owned(),
+        source: Source::Dir(p.to_owned()),
+        read_only: false,
+    };
+    if !matches!(spec.mode, RunMode::Exec { .. })
+        && let Some(dir) = spec.log_path.as_deref().and_then(Path::parent)
+    {
+        add(writable_dir(dir))?;
+    }
+    if let Some(dir) = spec
+        .exit_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        add(writable_dir(dir))?;
+    }
+    for dev in DEVICES {
+        add(Entry {
+            target: dev.into(),
+            source: Source::File(dev.into()),
+            read_only: false,
+        })?;
+    }
+    for (target, source) in [
+        ("/etc/resolv.conf", &spec.resolv_conf),
+        ("/etc/hosts", &spec.hosts),
+    ] {
+        if let Some(source) = source {
+            add(Entry {
+                target: target.into(),
+                source: Source::File(source.clone()),
+                read_only: true,
+            })?;
+        }
+    }
+    add(Entry {
+        target: "/etc/nsswitch.conf".into(),
+        source: Source::Contents(NSSWITCH),
+        read_only: true,
+    })?;
+    Ok(by_target.into_values().collect())
+}
+
+fn file_ro(p: &Path) -> Entry {
+    Entry {
+        target: p.to_owned(),
+        source: Source::File(p.to_owned()),
+        read_only: true,
+    }
+}
+
+/// `p` as an absolute path of plain components (no `.`, `..`); the jail's mount points are
+/// created by walking these components.
+fn normal_absolute(p: &Path) -> Result<PathBuf, String> {
+    if !p.is_absolute() {
+        return Err(format!("{} is not an absolute path", p.display()));
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => out.push(n),
+            _ => return Err(format!("{} is not a normalised path", p.display())),
+        }
+    }
+    Ok(out)
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+/// Enters a private mount namespace, builds the jail for `spec` on a tmpfs mounted at
+/// `spec.jail`, and makes it the root (`pivot_root`, old root detached). Needs
+/// CAP_SYS_ADMIN; fails closed: a runner that cannot build its jail does not run the guest.
+pub(crate) fn enter(spec: &RunnerSpec, jail: &Path) -> Result<(), String> {
+    let entries = plan(spec)?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
+    // Before anything is mounted: nothing below propagates to (or from) the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make mounts private: {e}"))?;
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        jail,
+        Some("tmpfs"),
+        base,
+        Some("mode=0755,size=1m,nr_inodes=4k"),
+    )
+    .map_err(|e| format!("mount jail tmpfs on {}: {e}", jail.display()))?;
+    // What is mounted so far, and whether it is a host directory (below which nothing may
+    // be created) or one of the runner's own tmpfs.
+    let mut mounted: Vec<(PathBuf, &Source, bool)> = Vec::new();
+    let mut tmpfs: Vec<PathBuf> = Vec::new();
+    for e in &entries {
+        let inside = in_jail(jail, &e.target);
+        let parent = mounted
+            .iter()
+            .rev()
+            .find(|(t, _, _)| e.target.starts_with(t) && *t != e.target);
+        let nested = matches!(parent, Some((_, Source::Dir(_), _)));
+        // A path bound onto itself inside a bind of its own directory that is already as
+        // read-only adds nothing (the `.wasm` inside the image rootfs).
+        if let (Some((_, Source::Dir(_), parent_ro)), Source::Dir(src) | Source::File(src)) =
+            (parent, &e.source)
+            && *src == e.target
+            && (*parent_ro || !e.read_only)
+        {
+            continue;
+        }
+        if let Source::Contents(text) = &e.source {
+            // Below a host directory the host's own file is what the guest's node sees.
+            if !nested {
+                write_new(&inside, text)
+                    .map_err(|err| format!("write {}: {err}", e.target.display()))?;
+            }
+            continue;
+        }
+        let is_dir = matches!(e.source, Source::Dir(_) | Source::Tmpfs);
+        make_mount_point(jail, &e.target, is_dir, nested)
+            .map_err(|err| format!("jail mount point {}: {err}", e.target.display()))?;
+        match &e.source {
+            Source::Dir(src) | Source::File(src) => {
+                bind(
+                    src,
+                    &inside,
+                    e.read_only,
+                    matches!(e.source, Source::Dir(_)),
+                )
+                .map_err(|err| format!("bind {} into the jail: {err}", src.display()))?;
+                mounted.push((e.target.clone(), &e.source, e.read_only));
+            }
+            Source::Tmpfs => {
+                mount(
+                    Some("tmpfs"),
+                    &inside,
+                    Some("tmpfs"),
+                    base,
+                    Some("mode=0755,size=64k,nr_inodes=1k"),
+                )
+                .map_err(|err| format!("mount tmpfs on {}: {err}", e.target.display()))?;
+                mounted.push((e.target.clone(), &e.source, e.read_only));
+                tmpfs.push(inside);
+            }
+            Source::Contents(_) => unreachable!("written above"),
+        }
+    }
+    // Placeholders are in place: the tmpfs themselves become read-only (the files bound onto
+    // them keep their own mode), and so does the jail's root.
+    for t in tmpfs.iter().chain(std::iter::once(&jail.to_path_buf())) {
+        mount(
+            None::<&str>,
+            t,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
+            None::<&str>,
+        )
+        .map_err(|err| format!("make {} read-only: {err}", t.display()))?;
+    }
+    pivot_into(jail)
+}
+
+/// Creates `path` (and its missing parents) in the jail's tmpfs with `text` in it.
+fn write_new(path: &Path, text: &str) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    io::Write::write_all(&mut f, text.as_bytes())
+}
+
+/// `target` under the jail's root.
+fn in_jail(jail: &Path, target: &Path) -> PathBuf {
+    jail.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+/// Creates the mount point for `target` in the jail. Inside the jail's own tmpfs every
+/// missing component is created (nothing there is a link: the runner made all of it). A
+/// target below an earlier bind mount lies in a host directory: nothing is created there;
+/// the path must already exist, reached without following any link.
+fn make_mount_point(jail: &Path, target: &Path, is_dir: bool, nested: bool) -> io::Result<()> {
+    let path = in_jail(jail, target);
+    if nested {
+        let mut p = jail.to_path_buf();
+        for c in target.components().skip(1) {
+            p.push(c);
+            if fs::symlink_metadata(&p)?.file_type().is_symlink() {
+                return Err(io::Error::other("is reached through a symbolic link"));
+            }
+        }
+        let meta = fs::symlink_metadata(&path)?;
+        return if meta.is_dir() == is_dir {
+            Ok(())
+        } else {
+            Err(io::Error::other("exists with another file type"))
+        };
+    }
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    if is_dir {
+        match fs::DirBuilder::new().mode(0o755).create(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        }
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map(drop)
+    }
+}
+
+/// Bind-mounts `src` at `dst` (with its submounts when `recursive`), then applies read-only
+/// (when asked) together with nosuid to the whole subtree.
+fn bind(src: &Path, dst: &Path, read_only: bool, recursive: bool) -> Result<(), String> {
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(src), dst, None::<&str>, flags, None::<&str>).map_err(|e| e.to_string())?;
+    let mut set = libc::MOUNT_ATTR_NOSUID;
+    if read_only {
+        set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    set_attr(dst, set, recursive).map_err(|e| format!("set mount attributes: {e}"))
+}
+
+/// `mount_setattr(2)` on `path` (and, if `recursive`, every mount below it): the only way to
+/// make a bind mount's submounts read-only too, which `MS_REMOUNT` cannot (Linux 5.12+).
+fn set_attr(path: &Path, set: u64, recursive: bool) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `c` is a NUL-terminated path and `attr` a fully initialised `mount_attr` whose
+    // size is passed along; the kernel only reads both for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `jail` the root: `pivot_root(".", ".")` stacks the old root on the new one, and
+/// detaching it leaves only the jail.
+fn pivot_into(jail: &Path) -> Result<(), String> {
+    nix::unistd::chdir(jail).map_err(|e| format!("chdir {}: {e}", jail.display()))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach the old root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{FileBind, Preopen};
+
+    fn spec() -> RunnerSpec {
+        RunnerSpec {
+            container_id: "c".repeat(64),
+            mode: RunMode::Command,
+            wasm: "/img/rootfs/app.wasm".into(),
+            precompiled: None,
+            args: vec!["app".into()],
+            env: vec![],
+            cwd: "/".into(),
+            preopens: vec![],
+            log_path: None,
+            exit_file: "/c/exit/exit.json".into(),
+            cgroup_procs: vec![],
+            netns: None,
+            uid: None,
+            gid: None,
+            additional_gids: vec![],
+            stdin: false,
+            oom_score_adj: None,
+            stop_grace_ms: None,
+            debug_log: None,
+            jail: Some("/c/jail".into()),
+            resolv_conf: None,
+            hosts: None,
+        }
+    }
+
+    #[test]
+    fn plan_holds_only_what_the_runner_needs_in_mount_order() {
+        let mut s = spec();
+        s.wasm = "/img/rootfs/app.wasm".into();
+        s.precompiled = Some("/cache/app.cwasm".into());
+        s.preopens = vec![
+            Preopen {
+                host: "/img/rootfs".into(),
+                guest: "/".into(),
+                read_only: true,
+                files: vec![],
+            },
+            Preopen {
+                host: "/c/files/0".into(),
+                guest: "/etc".into(),
+                read_only: false,
+                files: vec![
+                    FileBind {
+                        name: "hosts".into(),
+                        source: "/k/etc-hosts".into(),
+                        read_only: false,
+                    },
+                    FileBind {
+                        name: "config".into(),
+                        source: "/k/subpath".into(),
+                        read_only: true,
+                    },
+                ],
+            },
+        ];
+        s.exit_file = "/c/exit/exit.json".into();
+        s.log_path = Some("/logs/pod/ctr/0.log".into());
+        s.resolv_conf = Some("/p/etc/resolv.conf".into());
+        let plan = plan(&s).unwrap();
+        let got: Vec<(String, bool)> = plan
+            .iter()
+            .map(|e| (e.target.display().to_string(), e.read_only))
+            .collect();
+        let want: Vec<(&str, bool)> = vec![
+            ("/c/exit", false),
+            ("/c/files/0", true),
+            ("/c/files/0/config", true),
+            ("/c/files/0/hosts", false),
+            ("/cache/app.cwasm", true),
+            ("/dev/null", false),
+            ("/dev/random", false),
+            ("/dev/urandom", false),
+            ("/dev/zero", false),
+            ("/etc/nsswitch.conf", true),
+            ("/etc/resolv.conf", true),
+            ("/img/rootfs", true),
+            ("/img/rootfs/app.wasm", true),
+            ("/logs/pod/ctr", false),
+        ];
+        let want: Vec<(String, bool)> = want.into_iter().map(|(p, r)| (p.into(), r)).collect();
+        assert_eq!(got, want);
+        assert_eq!(plan[1].source, Source::Tmpfs);
+        assert_eq!(plan[2].source, Source::File("/k/subpath".into()));
+    }
+
+    #[test]
+    fn plan_rejects_traversal_and_odd_names() {
+        let mut s = spec();
+        s.preopens = vec![Preopen {
+            host: "/c/files/0".into(),
+            guest: "/etc".into(),
+            read_only: true,
+            files: vec![FileBind {
+                name: "../../etc/shadow".into(),
+                source: "/k/x".into(),
+                read_only: true,
+            }],
+        }];
+        assert!(plan(&s).unwrap_err().contains("invalid file-mount name"));
+        let mut s = spec();
+        s.wasm = "/img/../etc/app.wasm".into();
+        assert!(plan(&s).unwrap_err().contains("not a normalised path"));
+        let mut s = spec();
+        s.wasm = "relative.wasm".into();
+        assert!(plan(&s).unwrap_err().contains("not an absolute path"));
+    }
+
+    #[test]
+    fn one_path_needed_two_ways_is_refused_and_duplicates_merge_read_only() {
+        let mut s = spec();
+        s.preopens = vec![
+            Preopen {
+                host: "/data".into(),
+                guest: "/a".into(),
+                read_only: false,
+                files: vec![],
+            },
+            Preopen {
+                host: "/data".into(),
+                guest: "/b".into(),
+                read_only: true,
+                files: vec![],
+            },
+        ];
+        let p = plan(&s).unwrap();
+        let data = p.iter().find(|e| e.target == Path::new("/data")).unwrap();
+        assert!(data.read_only);
+        s.wasm = "/data".into();
+        assert!(plan(&s).unwrap_err().contains("needed as both"));
+    }
+}

@@ -1,0 +1,163 @@
+//! A hostile guest against the runner's confinement: read-only mounts stay read-only in the
+//! kernel, and the runner process keeps no privilege, sees no host filesystem and resolves
+//! names with the pod's DNS.
+
+use cri::v1 as pb;
+
+use crate::harness::*;
+
+const P1: &str = "wasm32-wasip1";
+
+/// One field of `/proc/PID/status`.
+fn status_field(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+fn file_mount(container_path: &str, host: &std::path::Path, readonly: bool) -> pb::Mount {
+    pb::Mount {
+        container_path: container_path.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// The kubelet's `/etc/hosts` (writable) next to a read-only subPath file under `/etc`, and
+/// the pod's own `resolv.conf`: before the jail, all three were one writable preopen of hard
+/// links, and writes to the read-only ones reached the host files.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_file_mount_next_to_writable_one_stays_read_only() {
+    let d = Daemon::start().await;
+    import_guest(&d, P1, "writefile", "localhost/writefile:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let mut pod_cfg = pod_config(&unique("romount"), &logs);
+    pod_cfg.dns_config = Some(pb::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        ..Default::default()
+    });
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let hosts = d.dir.path().join("etc-hosts");
+    let config = d.dir.path().join("config");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(&config, "original\n").unwrap();
+    let write = |name: &str, path: &str| {
+        let mut c = container_config(name, "localhost/writefile:v1");
+        c.args = vec![path.into(), "hostile".into()];
+        c.mounts = vec![
+            file_mount("/etc/hosts", &hosts, false),
+            file_mount("/etc/config", &config, true),
+        ];
+        c
+    };
+    for (name, path, want_exit) in [
+        ("ro", "/etc/config", 1),
+        ("resolv", "/etc/resolv.conf", 1),
+        ("rw", "/etc/hosts", 0),
+        // A new file next to them: the directory is the runner's read-only tmpfs.
+        ("new", "/etc/new-file", 1),
+    ] {
+        let c = create(&mut rt, &pod, &pod_cfg, write(name, path)).await;
+        start(&mut rt, &c).await;
+        let st = wait_exited(&mut rt, &c, 30).await;
+        let log = std::fs::read_to_string(logs.join(format!("{name}/0.log"))).unwrap_or_default();
+        assert_eq!(st.exit_code, want_exit, "{name}: {st:?} {log}");
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "original\n");
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "hostile");
+    let resolv = find_file(d.dir.path(), &pod, "resolv.conf").unwrap();
+    assert!(resolv.contains("10.96.0.10"), "{resolv}");
+    d.shutdown().await;
+}
+
+fn find_file(root: &std::path::Path, under: &str, name: &str) -> std::io::Result<String> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let p = e.path();
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file()
+                && p.file_name().is_some_and(|n| n == name)
+                && p.to_string_lossy().contains(under)
+            {
+                return std::fs::read_to_string(p);
+            }
+        }
+    }
+    Err(std::io::Error::other(format!("no {name} under {under}")))
+}
+
+/// What the runner of a root guest keeps once the guest runs: only CAP_NET_BIND_SERVICE,
+/// no_new_privs, a seccomp filter, and a root that holds nothing but its jail.
+#[tokio::test(flavor = "multi_thread")]
+async fn runner_keeps_no_privilege_and_sees_only_its_jail() {
+    let d = Daemon::start().await;
+    import_guest(&d, P1, "sleeper", "localhost/sleeper:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let mut pod_cfg = pod_config(&unique("confined"), &logs);
+    pod_cfg.dns_config = Some(pb::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["svc.cluster.local".into()],
+        ..Default::default()
+    });
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let mut ids = Vec::new();
+    for (name, uid) in [("root", None), ("user", Some(1000))] {
+        let mut c = container_config(name, "localhost/sleeper:v1");
+        if let Some(uid) = uid {
+            c.linux = Some(pb::LinuxContainerConfig {
+                security_context: Some(pb::LinuxContainerSecurityContext {
+                    run_as_user: Some(pb::Int64Value { value: uid }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let id = create(&mut rt, &pod, &pod_cfg, c).await;
+        start(&mut rt, &id).await;
+        wait_log(&logs.join(format!("{name}/0.log")), "started", 30).await;
+        ids.push((name, id));
+    }
+    for (name, id) in &ids {
+        let pid = runner_pid(&mut rt, id).await;
+        let want_eff = if *name == "root" {
+            "0000000000000400"
+        } else {
+            "0000000000000000"
+        };
+        assert_eq!(status_field(pid, "CapEff"), want_eff, "{name}");
+        assert_eq!(status_field(pid, "CapPrm"), want_eff, "{name}");
+        assert_eq!(status_field(pid, "CapBnd"), "0000000000000400", "{name}");
+        assert_eq!(status_field(pid, "CapAmb"), "0000000000000000", "{name}");
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{name}");
+        assert_eq!(status_field(pid, "Seccomp"), "2", "{name}");
+        // The runner's root: no host files, the pod's DNS at /etc.
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let mut etc: Vec<String> = std::fs::read_dir(root.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        etc.sort();
+        assert_eq!(etc, ["hosts", "nsswitch.conf", "resolv.conf"], "{name}");
+        let resolv = std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 10.96.0.10"), "{name}: {resolv}");
+        assert!(!root.join("etc/shadow").exists());
+        assert!(!root.join("usr").exists() && !root.join("root").exists());
+        // Read-only, even for the runner itself.
+        let probe = root.join("etc/probe");
+        assert!(std::fs::write(&probe, "x").is_err(), "{name}");
+        // Its mounts stay in its own namespace.
+        let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!host_mounts.contains(&format!("{id}/jail")), "{name}");
+    }
+    remove_pod(&mut rt, &pod).await;
+    d.shutdown().await;
+}
