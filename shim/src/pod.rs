@@ -116,6 +116,9 @@ pub enum PodPhase {
     Ready,
     /// Stopped (or failed).
     NotReady,
+    /// RunPodSandbox has not finished: the record exists so that recovery after a crash
+    /// half-way can tear down what was made (netns, CNI attachment, files). Never listed.
+    Creating,
 }
 
 /// What changes over a sandbox's life.

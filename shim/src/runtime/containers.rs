@@ -86,7 +86,7 @@ impl Runtime {
             ));
         }
         let pod = self.pod(&req.pod_id)?;
-        if !super::pod_ready(&pod.record.lock().await.state) {
+        if !super::pod_ready(&pod.state()) {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
                 pod.meta.id

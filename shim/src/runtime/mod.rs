@@ -117,13 +117,43 @@ impl RuntimeError {
 /// Result of runtime operations.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
-/// A sandbox in memory: fixed metadata plus state under an async lock (held across CNI calls).
+/// A sandbox in memory: fixed metadata, state behind a short std lock (never held across an
+/// `.await`, so listing and status never wait behind a slow CNI plugin), and an async lock
+/// that serialises the sandbox's own lifecycle operations (stop, remove), as for
+/// [`Container`].
 #[derive(Debug)]
 pub struct Pod {
-    /// The durable record; `meta` never changes after creation.
-    pub record: tokio::sync::Mutex<PodRecord>,
-    /// Copy of the immutable metadata, readable without the lock.
+    /// Fixed at creation.
     pub meta: crate::pod::PodMeta,
+    state: Mutex<PodState>,
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Pod {
+    fn new(record: PodRecord) -> Arc<Self> {
+        Arc::new(Self {
+            meta: record.meta,
+            state: Mutex::new(record.state),
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A consistent copy of the state.
+    pub fn state(&self) -> PodState {
+        self.state.lock().expect("pod state lock").clone()
+    }
+
+    /// The record as it should be persisted now.
+    pub fn record(&self) -> PodRecord {
+        PodRecord {
+            meta: self.meta.clone(),
+            state: self.state(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PodState)) {
+        f(&mut self.state.lock().expect("pod state lock"));
+    }
 }
 
 /// A container in memory.

@@ -95,16 +95,33 @@ impl Runtime {
             dir,
         };
         let mut state = PodState {
-            phase: PodPhase::Ready,
+            phase: PodPhase::Creating,
             ips: Vec::new(),
             network_attached: false,
         };
+        let netns_name = format!("wasmcri-{}", &id[..16]);
+        if !meta.spec.host_network {
+            // Known before it exists, so the record below names it.
+            meta.netns = Some(self.config.netns_dir().join(&netns_name));
+        }
+        // Saved before the netns and CNI ADD: a daemon killed during either leaves a
+        // `Creating` record, from which recovery tears both down (see `recover`).
+        self.save_pod(&PodRecord {
+            meta: meta.clone(),
+            state: state.clone(),
+        })
+        .await?;
+        {
+            let (this, id) = (self.clone(), id.to_owned());
+            undo.push(Box::pin(async move {
+                crate::store::remove(&this.pod_meta_path(&id)).map_err(|e| e.to_string())
+            }));
+        }
 
         if !meta.spec.host_network {
             let netns_dir = self.config.netns_dir();
-            let name = format!("wasmcri-{}", &id[..16]);
             let path = tokio::task::spawn_blocking(move || {
-                crate::network::netns::create(&netns_dir, &name)
+                crate::network::netns::create(&netns_dir, &netns_name)
             })
             .await
             .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
@@ -117,6 +134,7 @@ impl Runtime {
                         .map_err(|e| e.to_string())
                 }));
             }
+            debug_assert_eq!(meta.netns.as_ref(), Some(&path));
             meta.netns = Some(path);
             let att = self.attachment(&meta);
             // Registered before ADD: a plugin that fails half-way can leave an IP allocated.
@@ -132,15 +150,10 @@ impl Runtime {
             state.network_attached = true;
         }
 
-        let record = PodRecord {
-            meta: meta.clone(),
-            state,
-        };
+        state.phase = PodPhase::Ready;
+        let record = PodRecord { meta, state };
         self.save_pod(&record).await?;
-        let pod = Arc::new(Pod {
-            meta,
-            record: tokio::sync::Mutex::new(record),
-        });
+        let pod = Pod::new(record);
         self.pods
             .write()
             .expect("pods lock")
@@ -190,17 +203,30 @@ impl Runtime {
             Err(RuntimeError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let _op = pod.op.lock().await;
+        self.stop_pod_locked(&pod).await
+    }
+
+    /// StopPodSandbox under the pod's operation lock. The state lock is only taken to read
+    /// and to write: CNI DEL (up to a minute per plugin) runs without it, so listing and
+    /// status answer meanwhile, and already say NotReady.
+    async fn stop_pod_locked(self: &Arc<Self>, pod: &Arc<Pod>) -> Result<()> {
         for c in self.containers_of(&pod.meta.id) {
             self.stop_container(&c.meta.id, 0).await?;
         }
-        let mut rec = pod.record.lock().await;
-        if rec.state.network_attached {
-            self.cni_del(self.attachment(&rec.meta)).await?;
-            rec.state.network_attached = false;
-            rec.state.ips.clear();
+        pod.update(|s| s.phase = PodPhase::NotReady);
+        if pod.state().network_attached {
+            if let Err(e) = self.cni_del(self.attachment(&pod.meta)).await {
+                // NotReady either way; the kubelet retries StopPodSandbox for the network.
+                self.save_pod(&pod.record()).await?;
+                return Err(e);
+            }
+            pod.update(|s| {
+                s.network_attached = false;
+                s.ips.clear();
+            });
         }
-        rec.state.phase = PodPhase::NotReady;
-        self.save_pod(&rec).await
+        self.save_pod(&pod.record()).await
     }
 
     /// RemovePodSandbox: stops it if needed, removes its containers, its network namespace,
@@ -211,24 +237,31 @@ impl Runtime {
             Err(RuntimeError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_pod(&pod.meta.id).await?;
+        let _op = pod.op.lock().await;
+        self.stop_pod_locked(&pod).await?;
         for c in self.containers_of(&pod.meta.id) {
             self.remove_container(&c.meta.id).await?;
         }
-        let rec = pod.record.lock().await;
-        if let Some(ns) = rec.meta.netns.clone() {
-            tokio::task::spawn_blocking(move || crate::network::netns::remove(&ns))
-                .await
-                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
-        }
-        crate::store::remove(&rec.meta.dir)?;
-        crate::store::remove(&self.pod_meta_path(&rec.meta.id))?;
-        self.pods.write().expect("pods lock").remove(&rec.meta.id);
-        let m = &rec.meta;
+        self.remove_pod_files(&pod.meta).await?;
+        self.pods.write().expect("pods lock").remove(&pod.meta.id);
+        let m = &pod.meta;
         self.release(
             &pod_name_key(&m.spec.name, &m.spec.namespace, &m.spec.uid, m.spec.attempt),
             &m.id,
         );
+        Ok(())
+    }
+
+    /// Removes what a sandbox left on the node once its network is down: the netns mount,
+    /// the pod directory, the record.
+    pub(super) async fn remove_pod_files(&self, m: &PodMeta) -> Result<()> {
+        if let Some(ns) = m.netns.clone() {
+            tokio::task::spawn_blocking(move || crate::network::netns::remove(&ns))
+                .await
+                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
+        }
+        crate::store::remove(&m.dir)?;
+        crate::store::remove(&self.pod_meta_path(&m.id))?;
         Ok(())
     }
 }

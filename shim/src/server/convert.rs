@@ -31,7 +31,7 @@ pub fn pod_metadata(m: &PodMeta) -> pb::PodSandboxMetadata {
 pub fn pod_state(p: PodPhase) -> pb::PodSandboxState {
     match p {
         PodPhase::Ready => pb::PodSandboxState::SandboxReady,
-        PodPhase::NotReady => pb::PodSandboxState::SandboxNotready,
+        PodPhase::NotReady | PodPhase::Creating => pb::PodSandboxState::SandboxNotready,
     }
 }
 

@@ -15,7 +15,7 @@ pub async fn list(
     let f = r.filter.unwrap_or_default();
     let mut items = Vec::new();
     for pod in rt.pods() {
-        let rec = pod.record.lock().await.clone();
+        let rec = pod.record();
         let m = &rec.meta;
         let state = convert::pod_state(rec.state.phase) as i32;
         if !convert::id_matches(&m.id, &f.id)

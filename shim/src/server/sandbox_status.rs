@@ -14,7 +14,7 @@ pub async fn status(
     r: pb::PodSandboxStatusRequest,
 ) -> Result<pb::PodSandboxStatusResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
-    let rec = pod.record.lock().await.clone();
+    let rec = pod.record();
     let m = &rec.meta;
     let mut ips = rec.state.ips.iter();
     let network = pb::PodSandboxNetworkStatus {
