@@ -39,6 +39,9 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long in-flight RPCs may run on after a shutdown signal.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -60,7 +63,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), "wasmcri serving CRI runtime.v1");
     let cri = Cri::new(rt.clone());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let res = tonic::transport::Server::builder()
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
+    let shutdown = {
+        let rt = rt.clone();
+        async move {
+            shutdown_signal().await;
+            // Open event streams would otherwise hold the graceful shutdown forever.
+            rt.close_events();
+            let _ = signalled_tx.send(());
+        }
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(
             cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone())
                 .max_decoding_message_size(16 << 20)
@@ -70,8 +83,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             cri::v1::image_service_server::ImageServiceServer::new(cri)
                 .max_decoding_message_size(16 << 20),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // In-flight RPCs get DRAIN_TIMEOUT to finish once the signal came; a client that keeps a
+    // call open longer does not keep the daemon from exiting.
+    let drain_deadline = async {
+        if signalled.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let res = tokio::select! {
+        res = server => res,
+        () = drain_deadline => {
+            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "RPCs still in flight at shutdown; exiting anyway");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&socket);
     rt.shutdown().await;
     res.context("gRPC server")?;

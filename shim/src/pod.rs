@@ -130,6 +130,23 @@ pub struct PodState {
     pub ips: Vec<String>,
     /// Whether the network (CNI DEL + netns removal) still needs tearing down.
     pub network_attached: bool,
+    /// Pod-level resources from the last `UpdatePodSandboxResources` (in-place resize), if
+    /// any. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<PodResources>,
+}
+
+/// What the kubelet says a pod may use as a whole (`UpdatePodSandboxResources`).
+///
+/// The pod's cgroup under `cgroup_parent` belongs to the kubelet (cgroupfs driver), which
+/// sets these limits on it itself; the runtime records them, as containerd does for NRI, so
+/// status and a restarted daemon know the pod's size.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodResources {
+    /// The sandbox's overhead (RuntimeClass `overhead`).
+    pub overhead: crate::cgroups::Resources,
+    /// The sum of its containers' resources.
+    pub resources: crate::cgroups::Resources,
 }
 
 /// The durable record of a sandbox.
@@ -158,6 +175,27 @@ mod tests {
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["namespace"], "ns");
         assert_eq!(v, serde_json::from_str::<serde_json::Value>(old).unwrap());
+    }
+
+    #[test]
+    fn state_without_resources_reads_and_writes_as_before() {
+        let old = r#"{"phase":"Ready","ips":["10.0.0.2"],"network_attached":true}"#;
+        let st: PodState = serde_json::from_str(old).unwrap();
+        assert_eq!(st.resources, None);
+        assert_eq!(
+            serde_json::to_value(&st).unwrap(),
+            serde_json::from_str::<serde_json::Value>(old).unwrap()
+        );
+        let mut st = st;
+        st.resources = Some(PodResources {
+            overhead: Default::default(),
+            resources: crate::cgroups::Resources {
+                memory_limit: 64 << 20,
+                ..Default::default()
+            },
+        });
+        let back: PodState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
     }
 
     #[test]

@@ -384,6 +384,19 @@ pub fn tar_image_layout(
     env: &[&str],
     name: &str,
 ) {
+    tar_image_layout_as(dir, files, &[], entrypoint, env, "", name);
+}
+
+/// [`tar_image_layout`] with symlinks (`path -> target`) in the layer and a config `User`.
+pub fn tar_image_layout_as(
+    dir: &Path,
+    files: &[(&str, Vec<u8>)],
+    symlinks: &[(&str, &str)],
+    entrypoint: &[&str],
+    env: &[&str],
+    user: &str,
+    name: &str,
+) {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, bytes) in files {
         let mut h = tar::Header::new_gnu();
@@ -393,6 +406,14 @@ pub fn tar_image_layout(
         tar.append_data(&mut h, path.trim_start_matches('/'), bytes.as_slice())
             .unwrap();
     }
+    for (path, target) in symlinks {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        tar.append_link(&mut h, path.trim_start_matches('/'), target)
+            .unwrap();
+    }
     let raw = tar.into_inner().unwrap();
     let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)));
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -400,7 +421,7 @@ pub fn tar_image_layout(
     let (ld, ls) = put_blob(dir, &gz.finish().unwrap());
     let config = serde_json::json!({
         "architecture": "wasm", "os": "wasi",
-        "config": {"Entrypoint": entrypoint, "Env": env, "WorkingDir": "/"},
+        "config": {"Entrypoint": entrypoint, "Env": env, "WorkingDir": "/", "User": user},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     finish_layout(
@@ -915,4 +936,14 @@ pub fn registry() -> Option<Registry> {
         }
     }
     panic!("docker-registry did not start");
+}
+
+/// One field of `/proc/PID/status`.
+pub fn status_field(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
 }

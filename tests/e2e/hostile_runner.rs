@@ -8,16 +8,6 @@ use crate::harness::*;
 
 const P1: &str = "wasm32-wasip1";
 
-/// One field of `/proc/PID/status`.
-fn status_field(pid: i32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
-}
-
 fn file_mount(container_path: &str, host: &std::path::Path, readonly: bool) -> pb::Mount {
     pb::Mount {
         container_path: container_path.into(),

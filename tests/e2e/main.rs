@@ -8,6 +8,7 @@ mod hostile_runner;
 mod http;
 mod images;
 mod kubelet;
+mod kubelet136;
 mod lifecycle;
 mod network;
 mod resources;

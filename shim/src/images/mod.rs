@@ -1026,7 +1026,7 @@ fn find_wasm(root: &Path, config: &ImageConfig) -> Option<String> {
 
 /// Resolves a guest path to a regular file inside `root`, following symlinks chroot-style
 /// (never leaving `root`). Returns the resolved relative path.
-fn resolve_in_root(root: &Path, guest: &str) -> Option<PathBuf> {
+pub(crate) fn resolve_in_root(root: &Path, guest: &str) -> Option<PathBuf> {
     let mut pending: Vec<String> = guest
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")

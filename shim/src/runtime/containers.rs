@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Container, Result, Runtime, RuntimeError, Undo, container_name_key, run_undo, with_cleanup,
+    Container, ContainerEventKind, Result, Runtime, RuntimeError, Undo, container_name_key,
+    run_undo, with_cleanup,
 };
 use crate::container::{
     ContainerMeta, ContainerPhase, ContainerRecord, ContainerState, MountSpec, merge_env,
@@ -58,12 +59,8 @@ pub struct NewContainer {
     pub resources: crate::cgroups::Resources,
     /// oom_score_adj.
     pub oom_score_adj: Option<i64>,
-    /// User.
-    pub uid: Option<u32>,
-    /// Group.
-    pub gid: Option<u32>,
-    /// Supplementary groups.
-    pub additional_gids: Vec<u32>,
+    /// Who to run as (resolved against the image's user and files at creation).
+    pub user: super::UserRequest,
 }
 
 /// What ExecSync returns.
@@ -142,6 +139,8 @@ impl Runtime {
             .map(|a| image.rootfs.join(a.trim_start_matches('/')))
             .filter(|p| p.is_file())
             .unwrap_or_else(|| entry.path.clone());
+        let creds = super::users::resolve(&image.rootfs, &image.config.user, &req.user)
+            .map_err(RuntimeError::InvalidArgument)?;
         let env = merge_env(&image.config.env, &req.env);
         let cwd = if !req.working_dir.is_empty() {
             req.working_dir.clone()
@@ -221,9 +220,9 @@ impl Runtime {
             cgroup_path,
             cgroup,
             dir,
-            uid: req.uid,
-            gid: req.gid,
-            additional_gids: req.additional_gids,
+            uid: Some(creds.uid),
+            gid: Some(creds.gid),
+            additional_gids: creds.additional_gids,
             stdin: req.stdin,
             oom_score_adj: req.oom_score_adj,
             resources: req.resources,
@@ -237,7 +236,8 @@ impl Runtime {
         self.containers
             .write()
             .expect("containers lock")
-            .insert(id.to_owned(), c);
+            .insert(id.to_owned(), c.clone());
+        self.emit_container_event(&c, ContainerEventKind::Created);
         Ok(())
     }
 
@@ -381,6 +381,7 @@ impl Runtime {
         match (ready, saved) {
             (Ok(()), Ok(())) => {
                 self.watch_child(c.clone(), child);
+                self.emit_container_event(&c, ContainerEventKind::Started);
                 Ok(())
             }
             (Ok(()), Err(e)) => {
@@ -460,6 +461,7 @@ impl Runtime {
             &container_name_key(&c.meta.pod_id, &c.meta.name, c.meta.attempt),
             &c.meta.id,
         );
+        self.emit_container_event(&c, ContainerEventKind::Deleted);
         Ok(())
     }
 

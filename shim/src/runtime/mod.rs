@@ -7,6 +7,7 @@
 //! operations on different objects run in parallel.
 
 mod containers;
+mod events;
 mod images;
 mod mounts;
 mod pods;
@@ -14,6 +15,7 @@ mod process;
 mod recover;
 mod standby;
 mod stats;
+mod users;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,9 +26,11 @@ use crate::container::{ContainerRecord, ContainerState};
 use crate::pod::{PodRecord, PodState};
 
 pub use containers::{ExecOutput, NewContainer};
+pub use events::{ContainerEvent, ContainerEventKind, EventsEnded, Subscription};
 pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
 pub use stats::Usage;
+pub use users::{Credentials, GroupsPolicy, UserRequest};
 
 /// Everything that can go wrong in a runtime operation, with the object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +245,8 @@ pub struct Runtime {
     standby_refilling: std::sync::atomic::AtomicBool,
     /// [`Runtime::shutdown`] has begun: start no more standby runners.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Lifecycle events for `GetContainerEvents`.
+    events: events::Events,
 }
 
 impl Runtime {
@@ -300,6 +306,7 @@ impl Runtime {
             standby: Default::default(),
             standby_refilling: Default::default(),
             shutting_down: Default::default(),
+            events: Default::default(),
             config,
         });
         rt.recover().await?;
@@ -312,6 +319,25 @@ impl Runtime {
     pub async fn shutdown(&self) {
         self.stop_standby().await;
         let _ = tokio::task::spawn_blocking(crate::store::flush_pending).await;
+    }
+
+    /// Lifecycle events from now on (see [`events`]).
+    pub fn subscribe_events(&self) -> Subscription {
+        self.events.subscribe()
+    }
+
+    /// Ends every event subscription: the daemon is going away, and open streams must not
+    /// hold its gRPC server's graceful shutdown.
+    pub fn close_events(&self) {
+        self.events.close();
+    }
+
+    /// Emits an event for a container of a pod that still exists (events of containers
+    /// whose sandbox is gone would carry no status the kubelet can use).
+    fn emit_container_event(&self, c: &Container, kind: ContainerEventKind) {
+        if let Ok(pod) = self.pod(&c.meta.pod_id) {
+            self.events.emit(&c.meta.id, &pod, kind);
+        }
     }
 
     // ---- lookups ----

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{Pod, Result, Runtime, RuntimeError, Undo, pod_name_key, run_undo, with_cleanup};
+use super::{
+    ContainerEventKind, Pod, Result, Runtime, RuntimeError, Undo, pod_name_key, run_undo,
+    with_cleanup,
+};
 use crate::network::cni::Attachment;
 use crate::pod::{PodMeta, PodPhase, PodRecord, PodState};
 
@@ -98,6 +101,7 @@ impl Runtime {
             phase: PodPhase::Creating,
             ips: Vec::new(),
             network_attached: false,
+            resources: None,
         };
         let netns_name = format!("wasmcri-{}", &id[..16]);
         if !meta.spec.host_network {
@@ -157,7 +161,10 @@ impl Runtime {
         self.pods
             .write()
             .expect("pods lock")
-            .insert(id.to_owned(), pod);
+            .insert(id.to_owned(), pod.clone());
+        // A sandbox is created and started in one step, as containerd reports it.
+        self.events.emit(id, &pod, ContainerEventKind::Created);
+        self.events.emit(id, &pod, ContainerEventKind::Started);
         Ok(())
     }
 
@@ -214,7 +221,11 @@ impl Runtime {
         for c in self.containers_of(&pod.meta.id) {
             self.stop_container(&c.meta.id, 0).await?;
         }
-        pod.update(|s| s.phase = PodPhase::NotReady);
+        if pod.state().phase == PodPhase::Ready {
+            pod.update(|s| s.phase = PodPhase::NotReady);
+            self.events
+                .emit(&pod.meta.id, pod, ContainerEventKind::Stopped);
+        }
         if pod.state().network_attached {
             if let Err(e) = self.cni_del(self.attachment(&pod.meta)).await {
                 // NotReady either way; the kubelet retries StopPodSandbox for the network.
@@ -227,6 +238,32 @@ impl Runtime {
             });
         }
         self.save_pod(&pod.record()).await
+    }
+
+    /// UpdatePodSandboxResources: records the pod-level resources of an in-place resize (the
+    /// kubelet applies them to the pod cgroup it owns). Only a Ready sandbox can be resized.
+    pub async fn update_pod_resources(
+        self: &Arc<Self>,
+        id: &str,
+        resources: crate::pod::PodResources,
+    ) -> Result<()> {
+        let pod = self.pod(id)?;
+        let _op = pod.op.lock().await;
+        // RemovePodSandbox may have finished while this call waited for the lock.
+        self.pod(&pod.meta.id)?;
+        if pod.state().phase != PodPhase::Ready {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.meta.id
+            )));
+        }
+        let before = pod.state().resources;
+        pod.update(|s| s.resources = Some(resources));
+        if let Err(e) = self.save_pod(&pod.record()).await {
+            pod.update(|s| s.resources = before);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// RemovePodSandbox: stops it if needed, removes its containers, its network namespace,
@@ -249,6 +286,7 @@ impl Runtime {
             &pod_name_key(&m.spec.name, &m.spec.namespace, &m.spec.uid, m.spec.attempt),
             &m.id,
         );
+        self.events.emit(&m.id, &pod, ContainerEventKind::Deleted);
         Ok(())
     }
 

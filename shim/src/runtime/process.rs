@@ -121,6 +121,7 @@ impl Runtime {
             tracing::error!(container = %c.meta.id, error = %e, "cannot persist exit");
         }
         c.exited.send_replace(true);
+        self.emit_container_event(c, super::ContainerEventKind::Stopped);
         tracing::info!(container = %c.meta.id, exit_code = rec.exit_code, reason = %rec.reason, "container exited");
     }
 

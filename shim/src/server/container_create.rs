@@ -6,7 +6,7 @@ use cri::v1 as pb;
 
 use super::convert;
 use crate::container::MountSpec;
-use crate::runtime::{NewContainer, Result, Runtime, RuntimeError};
+use crate::runtime::{GroupsPolicy, NewContainer, Result, Runtime, RuntimeError, UserRequest};
 
 /// CreateContainer.
 pub async fn create(
@@ -38,11 +38,36 @@ pub async fn create(
     let linux = cfg.linux.unwrap_or_default();
     let res = linux.resources.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
+    if !matches!(
+        pb::Signal::try_from(cfg.stop_signal),
+        Ok(pb::Signal::RuntimeDefault | pb::Signal::Sigterm)
+    ) {
+        return Err(RuntimeError::Unimplemented(format!(
+            "stop signal {} is not supported: wasm guests are stopped with SIGTERM",
+            pb::Signal::try_from(cfg.stop_signal)
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_else(|_| cfg.stop_signal.to_string())
+        )));
+    }
     let mut mounts = Vec::with_capacity(cfg.mounts.len());
     for m in cfg.mounts {
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
             return Err(RuntimeError::InvalidArgument(format!(
                 "mount container_path {:?} must be absolute",
+                m.container_path
+            )));
+        }
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(RuntimeError::Unimplemented(format!(
+                "image volumes are not supported yet (mount {})",
+                m.container_path
+            )));
+        }
+        // wasmcri's read-only mounts are recursively read-only in the kernel already; asking
+        // for it on a writable mount is the contradiction the CRI says to reject.
+        if m.recursive_read_only && !m.readonly {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "mount {}: recursive_read_only needs readonly",
                 m.container_path
             )));
         }
@@ -62,16 +87,158 @@ pub async fn create(
         command: cfg.command,
         args: cfg.args,
         working_dir: cfg.working_dir,
-        env: cfg.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        env: env(cfg.envs)?,
         mounts,
         log_path: cfg.log_path,
         stdin: cfg.stdin,
         resources: convert::resources(&res),
         oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
-        uid: sc.run_as_user.map(|u| u.value as u32),
-        gid: sc.run_as_group.map(|g| g.value as u32),
-        additional_gids: sc.supplemental_groups.iter().map(|g| *g as u32).collect(),
+        user: user_request(&sc)?,
     };
     let id = rt.create_container(req).await?;
     Ok(pb::CreateContainerResponse { container_id: id })
+}
+
+/// Env values arrive as bytes (CRI v1.36). wasmtime's WASI context takes strings (and WASI
+/// 0.2's `get-environment` is `list<tuple<string, string>>`), so a value that is not UTF-8 is
+/// refused by name rather than passed on altered.
+fn env(envs: Vec<pb::KeyValue>) -> Result<Vec<(String, String)>> {
+    envs.into_iter()
+        .map(|kv| match String::from_utf8(kv.value) {
+            Ok(v) if !kv.key.contains('=') && !kv.key.contains('\0') && !v.contains('\0') => {
+                Ok((kv.key, v))
+            }
+            Ok(_) => Err(RuntimeError::InvalidArgument(format!(
+                "env var {:?}: names may not contain '=' or NUL, values not NUL",
+                kv.key
+            ))),
+            Err(_) => Err(RuntimeError::InvalidArgument(format!(
+                "env var {:?}: value is not valid UTF-8, which WASI environments require",
+                kv.key
+            ))),
+        })
+        .collect()
+}
+
+/// A uid or gid from the security context, which must fit Linux's 32-bit IDs (and not be
+/// `-1`/4294967295, which means "unchanged" to the kernel).
+fn id_value(what: &str, v: i64) -> Result<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|id| *id != u32::MAX)
+        .ok_or_else(|| RuntimeError::InvalidArgument(format!("{what} {v} is not a valid ID")))
+}
+
+/// The user the security context asks for, checked as the CRI says.
+fn user_request(sc: &pb::LinuxContainerSecurityContext) -> Result<UserRequest> {
+    let uid = sc
+        .run_as_user
+        .map(|u| id_value("run_as_user", u.value))
+        .transpose()?;
+    let username = (!sc.run_as_username.is_empty()).then(|| sc.run_as_username.clone());
+    if uid.is_some() && username.is_some() {
+        return Err(RuntimeError::InvalidArgument(
+            "run_as_user and run_as_username are mutually exclusive".into(),
+        ));
+    }
+    let gid = sc
+        .run_as_group
+        .map(|g| id_value("run_as_group", g.value))
+        .transpose()?;
+    if gid.is_some() && uid.is_none() && username.is_none() {
+        return Err(RuntimeError::InvalidArgument(
+            "run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
+    let supplemental_groups = sc
+        .supplemental_groups
+        .iter()
+        .map(|g| id_value("supplemental group", *g))
+        .collect::<Result<_>>()?;
+    let policy = match pb::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy) {
+        Ok(pb::SupplementalGroupsPolicy::Merge) => GroupsPolicy::Merge,
+        Ok(pb::SupplementalGroupsPolicy::Strict) => GroupsPolicy::Strict,
+        Err(_) => {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "unknown supplemental_groups_policy {}",
+                sc.supplemental_groups_policy
+            )));
+        }
+    };
+    Ok(UserRequest {
+        uid,
+        username,
+        gid,
+        supplemental_groups,
+        policy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &[u8]) -> pb::KeyValue {
+        pb::KeyValue {
+            key: k.into(),
+            value: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn env_must_be_utf8_and_well_formed() {
+        assert_eq!(
+            env(vec![kv("A", b"1"), kv("B", "é".as_bytes())]).unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "é".into())]
+        );
+        let e = env(vec![kv("SECRET", &[0xff, 0xfe])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SECRET") && e.contains("UTF-8"), "{e}");
+        assert!(env(vec![kv("A=B", b"1")]).is_err());
+        assert!(env(vec![kv("A", b"x\0y")]).is_err());
+    }
+
+    fn i64v(v: i64) -> Option<pb::Int64Value> {
+        Some(pb::Int64Value { value: v })
+    }
+
+    #[test]
+    fn security_context_users() {
+        let mut sc = pb::LinuxContainerSecurityContext {
+            run_as_user: i64v(1000),
+            run_as_group: i64v(2000),
+            supplemental_groups: vec![3000],
+            supplemental_groups_policy: pb::SupplementalGroupsPolicy::Strict as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            user_request(&sc).unwrap(),
+            UserRequest {
+                uid: Some(1000),
+                username: None,
+                gid: Some(2000),
+                supplemental_groups: vec![3000],
+                policy: GroupsPolicy::Strict,
+            }
+        );
+        sc.run_as_username = "app".into();
+        assert!(user_request(&sc).is_err(), "user and username together");
+        sc.run_as_user = None;
+        assert!(user_request(&sc).is_ok());
+        sc.run_as_username.clear();
+        assert!(user_request(&sc).is_err(), "group without user");
+        for bad in [-1, 1 << 32, u32::MAX as i64] {
+            let sc = pb::LinuxContainerSecurityContext {
+                run_as_user: i64v(bad),
+                ..Default::default()
+            };
+            assert!(user_request(&sc).is_err(), "{bad}");
+        }
+        let sc = pb::LinuxContainerSecurityContext {
+            supplemental_groups_policy: 7,
+            ..Default::default()
+        };
+        assert!(user_request(&sc).is_err());
+    }
 }

@@ -16,6 +16,8 @@ fn cpu(u: &Usage) -> pb::CpuUsage {
         timestamp: u.timestamp,
         usage_core_nano_seconds: u64v(u.cpu_usage_ns),
         usage_nano_cores: u.nano_cores.and_then(u64v),
+        // PSI needs cgroup v2 pressure files; the v1 hosts tested here have none.
+        psi: None,
     }
 }
 
@@ -28,6 +30,7 @@ fn memory(u: &Usage) -> pb::MemoryUsage {
         rss_bytes: u64v(u.rss),
         page_faults: u64v(u.page_faults),
         major_page_faults: u64v(u.major_page_faults),
+        psi: None,
     }
 }
 
@@ -55,6 +58,7 @@ fn container_stats_from(
         }),
         cpu: Some(cpu(u)),
         memory: Some(memory(u)),
+        io: None,
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
             fs_id: Some(pb::FilesystemIdentifier {
@@ -133,6 +137,7 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
         linux: Some(pb::LinuxPodSandboxStats {
             cpu: Some(cpu(&u)),
             memory: Some(memory(&u)),
+            io: None,
             network: rt.pod_network(pod).map(|(timestamp, ifaces)| {
                 let usage = |i: crate::network::stats::InterfaceUsage| pb::NetworkInterfaceUsage {
                     name: i.name,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::runtime::{Result, Runtime};
+use crate::runtime::{Container, Result, Runtime};
 
 /// ContainerStatus.
 pub async fn status(
@@ -14,10 +14,20 @@ pub async fn status(
     r: pb::ContainerStatusRequest,
 ) -> Result<pb::ContainerStatusResponse> {
     let c = rt.container(&r.container_id)?;
+    let (status, info) = to_pb(&c, r.verbose);
+    Ok(pb::ContainerStatusResponse {
+        status: Some(status),
+        info,
+    })
+}
+
+/// The CRI status of a container (shared with PodSandboxStatus and container events), and
+/// with `verbose` its runtime details.
+pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<String, String>) {
     let st = c.snapshot();
     let m = &c.meta;
     let mut info = HashMap::new();
-    if r.verbose {
+    if verbose {
         let v = serde_json::json!({
             "pid": st.pid,
             "wasm": m.wasm,
@@ -29,55 +39,57 @@ pub async fn status(
         info.insert("info".to_string(), v.to_string());
     }
     let resources = c.resources.lock().expect("lock").clone();
-    Ok(pb::ContainerStatusResponse {
-        status: Some(pb::ContainerStatus {
-            id: m.id.clone(),
-            metadata: Some(pb::ContainerMetadata {
-                name: m.name.clone(),
-                attempt: m.attempt,
-            }),
-            state: convert::container_state(&st) as i32,
-            created_at: m.created_at,
-            started_at: st.started_at,
-            finished_at: st.finished_at,
-            exit_code: st.exit_code,
-            image: Some(pb::ImageSpec {
-                image: m.image.clone(),
-                ..Default::default()
-            }),
-            image_ref: m.image_ref.clone(),
-            image_id: m.image_id.clone(),
-            user: (m.uid.is_some() || m.gid.is_some()).then(|| pb::ContainerUser {
-                linux: Some(pb::LinuxContainerUser {
-                    uid: m.uid.unwrap_or(0) as i64,
-                    gid: m.gid.unwrap_or(0) as i64,
-                    supplemental_groups: m.additional_gids.iter().map(|g| *g as i64).collect(),
-                }),
-            }),
-            reason: st.reason.clone(),
-            message: st.message.clone(),
-            labels: m.labels.clone(),
-            annotations: m.annotations.clone(),
-            mounts: m
-                .mounts
-                .iter()
-                .map(|mt| pb::Mount {
-                    container_path: mt.container_path.clone(),
-                    host_path: mt.host_path.clone(),
-                    readonly: mt.read_only,
-                    ..Default::default()
-                })
-                .collect(),
-            log_path: m
-                .log_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            resources: Some(pb::ContainerResources {
-                linux: Some(convert::resources_back(&resources, m.oom_score_adj)),
-                windows: None,
+    let status = pb::ContainerStatus {
+        id: m.id.clone(),
+        metadata: Some(pb::ContainerMetadata {
+            name: m.name.clone(),
+            attempt: m.attempt,
+        }),
+        state: convert::container_state(&st) as i32,
+        created_at: m.created_at,
+        started_at: st.started_at,
+        finished_at: st.finished_at,
+        exit_code: st.exit_code,
+        image: Some(pb::ImageSpec {
+            image: m.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: m.image_ref.clone(),
+        image_id: m.image_id.clone(),
+        // Records from before users were resolved at creation ran as the daemon (root).
+        user: Some(pb::ContainerUser {
+            linux: Some(pb::LinuxContainerUser {
+                uid: m.uid.unwrap_or(0) as i64,
+                gid: m.gid.unwrap_or(0) as i64,
+                supplemental_groups: m.additional_gids.iter().map(|g| *g as i64).collect(),
             }),
         }),
-        info,
-    })
+        reason: st.reason.clone(),
+        message: st.message.clone(),
+        labels: m.labels.clone(),
+        annotations: m.annotations.clone(),
+        mounts: m
+            .mounts
+            .iter()
+            .map(|mt| pb::Mount {
+                container_path: mt.container_path.clone(),
+                host_path: mt.host_path.clone(),
+                readonly: mt.read_only,
+                // Read-only preopens are read-only all the way down.
+                recursive_read_only: mt.read_only,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: m
+            .log_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: Some(pb::ContainerResources {
+            linux: Some(convert::resources_back(&resources, m.oom_score_adj)),
+            windows: None,
+        }),
+        stop_signal: pb::Signal::Sigterm as i32,
+    };
+    (status, info)
 }

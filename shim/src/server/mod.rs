@@ -6,6 +6,7 @@
 //! span, start/failure logs and the single conversion of domain errors into gRPC statuses.
 
 mod container_create;
+mod container_events;
 mod container_exec;
 mod container_list;
 mod container_log;
@@ -21,15 +22,16 @@ mod image_list;
 mod image_pull;
 mod image_remove;
 mod image_status;
+mod list_stream;
 mod runtime_info;
 mod sandbox_list;
 mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod sandbox_update;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use cri::v1 as pb;
@@ -39,6 +41,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::runtime::{Runtime, RuntimeError};
+use list_stream::RpcStream;
 
 /// The CRI server: both services over one runtime.
 #[derive(Clone)]
@@ -129,9 +132,6 @@ fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
         "{what} is not supported by wasmcri"
     )))
 }
-
-type EventStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
@@ -373,12 +373,17 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::CheckpointContainerResponse>, Status> {
         unimplemented("CheckpointContainer")
     }
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = RpcStream<pb::ContainerEventResponse>;
     async fn get_container_events(
         &self,
-        _r: Request<pb::GetEventsRequest>,
+        r: Request<pb::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        unimplemented("GetContainerEvents (evented PLEG)")
+        rpc(
+            "GetContainerEvents",
+            "",
+            container_events::events(&self.rt, r.into_inner()),
+        )
+        .await
     }
     async fn list_metric_descriptors(
         &self,
@@ -391,6 +396,74 @@ impl RuntimeService for Cri {
         _r: Request<pb::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<pb::ListPodSandboxMetricsResponse>, Status> {
         unimplemented("ListPodSandboxMetrics")
+    }
+    type StreamPodSandboxesStream = RpcStream<pb::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<pb::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        rpc(
+            "StreamPodSandboxes",
+            "",
+            list_stream::pods(&self.rt, r.into_inner()),
+        )
+        .await
+    }
+    type StreamContainersStream = RpcStream<pb::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<pb::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        rpc(
+            "StreamContainers",
+            "",
+            list_stream::containers(&self.rt, r.into_inner()),
+        )
+        .await
+    }
+    type StreamContainerStatsStream = RpcStream<pb::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        r: Request<pb::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        rpc(
+            "StreamContainerStats",
+            "",
+            list_stream::container_stats(&self.rt, r.into_inner()),
+        )
+        .await
+    }
+    type StreamPodSandboxStatsStream = RpcStream<pb::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<pb::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        rpc(
+            "StreamPodSandboxStats",
+            "",
+            list_stream::pod_stats(&self.rt, r.into_inner()),
+        )
+        .await
+    }
+    type StreamPodSandboxMetricsStream = RpcStream<pb::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<pb::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        unimplemented("StreamPodSandboxMetrics")
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<pb::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<pb::UpdatePodSandboxResourcesResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.pod_sandbox_id.clone();
+        rpc(
+            "UpdatePodSandboxResources",
+            &id,
+            sandbox_update::update(&self.rt, r),
+        )
+        .await
     }
     async fn runtime_config(
         &self,
@@ -448,6 +521,18 @@ impl ImageService for Cri {
             .map(|i| i.image.clone())
             .unwrap_or_default();
         rpc("RemoveImage", &id, image_remove::remove(&self.rt, r)).await
+    }
+    type StreamImagesStream = RpcStream<pb::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        r: Request<pb::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        rpc(
+            "StreamImages",
+            "",
+            list_stream::images(&self.rt, r.into_inner()),
+        )
+        .await
     }
     async fn image_fs_info(
         &self,

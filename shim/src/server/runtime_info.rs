@@ -53,10 +53,12 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
         });
         info.insert("config".to_string(), cfg.to_string());
     }
+    // Read-only mounts are bound recursively read-only in the runner's mount namespace
+    // (MOUNT_ATTR_RDONLY with AT_RECURSIVE); user namespaces are not implemented yet.
     let handler = |name: &str| pb::RuntimeHandler {
         name: name.to_owned(),
         features: Some(pb::RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
+            recursive_read_only_mounts: true,
             user_namespaces: false,
         }),
     };
@@ -69,7 +71,10 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
         info,
         runtime_handlers,
         features: Some(pb::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            // Users and groups come from the image's /etc/passwd and /etc/group, merged or
+            // not as the policy says, and ContainerStatus reports the user.
+            supplemental_groups_policy: true,
+            user_namespaces_host_network: false,
         }),
     })
 }

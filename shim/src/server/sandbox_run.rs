@@ -19,6 +19,25 @@ pub async fn run(
         .metadata
         .ok_or_else(|| RuntimeError::InvalidArgument("sandbox metadata is missing".into()))?;
     let linux = cfg.linux.unwrap_or_default();
+    if !linux.sysctls.is_empty() {
+        let mut names: Vec<&str> = linux.sysctls.keys().map(String::as_str).collect();
+        names.sort();
+        return Err(RuntimeError::Unimplemented(format!(
+            "sysctls are not supported by wasmcri yet (asked for {})",
+            names.join(", ")
+        )));
+    }
+    if linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())
+        .is_some_and(|u| u.mode == pb::NamespaceMode::Pod as i32)
+    {
+        return Err(RuntimeError::Unimplemented(
+            "user namespaces (hostUsers: false) are not supported by wasmcri yet".into(),
+        ));
+    }
     let host_network = linux
         .security_context
         .as_ref()

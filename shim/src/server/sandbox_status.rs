@@ -6,15 +6,28 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::runtime::{Result, Runtime};
+use crate::runtime::{Pod, Result, Runtime};
 
-/// PodSandboxStatus, with IPs and namespace modes; `verbose` adds the record as JSON.
+/// PodSandboxStatus, with IPs, namespace modes and (as the kubelet's evented PLEG expects)
+/// the statuses of the pod's containers; `verbose` adds the record as JSON.
 pub async fn status(
     rt: &Arc<Runtime>,
     r: pb::PodSandboxStatusRequest,
 ) -> Result<pb::PodSandboxStatusResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
+    Ok(to_pb(rt, &pod, r.verbose))
+}
+
+/// The CRI status of a sandbox and its containers, taken now.
+pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResponse {
+    let timestamp = crate::ids::now_ns();
     let rec = pod.record();
+    let mut containers = rt.containers_of(&pod.meta.id);
+    containers.sort_by_key(|c| c.meta.created_at);
+    let containers_statuses = containers
+        .iter()
+        .map(|c| super::container_status::to_pb(c, false).0)
+        .collect();
     let m = &rec.meta;
     let mut ips = rec.state.ips.iter();
     let network = pb::PodSandboxNetworkStatus {
@@ -27,13 +40,13 @@ pub async fn status(
         pb::NamespaceMode::Pod
     };
     let mut info = HashMap::new();
-    if r.verbose {
+    if verbose {
         info.insert(
             "info".to_string(),
             serde_json::to_string(&rec).unwrap_or_default(),
         );
     }
-    Ok(pb::PodSandboxStatusResponse {
+    pb::PodSandboxStatusResponse {
         status: Some(pb::PodSandboxStatus {
             id: m.id.clone(),
             metadata: Some(convert::pod_metadata(m)),
@@ -55,7 +68,7 @@ pub async fn status(
             runtime_handler: m.spec.runtime_handler.clone(),
         }),
         info,
-        containers_statuses: Vec::new(),
-        timestamp: crate::ids::now_ns(),
-    })
+        containers_statuses,
+        timestamp,
+    }
 }
