@@ -63,6 +63,16 @@ pub struct NewContainer {
     pub user: super::UserRequest,
 }
 
+/// The `.wasm` file a guest path (argv[0], exec `cmd[0]`) names in an image rootfs: resolved
+/// inside it, `..` stopping at its root and symlinks followed chroot-style, so a command can
+/// never name a file of the host.
+fn wasm_in_rootfs(rootfs: &Path, guest_path: &str) -> Option<PathBuf> {
+    if !guest_path.ends_with(".wasm") {
+        return None;
+    }
+    crate::images::resolve_in_root(rootfs, guest_path).map(|rel| rootfs.join(rel))
+}
+
 /// What ExecSync returns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExecOutput {
@@ -135,9 +145,7 @@ impl Runtime {
         // The module to run: argv[0] if it names a .wasm file in the image, else the image's.
         let wasm = argv
             .first()
-            .filter(|a| a.ends_with(".wasm"))
-            .map(|a| image.rootfs.join(a.trim_start_matches('/')))
-            .filter(|p| p.is_file())
+            .and_then(|a| wasm_in_rootfs(&image.rootfs, a))
             .unwrap_or_else(|| entry.path.clone());
         let creds = super::users::resolve(&image.rootfs, &image.config.user, &req.user)
             .map_err(RuntimeError::InvalidArgument)?;
@@ -514,9 +522,13 @@ impl Runtime {
         let timeout_ms = (timeout_s.max(0) as u64) * 1000;
         let mut spec = self.runner_spec(&c, RunMode::Exec { timeout_ms }, PathBuf::new())?;
         spec.log_path = None;
-        let named = c.meta.rootfs.join(cmd[0].trim_start_matches('/'));
-        if cmd[0].ends_with(".wasm") && named.is_file() {
-            spec.wasm = named;
+        if cmd[0].ends_with(".wasm") {
+            spec.wasm = wasm_in_rootfs(&c.meta.rootfs, &cmd[0]).ok_or_else(|| {
+                RuntimeError::InvalidArgument(format!(
+                    "exec cmd[0] {:?} names no .wasm file in the container's image",
+                    cmd[0]
+                ))
+            })?;
             spec.precompiled = self.precompiled_for(&spec.wasm).await;
         }
         spec.args = cmd;
