@@ -79,3 +79,76 @@ async fn exec_sync_output_exit_codes_and_timeout() {
     );
     d.shutdown().await;
 }
+
+/// An exec (an exec probe, `crictl exec -s`) whose command writes without end: the daemon
+/// keeps 8 MiB of each stream (so the reply fits the kubelet's 16 MiB message limit), kills
+/// the command and says so, instead of growing without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_output_flood_is_capped_and_killed() {
+    let d = Daemon::start().await;
+    let layout = d.dir.path().join("flood");
+    let g = |n: &str| guest("wasm32-wasip1", n);
+    tar_image_layout(
+        &layout,
+        &[("/sleeper.wasm", g("sleeper")), ("/flood.wasm", g("flood"))],
+        &["/sleeper.wasm"],
+        &[],
+        "localhost/flood:v1",
+    );
+    d.import(&layout, "localhost/flood:v1");
+    // The kubelet's CRI client accepts messages up to 16 MiB.
+    let mut rt = d.rt().await.max_decoding_message_size(16 << 20);
+    let logs = d.dir.path().join("logs");
+    let pod_cfg = pod_config(&unique("flood"), &logs);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let c = create(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("main", "localhost/flood:v1"),
+    )
+    .await;
+    start(&mut rt, &c).await;
+    let daemon = d.pid().unwrap();
+    let rss_kib = |pid: i32| -> u64 {
+        status_field(pid, "VmRSS")
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = rss_kib(daemon);
+    let t = Instant::now();
+    let out = rt
+        .exec_sync(pb::ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: vec!["/flood.wasm".into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Killed at the cap, long before the timeout.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(out.stdout.len(), (8 << 20) - 4096);
+    assert_ne!(out.exit_code, 0);
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("exceeded 8384512 bytes"), "{note}");
+    let grown = rss_kib(daemon).saturating_sub(before);
+    assert!(grown < 200 << 10, "daemon grew {grown} KiB");
+    // No exec runner is left, and the container still answers.
+    let ok = rt
+        .exec_sync(pb::ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: vec!["/sleeper.wasm".into()],
+            timeout: 1,
+        })
+        .await;
+    assert_eq!(ok.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(
+        status(&mut rt, &c).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    remove_pod(&mut rt, &pod).await;
+    d.shutdown().await;
+}

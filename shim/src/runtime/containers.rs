@@ -23,8 +23,10 @@ pub const HTTP_PORT_ANNOTATION: &str = "wasmcri.io/http-port";
 pub const HTTP_PORT_ENV: &str = "WASMCRI_HTTP_PORT";
 /// Port wasi:http components listen on when nothing else is said.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
-/// ExecSync output beyond this is cut, as the kubelet does for probe output.
-const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+/// ExecSync output kept per stream; a command that writes more is killed (see
+/// `process::read_capped`). Half the kubelet's 16 MiB gRPC message limit, so a reply carrying
+/// both streams at the cap, plus the note, still reaches it.
+pub(super) const EXEC_OUTPUT_LIMIT: usize = 8 * 1024 * 1024 - 4096;
 
 /// What CreateContainer asks for, in domain terms.
 #[derive(Debug, Clone, Default)]
@@ -571,12 +573,6 @@ fn http_port(
                 ))
             }),
     }
-}
-
-/// Exec output cut to the probe limit.
-pub(super) fn cap_output(mut v: Vec<u8>) -> Vec<u8> {
-    v.truncate(EXEC_OUTPUT_LIMIT);
-    v
 }
 
 #[cfg(test)]

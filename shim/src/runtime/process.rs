@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-use super::containers::cap_output;
+use super::containers::EXEC_OUTPUT_LIMIT;
 use super::{Container, ExecOutput, Result, Runtime, RuntimeError};
 use crate::runner::ExitRecord;
 
@@ -242,18 +242,11 @@ impl Runtime {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(RuntimeError::io("spawn exec runner"))?;
-        let mut so = child.stdout.take().expect("piped");
-        let mut se = child.stderr.take().expect("piped");
-        let read_out = async {
-            let mut v = Vec::new();
-            let _ = so.read_to_end(&mut v).await;
-            v
-        };
-        let read_err = async {
-            let mut v = Vec::new();
-            let _ = se.read_to_end(&mut v).await;
-            v
-        };
+        let so = child.stdout.take().expect("piped");
+        let se = child.stderr.take().expect("piped");
+        let pid = child.id();
+        let read_out = read_capped(so, EXEC_OUTPUT_LIMIT, pid);
+        let read_err = read_capped(se, EXEC_OUTPUT_LIMIT, pid);
         // The runner interrupts the guest at the deadline; this is the backstop.
         let hard = if timeout_ms == 0 {
             Duration::from_secs(24 * 3600)
@@ -262,8 +255,17 @@ impl Runtime {
         };
         let all = async { tokio::join!(read_out, read_err, child.wait()) };
         match tokio::time::timeout(hard, all).await {
-            Ok((stdout, stderr, status)) => {
+            Ok(((stdout, out_over), (mut stderr, err_over), status)) => {
                 let status = status.map_err(RuntimeError::io("wait exec runner"))?;
+                if out_over || err_over {
+                    stderr.extend_from_slice(
+                        format!(
+                            "\nwasmcri: exec output exceeded {EXEC_OUTPUT_LIMIT} bytes per stream; \
+                             the command was killed\n"
+                        )
+                        .as_bytes(),
+                    );
+                }
                 let code = status.code().unwrap_or_else(|| {
                     use std::os::unix::process::ExitStatusExt;
                     128 + status.signal().unwrap_or(0)
@@ -275,8 +277,8 @@ impl Runtime {
                     )));
                 }
                 Ok(ExecOutput {
-                    stdout: cap_output(stdout),
-                    stderr: cap_output(stderr),
+                    stdout,
+                    stderr,
                     exit_code: code,
                 })
             }
@@ -288,9 +290,50 @@ impl Runtime {
     }
 }
 
+/// Reads an exec stream to its end, keeping at most `limit` bytes: past that the exec runner
+/// (our child, `pid`) is killed, so a command that writes without end costs the daemon
+/// `limit` bytes, not whatever it writes. Returns the bytes and whether the limit was passed.
+async fn read_capped(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    limit: usize,
+    pid: Option<u32>,
+) -> (Vec<u8>, bool) {
+    let mut v = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (v, false),
+            Ok(n) => v.extend_from_slice(&chunk[..n]),
+        }
+        if v.len() > limit {
+            v.truncate(limit);
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // Not reaped yet (we still hold the Child), so the PID is still ours.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return (v, true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn exec_output_is_capped_while_read() {
+        let (v, over) = read_capped(&b"0123456789"[..], 4, None).await;
+        assert_eq!((v.as_slice(), over), (&b"0123"[..], true));
+        let (v, over) = read_capped(&b"0123"[..], 4, None).await;
+        assert_eq!((v.as_slice(), over), (&b"0123"[..], false));
+        // A writer that never stops is cut off at the limit, not read to its end.
+        let endless = tokio::io::repeat(b'y');
+        let (v, over) = read_capped(endless, 1 << 20, None).await;
+        assert!(over && v.len() == 1 << 20);
+    }
 
     #[test]
     fn start_time_of_self() {
