@@ -5,6 +5,7 @@ mod exec;
 mod harness;
 mod hostile_paths;
 mod hostile_pods;
+mod hostile_requests;
 mod hostile_runner;
 mod http;
 mod images;

@@ -5,9 +5,10 @@
 //! and recording its [`ExitRecord`] durably before it exits.
 //!
 //! # Order of [`run`]
-//! 1. Get the [`RunnerSpec`]: `wasmcri runner SPEC` reads the JSON file (exec, manual runs);
-//!    `wasmcri runner --standby` ([`standby`], how the daemon starts containers) reads one
-//!    line of JSON from stdin.
+//! 1. Get the [`RunnerSpec`]: `wasmcri runner --standby` ([`standby`], how the daemon starts
+//!    containers and ExecSync commands) reads one line of JSON from stdin, so a spec never
+//!    passes through a file a container's user could replace; `wasmcri runner SPEC` reads
+//!    a JSON file (manual runs and tests only).
 //! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
 //!    `oom_score_adj` (EPERM/EACCES tolerated); enter a private mount namespace whose root
@@ -90,7 +91,7 @@ mod stdio;
 mod tests;
 
 use std::fs;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -529,9 +530,31 @@ pub fn write_exit_record(path: &Path, rec: &ExitRecord) -> io::Result<()> {
     Ok(crate::store::save_volatile(path, rec)?)
 }
 
+/// Largest exit record read. Real ones are a few hundred bytes; the record's directory
+/// belongs to the container's user, so whatever is there is read with a bound.
+const MAX_EXIT_RECORD: u64 = 64 * 1024;
+
 /// Reads an exit record; `None` if it does not exist (yet) or is not a complete record.
+///
+/// The record's directory is writable by the container's user, who may have put a symlink
+/// (to `/dev/zero`, say), a FIFO or a huge file there: the final component is never
+/// followed, opening never blocks, only a regular file is read, and at most
+/// [`MAX_EXIT_RECORD`] bytes of it.
 pub fn read_exit_record(path: &Path) -> Option<ExitRecord> {
-    let bytes = fs::read(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_EXIT_RECORD + 1).read_to_end(&mut bytes).ok()?;
+    if bytes.len() as u64 > MAX_EXIT_RECORD {
+        return None;
+    }
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -427,3 +427,40 @@ fn spec_without_new_fields_still_parses() {
     assert_eq!(spec.mode, RunMode::Exec { timeout_ms: 5 });
     assert_eq!(spec.stop_grace_ms, None);
 }
+
+/// The exit record's directory belongs to the container's user, who may plant anything
+/// there: the daemon must not follow a link to `/dev/zero`, block on a FIFO, or read a huge
+/// file whole.
+#[test]
+fn exit_record_reader_resists_what_the_container_user_plants() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = ExitRecord {
+        exit_code: 3,
+        reason: "Error".into(),
+        message: String::new(),
+        started_at: 1,
+        finished_at: 2,
+    };
+    let good = dir.path().join("good.json");
+    write_exit_record(&good, &rec).unwrap();
+    assert_eq!(read_exit_record(&good).map(|r| r.exit_code), Some(3));
+
+    let link = dir.path().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    assert!(read_exit_record(&link).is_none());
+    let to_good = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&good, &to_good).unwrap();
+    assert!(
+        read_exit_record(&to_good).is_none(),
+        "links are not followed"
+    );
+
+    let fifo = dir.path().join("fifo.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(read_exit_record(&fifo).is_none());
+
+    let big = dir.path().join("big.json");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(1 << 40).unwrap();
+    assert!(read_exit_record(&big).is_none());
+}

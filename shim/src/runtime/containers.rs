@@ -178,7 +178,7 @@ impl Runtime {
         let log_file = if req.log_path.is_empty() || pod.spec.log_directory.is_empty() {
             None
         } else {
-            let p = Path::new(&pod.spec.log_directory).join(&req.log_path);
+            let p = log_file_path(&pod.spec.log_directory, &req.log_path)?;
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(RuntimeError::io(format!(
                     "create log dir {}",
@@ -353,7 +353,11 @@ impl Runtime {
             Some(port) => RunMode::Http { port },
             None => RunMode::Command,
         };
-        let exit_file = c.meta.dir.join("exit.json");
+        let exit_file = c.exit_file();
+        if let Some(dir) = exit_file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        }
         let t0 = std::time::Instant::now();
         let spec = self.runner_spec(&c, mode, exit_file)?;
         let t_spec = t0.elapsed();
@@ -426,6 +430,8 @@ impl Runtime {
     async fn stop_locked(&self, c: &Arc<Container>, timeout_s: i64) -> Result<()> {
         let st = c.snapshot();
         if st.phase != ContainerPhase::Running {
+            // Exec runners die with the container's exit; this catches one that raced it.
+            c.kill_execs();
             return Ok(());
         }
         let mut rx = c.exited.subscribe();
@@ -534,15 +540,35 @@ impl Runtime {
             spec.precompiled = self.precompiled_for(&spec.wasm).await;
         }
         spec.args = cmd;
-        let spec_path = c
-            .meta
-            .dir
-            .join(format!("exec-{}.json", &crate::ids::new_id()[..12]));
-        crate::store::save_volatile(&spec_path, &spec)?;
-        let out = self.run_exec(&spec_path, timeout_ms).await;
-        let _ = std::fs::remove_file(&spec_path);
-        out
+        // Exec output is the caller's: no runner debug log.
+        spec.debug_log = None;
+        self.run_exec(&c, &spec, timeout_ms).await
     }
+}
+
+/// The container's CRI log file: `log_path` inside the sandbox's `log_directory`. The runner
+/// opens it as root, so neither may climb out: the directory must be absolute and the file
+/// relative, both without `..`.
+fn log_file_path(log_directory: &str, log_path: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let dir = Path::new(log_directory);
+    let rel = Path::new(log_path);
+    let dir_ok = dir.is_absolute() && dir.components().all(|c| c != Component::ParentDir);
+    let rel_ok = rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && rel.file_name().is_some();
+    if !dir_ok {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "log_directory {log_directory:?} must be an absolute path without '..'"
+        )));
+    }
+    if !rel_ok {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "log_path {log_path:?} must be a relative file path without '..'"
+        )));
+    }
+    Ok(dir.join(rel))
 }
 
 /// The port a wasi:http component is served on.
@@ -578,6 +604,29 @@ fn http_port(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_paths_stay_in_the_log_directory() {
+        let ok = log_file_path("/var/log/pods/ns_p_uid", "main/0.log").unwrap();
+        assert_eq!(ok, PathBuf::from("/var/log/pods/ns_p_uid/main/0.log"));
+        for (dir, rel) in [
+            ("/var/log/pods/x", "../../../etc/cron.d/evil"),
+            ("/var/log/pods/x", "main/../../y.log"),
+            ("/var/log/pods/x", "/etc/passwd"),
+            ("/var/log/pods/x", ""),
+            ("/var/log/pods/x", "main/.."),
+            ("relative/dir", "main/0.log"),
+            ("/var/log/pods/../../etc", "main/0.log"),
+        ] {
+            assert!(
+                matches!(
+                    log_file_path(dir, rel),
+                    Err(RuntimeError::InvalidArgument(_))
+                ),
+                "{dir} + {rel}"
+            );
+        }
+    }
 
     #[test]
     fn http_port_sources() {

@@ -118,6 +118,9 @@ impl RuntimeError {
     }
 }
 
+/// File name of a runner's exit record.
+const EXIT_RECORD: &str = "exit.json";
+
 /// Result of runtime operations.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
@@ -178,6 +181,9 @@ pub struct Container {
     /// The guest's preopens, built (file-mount links included) on first start and reused by
     /// every ExecSync — exec probes run every few seconds.
     pub preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
+    /// This container's exec runners (PID → start time): stopping or removing the container
+    /// kills them, so nothing the container started outlives it.
+    execs: Mutex<HashMap<i32, Option<u64>>>,
 }
 
 impl Container {
@@ -191,7 +197,43 @@ impl Container {
             exited: tokio::sync::watch::channel(exited).0,
             removing: Default::default(),
             preopens: Default::default(),
+            execs: Default::default(),
         })
+    }
+
+    /// Where the runner records how the guest ended: alone in a directory of its own, the
+    /// only one handed to the container's user (the runner renames the record into place
+    /// after dropping privileges). Nothing the daemon trusts lives there.
+    pub fn exit_file(&self) -> PathBuf {
+        self.meta.dir.join("exit").join(EXIT_RECORD)
+    }
+
+    /// The runner's exit record, if it wrote one. Runners started by a daemon before the
+    /// record had a directory of its own wrote it next to the container's other files.
+    pub fn read_exit(&self) -> Option<crate::runner::ExitRecord> {
+        crate::runner::read_exit_record(&self.exit_file())
+            .or_else(|| crate::runner::read_exit_record(&self.meta.dir.join(EXIT_RECORD)))
+    }
+
+    /// Records a running exec runner of this container until the guard is dropped.
+    fn track_exec(&self, pid: i32) -> ExecGuard<'_> {
+        let start = process::pid_start_time(pid);
+        self.execs.lock().expect("execs lock").insert(pid, start);
+        ExecGuard { c: self, pid }
+    }
+
+    /// SIGKILLs every exec runner of this container (checking each is still the process
+    /// that was started: its owner may have just reaped it).
+    fn kill_execs(&self) {
+        for (&pid, &start) in self.execs.lock().expect("execs lock").iter() {
+            if !process::same_process(pid, start) {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     /// The runner's debug log (its stderr).
@@ -212,6 +254,19 @@ impl Container {
             meta,
             state: self.snapshot(),
         }
+    }
+}
+
+/// Keeps an exec runner's PID in [`Container::execs`] while its owner waits for it; dropped
+/// before the owner reaps the process.
+struct ExecGuard<'a> {
+    c: &'a Container,
+    pid: i32,
+}
+
+impl Drop for ExecGuard<'_> {
+    fn drop(&mut self) {
+        self.c.execs.lock().expect("execs lock").remove(&self.pid);
     }
 }
 

@@ -6,16 +6,15 @@
 //! works for non-children) and reads the exit record they left.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::containers::EXEC_OUTPUT_LIMIT;
 use super::{Container, ExecOutput, Result, Runtime, RuntimeError};
-use crate::runner::ExitRecord;
+use crate::runner::{ExitRecord, RunnerSpec};
 
 /// How long a runner may take to load its module and report ready. Generous: a runner that
 /// finds no precompiled artifact compiles the module itself.
@@ -51,14 +50,6 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 }
 
 impl Runtime {
-    fn runner_command(&self, spec_path: &Path) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.runner_exe);
-        cmd.arg("runner").arg(spec_path);
-        cmd.stdin(Stdio::null());
-        cmd.kill_on_drop(false);
-        cmd
-    }
-
     /// Waits for the runner's readiness line: `Ok` once it reports the guest is about to
     /// run, else the one-line reason (the runner is killed if it never answers).
     pub(super) async fn wait_ready(
@@ -93,9 +84,8 @@ impl Runtime {
                 .and_then(|r| r.ok()),
             None => None,
         };
-        let exit_file = c.meta.dir.join("exit.json");
         let now = crate::ids::now_ns();
-        let rec = crate::runner::read_exit_record(&exit_file).unwrap_or_else(|| ExitRecord {
+        let rec = c.read_exit().unwrap_or_else(|| ExitRecord {
             exit_code: status
                 .and_then(|s| s.code())
                 .filter(|c| *c != 0)
@@ -110,13 +100,14 @@ impl Runtime {
     }
 
     pub(super) fn record_exit(&self, c: &Arc<Container>, rec: &ExitRecord) {
-        let exit_file = c.meta.dir.join("exit.json");
-        if crate::runner::read_exit_record(&exit_file).is_none()
-            && let Err(e) = crate::runner::write_exit_record(&exit_file, rec)
+        if c.read_exit().is_none()
+            && let Err(e) = crate::runner::write_exit_record(&c.exit_file(), rec)
         {
             tracing::warn!(container = %c.meta.id, error = %e, "cannot write exit record");
         }
         c.state.lock().expect("state lock").exit_with(rec);
+        // Nothing the container started outlives it (runc's init-dies-all-die).
+        c.kill_execs();
         if let Err(e) = self.save_container(c) {
             tracing::error!(container = %c.meta.id, error = %e, "cannot persist exit");
         }
@@ -132,8 +123,7 @@ impl Runtime {
         status: Option<std::process::ExitStatus>,
     ) -> ExitRecord {
         use std::os::unix::process::ExitStatusExt;
-        let exit_file = c.meta.dir.join("exit.json");
-        if let Some(rec) = crate::runner::read_exit_record(&exit_file) {
+        if let Some(rec) = c.read_exit() {
             return rec;
         }
         let started_at = c.snapshot().started_at;
@@ -236,12 +226,44 @@ impl Runtime {
     }
 
     /// Runs an exec runner to completion and collects its output.
-    pub(super) async fn run_exec(&self, spec_path: &Path, timeout_ms: u64) -> Result<ExecOutput> {
-        let mut cmd = self.runner_command(spec_path);
-        cmd.stdout(Stdio::piped())
+    ///
+    /// The spec travels over the runner's stdin (`wasmcri runner --standby`, as for
+    /// StartContainer), never through a file: the container's directory is reachable by
+    /// its user. The runner is killed if this future is dropped (the client gave up) and
+    /// when the container stops or is removed.
+    pub(super) async fn run_exec(
+        &self,
+        c: &Container,
+        spec: &RunnerSpec,
+        timeout_ms: u64,
+    ) -> Result<ExecOutput> {
+        let mut line = serde_json::to_vec(spec)
+            .map_err(|e| RuntimeError::io("serialise exec spec")(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        let mut cmd = tokio::process::Command::new(&self.runner_exe);
+        cmd.arg("runner")
+            .arg("--standby")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .process_group(0);
         let mut child = cmd.spawn().map_err(RuntimeError::io("spawn exec runner"))?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        let _tracked = pid.map(|p| c.track_exec(p));
+        if c.snapshot().phase != crate::container::ContainerPhase::Running {
+            // Stopped while we spawned: the stop's sweep may have missed this one.
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                c.meta.id
+            )));
+        }
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(RuntimeError::io("hand the exec runner its spec"))?;
+        drop(stdin);
         let so = child.stdout.take().expect("piped");
         let se = child.stderr.take().expect("piped");
         let pid = child.id();

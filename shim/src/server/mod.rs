@@ -86,6 +86,22 @@ where
     .await
 }
 
+/// Runs a mutating RPC's domain call on a task of its own and waits for it. tonic drops a
+/// handler's future when the client cancels or its deadline passes; a lifecycle step cut
+/// off half-way (a runner started but never watched, a sandbox half set up) would leave an
+/// object that can never be stopped or removed. Detached, the call completes or rolls back
+/// whatever the client does, and the kubelet's retry finds the result.
+async fn detached<T, F>(fut: F) -> Result<T, RuntimeError>
+where
+    F: Future<Output = Result<T, RuntimeError>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(fut.in_current_span()).await {
+        Ok(r) => r,
+        Err(e) => Err(RuntimeError::io("RPC task")(std::io::Error::other(e))),
+    }
+}
+
 /// The gRPC code of each domain error.
 fn code_of(e: &RuntimeError) -> Code {
     use crate::images::ImageError as I;
@@ -152,7 +168,11 @@ impl RuntimeService for Cri {
             .and_then(|c| c.metadata.as_ref())
             .map(|m| m.name.clone())
             .unwrap_or_default();
-        rpc("RunPodSandbox", &name, sandbox_run::run(&self.rt, r)).await
+        rpc("RunPodSandbox", &name, {
+            let rt = self.rt.clone();
+            detached(async move { sandbox_run::run(&rt, r).await })
+        })
+        .await
     }
     async fn stop_pod_sandbox(
         &self,
@@ -160,7 +180,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::StopPodSandboxResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
-        rpc("StopPodSandbox", &id, sandbox_stop::stop(&self.rt, r)).await
+        rpc("StopPodSandbox", &id, {
+            let rt = self.rt.clone();
+            detached(async move { sandbox_stop::stop(&rt, r).await })
+        })
+        .await
     }
     async fn remove_pod_sandbox(
         &self,
@@ -168,7 +192,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::RemovePodSandboxResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
-        rpc("RemovePodSandbox", &id, sandbox_remove::remove(&self.rt, r)).await
+        rpc("RemovePodSandbox", &id, {
+            let rt = self.rt.clone();
+            detached(async move { sandbox_remove::remove(&rt, r).await })
+        })
+        .await
     }
     async fn pod_sandbox_status(
         &self,
@@ -195,11 +223,10 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::CreateContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
-        rpc(
-            "CreateContainer",
-            &id,
-            container_create::create(&self.rt, r),
-        )
+        rpc("CreateContainer", &id, {
+            let rt = self.rt.clone();
+            detached(async move { container_create::create(&rt, r).await })
+        })
         .await
     }
     async fn start_container(
@@ -208,7 +235,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::StartContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("StartContainer", &id, container_start::start(&self.rt, r)).await
+        rpc("StartContainer", &id, {
+            let rt = self.rt.clone();
+            detached(async move { container_start::start(&rt, r).await })
+        })
+        .await
     }
     async fn stop_container(
         &self,
@@ -216,7 +247,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::StopContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("StopContainer", &id, container_stop::stop(&self.rt, r)).await
+        rpc("StopContainer", &id, {
+            let rt = self.rt.clone();
+            detached(async move { container_stop::stop(&rt, r).await })
+        })
+        .await
     }
     async fn remove_container(
         &self,
@@ -224,11 +259,10 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc(
-            "RemoveContainer",
-            &id,
-            container_remove::remove(&self.rt, r),
-        )
+        rpc("RemoveContainer", &id, {
+            let rt = self.rt.clone();
+            detached(async move { container_remove::remove(&rt, r).await })
+        })
         .await
     }
     async fn list_containers(
@@ -261,11 +295,10 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::UpdateContainerResourcesResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc(
-            "UpdateContainerResources",
-            &id,
-            container_update::update(&self.rt, r),
-        )
+        rpc("UpdateContainerResources", &id, {
+            let rt = self.rt.clone();
+            detached(async move { container_update::update(&rt, r).await })
+        })
         .await
     }
     async fn reopen_container_log(
@@ -458,11 +491,10 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::UpdatePodSandboxResourcesResponse>, Status> {
         let r = r.into_inner();
         let id = r.pod_sandbox_id.clone();
-        rpc(
-            "UpdatePodSandboxResources",
-            &id,
-            sandbox_update::update(&self.rt, r),
-        )
+        rpc("UpdatePodSandboxResources", &id, {
+            let rt = self.rt.clone();
+            detached(async move { sandbox_update::update(&rt, r).await })
+        })
         .await
     }
     async fn runtime_config(
@@ -508,7 +540,11 @@ impl ImageService for Cri {
             .as_ref()
             .map(|i| i.image.clone())
             .unwrap_or_default();
-        rpc("PullImage", &id, image_pull::pull(&self.rt, r)).await
+        rpc("PullImage", &id, {
+            let rt = self.rt.clone();
+            detached(async move { image_pull::pull(&rt, r).await })
+        })
+        .await
     }
     async fn remove_image(
         &self,
@@ -520,7 +556,11 @@ impl ImageService for Cri {
             .as_ref()
             .map(|i| i.image.clone())
             .unwrap_or_default();
-        rpc("RemoveImage", &id, image_remove::remove(&self.rt, r)).await
+        rpc("RemoveImage", &id, {
+            let rt = self.rt.clone();
+            detached(async move { image_remove::remove(&rt, r).await })
+        })
+        .await
     }
     type StreamImagesStream = RpcStream<pb::StreamImagesResponse>;
     async fn stream_images(
