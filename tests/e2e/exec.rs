@@ -135,6 +135,11 @@ async fn exec_output_flood_is_capped_and_killed() {
     let note = String::from_utf8_lossy(&out.stderr);
     assert!(note.contains("exceeded 8384512 bytes"), "{note}");
     let grown = rss_kib(daemon).saturating_sub(before);
+    // The figure for the record (`--nocapture`): the daemon's peak RSS over its whole life.
+    eprintln!(
+        "exec flood: daemon RSS {before} KiB before, grew {grown} KiB, peak {}",
+        status_field(daemon, "VmHWM").trim()
+    );
     assert!(grown < 200 << 10, "daemon grew {grown} KiB");
     // No exec runner is left, and the container still answers.
     let ok = rt
