@@ -100,13 +100,13 @@ impl Unpacker {
     }
 
     /// Applies the layer blob at `blob` (compressed per `compression`), verifying that the blob
-    /// hashes to `digest` and, when given, that the uncompressed tar hashes to `diff_id`.
+    /// hashes to `digest` and that the uncompressed tar hashes to `diff_id`.
     pub(crate) fn apply_blob(
         &mut self,
         blob: &Path,
         digest: &str,
         compression: Compression,
-        diff_id: Option<&str>,
+        diff_id: &str,
     ) -> Result<()> {
         let f = File::open(blob).at(blob)?;
         let mut raw = HashingReader::new(BufReader::new(f));
@@ -129,15 +129,13 @@ impl Unpacker {
                     limit: self.limits.max_bytes,
                 });
             }
-            if let Some(expected) = diff_id {
-                let actual = diff.digest();
-                if actual != expected {
-                    return Err(ImageError::DigestMismatch {
-                        what: format!("uncompressed layer (diff ID) of {digest}"),
-                        expected: expected.to_string(),
-                        actual,
-                    });
-                }
+            let actual = diff.digest();
+            if actual != diff_id {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("uncompressed layer (diff ID) of {digest}"),
+                    expected: diff_id.to_string(),
+                    actual,
+                });
             }
         }
         io::copy(&mut raw, &mut io::sink()).at(blob)?;
@@ -708,6 +706,7 @@ pub(crate) mod tests {
         let path = dir.path().join("blob");
         fs::write(&path, &blob).unwrap();
         let digest = super::super::blobs::sha256_digest(&blob);
+        let diff_id = super::super::blobs::sha256_digest(&t);
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let mut u = Unpacker::new(
@@ -718,7 +717,7 @@ pub(crate) mod tests {
             },
         );
         let err = u
-            .apply_blob(&path, &digest, Compression::Gzip, None)
+            .apply_blob(&path, &digest, Compression::Gzip, &diff_id)
             .unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
     }
@@ -733,15 +732,15 @@ pub(crate) mod tests {
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let mut u = Unpacker::new(&root, UnpackLimits::default());
-        u.apply_blob(&path, &digest, Compression::None, Some(&digest))
+        u.apply_blob(&path, &digest, Compression::None, &digest)
             .unwrap();
         let wrong = super::super::blobs::sha256_digest(b"nope");
         let err = u
-            .apply_blob(&path, &wrong, Compression::None, None)
+            .apply_blob(&path, &wrong, Compression::None, &digest)
             .unwrap_err();
         assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
         let err = u
-            .apply_blob(&path, &digest, Compression::None, Some(&wrong))
+            .apply_blob(&path, &digest, Compression::None, &wrong)
             .unwrap_err();
         assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     }
