@@ -141,8 +141,9 @@ async fn run(d: &Daemon, name: &str, image: &str) -> (i32, String) {
     (code, log)
 }
 
-/// The daemon still answers and the failed pull left nothing in the store.
-async fn assert_nothing_left(d: &Daemon, records: usize, case: &str) {
+/// The daemon still answers and failed pulls left nothing in the store: no temp files, no
+/// record or rootfs beyond `records` images, no blob beyond the `blobs` they hold.
+async fn assert_nothing_left(d: &Daemon, records: usize, blobs: usize, case: &str) {
     d.rt()
         .await
         .version(cri::v1::VersionRequest::default())
@@ -155,6 +156,11 @@ async fn assert_nothing_left(d: &Daemon, records: usize, case: &str) {
     );
     assert_eq!(image_store_entries(d, "records").len(), records, "{case}");
     assert_eq!(image_store_entries(d, "rootfs").len(), records, "{case}");
+    assert_eq!(
+        image_store_entries(d, "blobs/sha256").len(),
+        blobs,
+        "{case}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,7 +195,8 @@ async fn config_collision_never_runs_the_attackers_wasm() {
     // the checks reports what it did in every step.
     let attacker_pull = pull_image(&d, &attacker).await;
     eprintln!("OCI attacker pull: {attacker_pull:?}");
-    let records_after_attacker = image_store_entries(&d, "records").len();
+    let left_after_attacker =
+        ["records", "rootfs", "blobs/sha256", "tmp"].map(|sub| image_store_entries(&d, sub).len());
     let victim = format!("{}/e2e/victim@{victim_digest}", reg.host);
     let victim_pull = pull_image(&d, &victim).await;
     let (victim_code, victim_log) = run(&d, "victim", &victim).await;
@@ -225,8 +232,8 @@ async fn config_collision_never_runs_the_attackers_wasm() {
         "{e:?}"
     );
     assert_eq!(
-        records_after_attacker, 0,
-        "the rejected image left a record"
+        left_after_attacker, [0; 4],
+        "the rejected image left records, rootfs, blobs or temp files"
     );
     victim_pull.unwrap();
     assert_eq!(victim_code, 0, "{victim_log}");
@@ -236,7 +243,8 @@ async fn config_collision_never_runs_the_attackers_wasm() {
     assert_eq!(artifact_code, 0, "{artifact_log}");
     assert!(artifact_log.contains("hello from wasm"), "{artifact_log}");
     assert_eq!(attacker_code, 3);
-    assert_nothing_left(&d, 3, "after the collisions").await;
+    // Manifest, config and layer each; the two artifacts share their config.
+    assert_nothing_left(&d, 3, 8, "after the collisions").await;
     d.shutdown().await;
 }
 
@@ -391,7 +399,7 @@ async fn hostile_layers_end_in_clear_errors() {
             "{case}: daemon peak RSS grew {hwm_growth} KiB"
         );
     }
-    assert_nothing_left(&d, 1, "after the hostile layers").await;
+    assert_nothing_left(&d, 1, 3, "after the hostile layers").await;
     assert!(!d.dir.path().join("escape").exists());
     assert!(!images_dir(&d).join("escape").exists());
     d.shutdown().await;
