@@ -183,12 +183,15 @@ pub fn resolve_argv(
 }
 
 /// Image env overridden by CRI env (same key: CRI wins, position of the first occurrence).
+/// Linear: an index from key to position replaces a search per variable, so an image config
+/// with a huge `Env` cannot make container creation quadratic.
 pub fn merge_env(image_env: &[String], cri_env: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut set = |k: &str, v: &str| {
-        if let Some(e) = out.iter_mut().find(|(ek, _)| ek == k) {
-            e.1 = v.to_owned();
-        } else {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(image_env.len() + cri_env.len());
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(out.capacity());
+    let mut set = |k: &str, v: &str| match index.get(k) {
+        Some(&i) => out[i].1 = v.to_owned(),
+        None => {
+            index.insert(k.to_owned(), out.len());
             out.push((k.to_owned(), v.to_owned()));
         }
     };
@@ -243,6 +246,26 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn merge_env_handles_a_huge_image_env() {
+        // 100k distinct image variables (quadratic search: ~5e9 comparisons), every other one
+        // overridden by the CRI env, plus duplicates within the image env.
+        let n = 100_000;
+        let mut image: Vec<String> = (0..n).map(|i| format!("V{i}=image")).collect();
+        image.push("V0=again".into());
+        let cri: Vec<(String, String)> = (0..n)
+            .step_by(2)
+            .map(|i| (format!("V{i}"), "cri".into()))
+            .chain(std::iter::once(("NEW".into(), "x".into())))
+            .collect();
+        let merged = merge_env(&image, &cri);
+        assert_eq!(merged.len(), n + 1);
+        assert_eq!(merged[0], ("V0".into(), "cri".into()));
+        assert_eq!(merged[1], ("V1".into(), "image".into()));
+        assert_eq!(merged[n - 1], (format!("V{}", n - 1), "image".into()));
+        assert_eq!(merged[n], ("NEW".into(), "x".into()));
     }
 
     #[test]

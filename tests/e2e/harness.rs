@@ -947,3 +947,93 @@ pub fn status_field(pid: i32, key: &str) -> String {
         .trim()
         .to_string()
 }
+
+// ---- Crafted images in a registry ----
+
+/// Writes an OCI layout at `dir` with one manifest made of the given config (media type and
+/// bytes) and `(media type, blob)` layers, exactly as given (nothing derived, so config and
+/// layers may disagree). Returns the manifest digest.
+pub fn raw_oci_layout(
+    dir: &Path,
+    config_mt: &str,
+    config: &[u8],
+    layers: &[(&str, &[u8])],
+) -> String {
+    let (cd, cs) = put_blob(dir, config);
+    let layer_descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(mt, blob)| {
+            let (d, s) = put_blob(dir, blob);
+            serde_json::json!({"mediaType": mt, "digest": d, "size": s})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config_mt, "digest": cd, "size": cs},
+        "layers": layer_descs,
+    });
+    let mb = serde_json::to_vec(&manifest).unwrap();
+    let (md, ms) = put_blob(dir, &mb);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": md, "size": ms}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    md
+}
+
+/// Copies the one image of the OCI layout at `dir` to `reference` (`host:port/repo:tag` on a
+/// plain-HTTP registry) with skopeo, byte for byte (digests preserved).
+pub fn skopeo_push(dir: &Path, reference: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}", dir.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is installed (tests/run.sh)");
+    assert!(
+        out.status.success(),
+        "skopeo copy to {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// PullImage of `reference`: the image ref, or the gRPC status.
+pub async fn pull_image(d: &Daemon, reference: &str) -> Result<String, tonic::Status> {
+    d.img()
+        .await
+        .pull_image(pb::PullImageRequest {
+            image: Some(pb::ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+/// The daemon's image store directory.
+pub fn images_dir(d: &Daemon) -> PathBuf {
+    d.dir.path().join("root/images")
+}
+
+/// Entries in a directory of the daemon's image store (`tmp`, `records`, `rootfs`, ...).
+pub fn image_store_entries(d: &Daemon, sub: &str) -> Vec<String> {
+    std::fs::read_dir(images_dir(d).join(sub))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -3,6 +3,7 @@
 
 mod exec;
 mod harness;
+mod hostile_images;
 mod hostile_paths;
 mod hostile_pods;
 mod hostile_requests;

@@ -133,6 +133,10 @@ pub(crate) struct ConfigFile {
     pub config: Option<ContainerConfig>,
     #[serde(default)]
     pub rootfs: Option<RootFs>,
+    /// The OCI Wasm artifact's list of the manifest's layer digests, in order (it makes the
+    /// config digest unique to its layers; see [`super`] on image IDs).
+    #[serde(default, rename = "layerDigests")]
+    pub layer_digests: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -4,10 +4,24 @@
 //! # On disk (`root`, e.g. `/var/lib/wasmcri/images`)
 //! ```text
 //! blobs/sha256/<hex>     manifests, configs and layers, verified, stored once per digest
-//! records/<id-hex>.json  one image record per image ID (= config digest), atomic writes
+//! records/<id-hex>.json  one image record per image ID (see below), atomic writes
 //! rootfs/<id-hex>/       the unpacked root filesystem holding the .wasm
 //! tmp/                   temp files and unpack dirs; emptied on open
 //! ```
+//! # Image IDs
+//! An image ID must name one content, or a name could be made to point at someone else's
+//! layers. The ID is the config digest only when the config pins the layers: for an OCI image
+//! the config's `rootfs.diff_ids` must count exactly the manifest's layers and every layer is
+//! verified against its diff ID while it is unpacked; for a Wasm artifact the config's
+//! `layerDigests` must equal the manifest's layer digests. A Wasm artifact whose config does
+//! not list its layers (the CNCF spec added `layerDigests` for exactly this reason; older
+//! tools omit it) gets the manifest digest as its ID instead, so two artifacts sharing a
+//! config never alias. An existing record is reused without unpacking only when it was
+//! unpacked from exactly the incoming manifest's layers with the same packaging; an OCI image
+//! whose layer blobs differ (e.g. recompressed) is unpacked and verified first and only then
+//! named onto the existing ID (same config, verified diff IDs: same content). Records written
+//! before these checks carry `verified: false` and are never trusted by ID or digest alone.
+//!
 //! # Crash safety
 //! Every file is written to `tmp/`, fsynced and renamed into place. An image becomes visible
 //! only when its record is renamed into `records/`, after its blobs and rootfs are in place;
@@ -122,7 +136,8 @@ pub struct LayerInfo {
 /// A stored image (the durable record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
-    /// Image ID: the config digest, `sha256:<hex>`.
+    /// Image ID, `sha256:<hex>`: the config digest, or the manifest digest of a Wasm artifact
+    /// whose config does not list its layers (see the module docs).
     pub id: String,
     /// Normalised `registry/repo:tag` names.
     pub repo_tags: Vec<String>,
@@ -145,6 +160,11 @@ pub struct Image {
     pub wasm: Option<WasmEntry>,
     /// Seconds since the Unix epoch when first stored.
     pub created_at: i64,
+    /// The layers were checked against the config when this record was written (see the
+    /// module docs), so the ID alone names this content. Records from before that check read
+    /// as `false`: they are reused only for exactly their own layers.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// What [`ImageStore::remove`] did.
@@ -630,7 +650,8 @@ impl ImageStore {
             .map_err(|e| ImageError::io(&path, e.into()))
     }
 
-    /// Adds names to an existing image, moving tags away from any other image.
+    /// Adds names to an existing image, moving tags and repo digests away from any other
+    /// image (a name points at one content only).
     pub(crate) fn add_names(&self, id: &str, names: &Names) -> Result<Image> {
         let _commit = self.inner.lock_commit();
         self.add_names_locked(id, names)
@@ -648,13 +669,22 @@ impl ImageStore {
             let others: Vec<Image> = st
                 .images
                 .values()
-                .filter(|o| o.id != id && o.repo_tags.iter().any(|t| names.tags.contains(t)))
+                .filter(|o| {
+                    o.id != id
+                        && (o.repo_tags.iter().any(|t| names.tags.contains(t))
+                            || o.repo_digests
+                                .iter()
+                                .any(|d| names.repo_digests.contains(d)))
+                })
                 .cloned()
                 .collect();
             (img, others)
         };
         for mut other in others {
             other.repo_tags.retain(|t| !names.tags.contains(t));
+            other
+                .repo_digests
+                .retain(|d| !names.repo_digests.contains(d));
             self.write_record(&other)?;
             self.inner
                 .lock_state()
@@ -682,56 +712,146 @@ impl ImageStore {
         Ok(img)
     }
 
-    /// The image with config digest `id` if it is complete on disk (metadata check only).
+    /// The image with ID `id` if it is complete on disk and verified, i.e. the ID alone names
+    /// its content (metadata check only; see the module docs).
     pub(crate) fn existing(&self, id: &str) -> Option<Image> {
         let st = self.inner.lock_state();
-        st.images.get(id).filter(|i| i.rootfs.is_dir()).cloned()
+        st.images
+            .get(id)
+            .filter(|i| i.verified && i.rootfs.is_dir())
+            .cloned()
     }
 
-    /// Images whose repo digests include `digest` (manifest or index digest).
+    /// The verified image whose repo digests include `name@digest`, or whose manifest is
+    /// `digest`.
     pub(crate) fn by_repo_digest(&self, name: &str, digest: &str) -> Option<Image> {
         let want = format!("{name}@{digest}");
         let st = self.inner.lock_state();
         st.images
             .values()
             .find(|i| {
-                (i.repo_digests.contains(&want) || i.manifest_digest == digest) && i.rootfs.is_dir()
+                i.verified
+                    && (i.repo_digests.contains(&want) || i.manifest_digest == digest)
+                    && i.rootfs.is_dir()
             })
             .cloned()
     }
 
-    /// Turns stored, verified blobs into an image: unpacks the rootfs in `tmp/`, finds the
+    /// How the record already stored under `id`, if any, relates to an image with
+    /// `packaging` and `layers` being committed. Errors when the record cannot be trusted to
+    /// hold the same content and cannot be replaced either.
+    fn classify(&self, id: &str, packaging: Packaging, layers: &[Descriptor]) -> Result<Existing> {
+        let st = self.inner.lock_state();
+        let Some(img) = st.images.get(id) else {
+            return Ok(Existing::Absent);
+        };
+        let conflict = |reason: String| {
+            Err(ImageError::malformed(
+                format!("image {id}"),
+                format!(
+                    "the ID is already held by the image of manifest {} {reason}; remove that \
+                     image and retry",
+                    img.manifest_digest
+                ),
+            ))
+        };
+        if img.packaging != packaging {
+            return conflict(format!("packaged as {:?}", img.packaging));
+        }
+        let same_layers = img.layers.len() == layers.len()
+            && img
+                .layers
+                .iter()
+                .zip(layers)
+                .all(|(a, b)| a.digest == b.digest);
+        if !same_layers && !img.verified {
+            return conflict(
+                "with other layers, stored before layers were verified against the config"
+                    .to_string(),
+            );
+        }
+        Ok(if !img.rootfs.is_dir() {
+            Existing::Stale
+        } else if same_layers {
+            Existing::SameLayers
+        } else {
+            Existing::SameContent
+        })
+    }
+
+    /// Points `names` at the existing image `id` (commit lock held), marking it verified: the
+    /// caller checked its config against the incoming manifest's layers.
+    fn adopt_locked(&self, id: &str, names: &Names) -> Result<Image> {
+        let unverified = self
+            .inner
+            .lock_state()
+            .images
+            .get(id)
+            .filter(|i| !i.verified)
+            .cloned();
+        if let Some(mut img) = unverified {
+            img.verified = true;
+            self.write_record(&img)?;
+            self.inner.lock_state().images.insert(id.to_string(), img);
+        }
+        self.add_names_locked(id, names)
+    }
+
+    /// Reuses the record under `id` if [`Self::classify`] allows it without (further)
+    /// unpacking: `SameLayers` always, `SameContent` once the incoming layers are verified.
+    fn try_adopt(
+        &self,
+        id: &str,
+        packaging: Packaging,
+        layers: &[Descriptor],
+        names: &Names,
+        verified_incoming: bool,
+    ) -> Result<Option<Image>> {
+        let reusable = |e: Existing| {
+            e == Existing::SameLayers || (verified_incoming && e == Existing::SameContent)
+        };
+        if !reusable(self.classify(id, packaging, layers)?) {
+            return Ok(None);
+        }
+        let _commit = self.inner.lock_commit();
+        // Re-checked under the lock: a removal may have won the race.
+        if reusable(self.classify(id, packaging, layers)?) {
+            return self.adopt_locked(id, names).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Turns stored, verified blobs into an image: checks that the config pins the layers
+    /// (see the module docs), unpacks the rootfs in `tmp/` verifying every layer, finds the
     /// wasm, runs the precompile hook, renames the rootfs into place and writes the record.
     /// Blocking. The caller holds leases on the blobs.
     pub(crate) fn commit_image(&self, inc: Incoming) -> Result<Image> {
         let inner = &self.inner;
         let what = format!("manifest {}", inc.manifest_digest);
         let config_desc = inc.manifest.config(&what)?.clone();
-        let id = config_desc.digest.clone();
-        let id_hex = reference::validate_digest(&id)?.to_string();
+        let config_digest = config_desc.digest.clone();
         // Our own leases: the caller's may be released (cancelled pull) while this runs.
         let mut lease = self.lease();
         for d in std::iter::once(&inc.manifest_digest)
-            .chain(std::iter::once(&id))
+            .chain(std::iter::once(&config_digest))
             .chain(inc.manifest.layers.iter().map(|l| &l.digest))
             .chain(inc.extra_blobs.iter().map(|(d, _)| d))
         {
             lease.add(d);
         }
-        if self.existing(&id).is_some() {
-            let _commit = inner.lock_commit();
-            // Re-checked under the lock: a removal may have won the race.
-            if self.existing(&id).is_some() {
-                return self.add_names_locked(&id, &inc.names);
-            }
-        }
-
-        let config_bytes =
-            inner
-                .blobs
-                .read_verified(&id, MAX_JSON_BLOB, &format!("config {id}"))?;
+        let config_bytes = inner.blobs.read_verified(
+            &config_digest,
+            MAX_JSON_BLOB,
+            &format!("config {config_digest}"),
+        )?;
         let packaging = packaging_of(&inc.manifest, &config_desc)?;
-        let (config, platform, diff_ids) = parse_config(&config_bytes, packaging, &id)?;
+        let parsed = parse_config(&config_bytes, &config_digest)?;
+        let (id, diff_ids) = identity(&inc, &config_digest, packaging, &parsed)?;
+        let id_hex = reference::validate_digest(&id)?.to_string();
+        let layers = &inc.manifest.layers;
+        if let Some(img) = self.try_adopt(&id, packaging, layers, &inc.names, false)? {
+            return Ok(img);
+        }
 
         let work = tempfile::Builder::new()
             .prefix("unpack-")
@@ -739,7 +859,7 @@ impl ImageStore {
             .at(&inner.tmp)?;
         let guest_wasm = match packaging {
             Packaging::WasmArtifact => {
-                let layer = &inc.manifest.layers[0];
+                let layer = &layers[0];
                 let src = inner.blobs.path(&layer.digest)?;
                 let dest = work.path().join("app.wasm");
                 copy_verified(&src, &dest, &layer.digest)?;
@@ -747,17 +867,25 @@ impl ImageStore {
             }
             Packaging::OciImage => {
                 let mut unpacker = unpack::Unpacker::new(work.path(), inner.limits);
-                let use_diff_ids = diff_ids.len() == inc.manifest.layers.len();
-                for (i, layer) in inc.manifest.layers.iter().enumerate() {
+                for (layer, diff_id) in layers.iter().zip(&diff_ids) {
                     let compression = unpack::tar_layer_compression(&layer.media_type)
                         .ok_or_else(|| unsupported_layer(layer))?;
                     let blob = inner.blobs.path(&layer.digest)?;
-                    let diff_id = use_diff_ids.then(|| diff_ids[i].as_str());
                     unpacker.apply_blob(&blob, &layer.digest, compression, diff_id)?;
                 }
                 None
             }
         };
+        // Verified: the same content may already be stored under this ID from other layer
+        // blobs; then this unpack is redundant and dropped with `work`.
+        if let Some(img) = self.try_adopt(&id, packaging, layers, &inc.names, true)? {
+            return Ok(img);
+        }
+        let ParsedConfig {
+            mut config,
+            platform,
+            ..
+        } = parsed;
         let final_rootfs = inner.rootfs.join(&id_hex);
         let wasm_rel = match guest_wasm {
             Some(g) => Some(g),
@@ -782,14 +910,13 @@ impl ImageStore {
                 None
             }
         };
-        let mut config = config;
         if packaging == Packaging::WasmArtifact && config.entrypoint.is_empty() {
             config.entrypoint = vec!["/app.wasm".to_string()];
         }
 
-        let mut blobs_held = vec![inc.manifest_digest.clone(), id.clone()];
+        let mut blobs_held = vec![inc.manifest_digest.clone(), config_digest.clone()];
         let mut size = inc.manifest_size + config_desc.size.max(0) as u64;
-        for l in &inc.manifest.layers {
+        for l in layers {
             blobs_held.push(l.digest.clone());
             size += l.size.max(0) as u64;
         }
@@ -813,9 +940,7 @@ impl ImageStore {
                 .clone()
                 .unwrap_or_else(|| manifest::MT_OCI_MANIFEST.to_string()),
             config_media_type: config_desc.media_type.clone(),
-            layers: inc
-                .manifest
-                .layers
+            layers: layers
                 .iter()
                 .map(|l| LayerInfo {
                     digest: l.digest.clone(),
@@ -829,6 +954,7 @@ impl ImageStore {
             rootfs: final_rootfs.clone(),
             wasm,
             created_at: chrono::Utc::now().timestamp(),
+            verified: true,
         };
 
         // The unpacked files must be on disk before the record says the image exists (power
@@ -836,9 +962,12 @@ impl ImageStore {
         // file.
         sync_filesystem(work.path())?;
         let _commit = inner.lock_commit();
-        if self.existing(&id).is_some() {
+        match self.classify(&id, packaging, layers)? {
             // A concurrent commit of the same image won; ours is dropped with `work`.
-            return self.add_names_locked(&id, &inc.names);
+            Existing::SameLayers | Existing::SameContent => {
+                return self.adopt_locked(&id, &inc.names);
+            }
+            Existing::Absent | Existing::Stale => {}
         }
         if final_rootfs.exists() {
             remove_path(&final_rootfs)?;
@@ -931,13 +1060,19 @@ pub(crate) fn packaging_of(m: &Manifest, config: &Descriptor) -> Result<Packagin
     }
 }
 
-fn parse_config(
-    bytes: &[u8],
-    packaging: Packaging,
-    id: &str,
-) -> Result<(ImageConfig, Platform, Vec<String>)> {
+/// An image config as [`ImageStore::commit_image`] uses it.
+struct ParsedConfig {
+    config: ImageConfig,
+    platform: Platform,
+    /// `rootfs.diff_ids`, if the config has a `rootfs`.
+    diff_ids: Option<Vec<String>>,
+    /// The Wasm artifact's `layerDigests`, if present.
+    layer_digests: Option<Vec<String>>,
+}
+
+fn parse_config(bytes: &[u8], digest: &str) -> Result<ParsedConfig> {
     let file: manifest::ConfigFile = serde_json::from_slice(bytes)
-        .map_err(|e| ImageError::malformed(format!("config {id}"), e))?;
+        .map_err(|e| ImageError::malformed(format!("config {digest}"), e))?;
     let platform = Platform {
         os: file.os.clone(),
         architecture: file.architecture.clone(),
@@ -956,11 +1091,73 @@ fn parse_config(
         exposed_ports,
         stop_signal: c.stop_signal.unwrap_or_default(),
     };
-    let diff_ids = match packaging {
-        Packaging::OciImage => file.rootfs.map(|r| r.diff_ids).unwrap_or_default(),
-        Packaging::WasmArtifact => Vec::new(),
-    };
-    Ok((config, platform, diff_ids))
+    Ok(ParsedConfig {
+        config,
+        platform,
+        diff_ids: file.rootfs.map(|r| r.diff_ids),
+        layer_digests: file.layer_digests,
+    })
+}
+
+/// How the record already stored under an image ID relates to the image being committed
+/// (see [`ImageStore::classify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// No record has this ID.
+    Absent,
+    /// Unpacked from exactly the incoming layers, same packaging: reuse it as is.
+    SameLayers,
+    /// Verified, same packaging, other layer blobs: reuse it once the incoming layers are
+    /// verified against the same diff IDs.
+    SameContent,
+    /// Its rootfs is gone: unpack and replace it, keeping its names.
+    Stale,
+}
+
+/// Checks that the config pins the manifest's layers and returns the image ID and, for an
+/// OCI image, the diff ID of each layer (see the module docs).
+fn identity(
+    inc: &Incoming,
+    config_digest: &str,
+    packaging: Packaging,
+    parsed: &ParsedConfig,
+) -> Result<(String, Vec<String>)> {
+    let what = || format!("config {config_digest} of manifest {}", inc.manifest_digest);
+    let layers: Vec<&str> = inc
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.digest.as_str())
+        .collect();
+    match packaging {
+        Packaging::OciImage => {
+            let Some(diff_ids) = &parsed.diff_ids else {
+                return Err(ImageError::malformed(
+                    what(),
+                    "no rootfs.diff_ids: the layers cannot be verified",
+                ));
+            };
+            if diff_ids.len() != layers.len() {
+                return Err(ImageError::malformed(
+                    what(),
+                    format!(
+                        "rootfs.diff_ids lists {} layers but the manifest has {}",
+                        diff_ids.len(),
+                        layers.len()
+                    ),
+                ));
+            }
+            Ok((config_digest.to_string(), diff_ids.clone()))
+        }
+        Packaging::WasmArtifact => match &parsed.layer_digests {
+            Some(listed) if *listed != layers => Err(ImageError::malformed(
+                what(),
+                format!("layerDigests {listed:?} differ from the manifest's layers {layers:?}"),
+            )),
+            Some(_) => Ok((config_digest.to_string(), Vec::new())),
+            None => Ok((inc.manifest_digest.clone(), Vec::new())),
+        },
+    }
 }
 
 /// Copies a blob into the rootfs, verifying its digest on the way.

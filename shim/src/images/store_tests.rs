@@ -602,3 +602,336 @@ fn store_is_send_sync_and_its_futures_are_send() {
     send(s.remove("x"));
     send(s.fs_usage());
 }
+
+// ---- Image identity: a name points only at the content its manifest names ----
+
+/// A core module other than [`CORE_MODULE`] (a custom section appended): the attacker's wasm.
+const EVIL_MODULE: &[u8] = b"\0asm\x01\0\0\0\0\x04\x03evl";
+
+impl Layout {
+    /// A manifest with the given config (media type and JSON) and `(media type, blob)` layers,
+    /// stored as is: nothing is derived, so configs and layers can disagree.
+    pub(crate) fn raw_manifest(
+        &self,
+        config_mt: &str,
+        config: &serde_json::Value,
+        layers: &[(&str, Vec<u8>)],
+    ) -> serde_json::Value {
+        let config_desc = self.desc(config_mt, &serde_json::to_vec(config).unwrap());
+        let layer_descs: Vec<_> = layers.iter().map(|(mt, b)| self.desc(mt, b)).collect();
+        let m = json!({
+            "schemaVersion": 2, "mediaType": manifest::MT_OCI_MANIFEST,
+            "config": config_desc, "layers": layer_descs,
+        });
+        self.desc(manifest::MT_OCI_MANIFEST, &serde_json::to_vec(&m).unwrap())
+    }
+}
+
+/// Imports the one manifest `m` under `name` from a fresh layout.
+async fn import_one(
+    store: &ImageStore,
+    build: impl FnOnce(&Layout) -> serde_json::Value,
+    name: &str,
+) -> Result<Image> {
+    let mut layout = Layout::new();
+    let m = build(&layout);
+    layout.add(m, Some(name));
+    store
+        .import_layout(layout.finish(), None)
+        .await
+        .map(|mut v| v.remove(0))
+}
+
+fn oci_config(diff_ids: &[String]) -> serde_json::Value {
+    json!({
+        "architecture": "wasm", "os": "wasip1",
+        "config": {"Entrypoint": ["/app.wasm"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    })
+}
+
+fn app_layer(wasm: &[u8]) -> Vec<u8> {
+    TarBuilder::new().file("app.wasm", wasm).build()
+}
+
+#[tokio::test]
+async fn oci_config_collision_never_aliases() {
+    // The victim's config C names its one layer's diff ID. The attacker publishes C with two
+    // layers of their own: the diff ID count differs, which used to skip verification and
+    // store the attacker's wasm under ID C, where the victim's later import then landed.
+    let (_d, store) = open_store();
+    let good = app_layer(CORE_MODULE);
+    let config = oci_config(&[sha256_digest(&good)]);
+    let evil = app_layer(EVIL_MODULE);
+    let err = import_one(
+        &store,
+        |l| {
+            l.raw_manifest(
+                manifest::MT_OCI_CONFIG,
+                &config,
+                &[(MT_TAR, evil.clone()), (MT_TAR, evil.clone())],
+            )
+        },
+        "example.com/attacker:1",
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        ImageError::Malformed { what, reason } => {
+            assert!(what.starts_with("config sha256:") && what.contains("of manifest sha256:"));
+            assert!(
+                reason.contains("lists 1 layers but the manifest has 2"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert_empty(&store);
+    // Same count, wrong content: the diff ID check rejects it.
+    let err = import_one(
+        &store,
+        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, evil.clone())]),
+        "example.com/attacker:2",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert_empty(&store);
+
+    let victim = import_one(
+        &store,
+        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        "example.com/victim:1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(fs::read(victim.wasm.unwrap().path).unwrap(), CORE_MODULE);
+    assert_eq!(count(&store.root().join("tmp")), 0);
+}
+
+#[tokio::test]
+async fn artifact_config_collision_gets_distinct_ids() {
+    // An artifact config without layerDigests does not pin its layer: two artifacts sharing it
+    // are different images, each ID'd by its manifest digest.
+    let (_d, store) = open_store();
+    let config = json!({"architecture": "wasm", "os": "wasip1"});
+    let artifact = |wasm: &'static [u8]| {
+        let config = config.clone();
+        move |l: &Layout| {
+            l.raw_manifest(
+                manifest::MT_WASM_CONFIG,
+                &config,
+                &[(manifest::MT_WASM_LAYER, wasm.to_vec())],
+            )
+        }
+    };
+    let attacker = import_one(&store, artifact(EVIL_MODULE), "example.com/attacker:1")
+        .await
+        .unwrap();
+    let victim = import_one(&store, artifact(CORE_MODULE), "example.com/victim:1")
+        .await
+        .unwrap();
+    assert_ne!(attacker.id, victim.id);
+    assert_eq!(
+        victim.id, victim.manifest_digest,
+        "ID is the manifest digest"
+    );
+    assert_eq!(fs::read(victim.wasm.unwrap().path).unwrap(), CORE_MODULE);
+    let by_name = store.get("example.com/victim:1").unwrap();
+    assert_eq!(fs::read(by_name.wasm.unwrap().path).unwrap(), CORE_MODULE);
+    let by_digest = store
+        .get(&format!("example.com/victim@{}", victim.manifest_digest))
+        .unwrap();
+    assert_eq!(by_digest.id, victim.id);
+    assert_eq!(
+        fs::read(
+            store
+                .get("example.com/attacker:1")
+                .unwrap()
+                .wasm
+                .unwrap()
+                .path
+        )
+        .unwrap(),
+        EVIL_MODULE
+    );
+    // An artifact whose config lists its layer keeps the config digest as its ID.
+    let listed = import_one(&store, |l| l.artifact(COMPONENT), "example.com/listed:1")
+        .await
+        .unwrap();
+    assert_ne!(listed.id, listed.manifest_digest);
+    assert!(listed.blobs.contains(&listed.id));
+}
+
+#[tokio::test]
+async fn artifact_layer_digests_mismatch_is_rejected() {
+    let (_d, store) = open_store();
+    let config = json!({
+        "architecture": "wasm", "os": "wasip1",
+        "layerDigests": [sha256_digest(CORE_MODULE)],
+    });
+    let err = import_one(
+        &store,
+        |l| {
+            l.raw_manifest(
+                manifest::MT_WASM_CONFIG,
+                &config,
+                &[(manifest::MT_WASM_LAYER, EVIL_MODULE.to_vec())],
+            )
+        },
+        "example.com/attacker:1",
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        ImageError::Malformed { what, reason } => {
+            assert!(what.contains("of manifest sha256:"), "{what}");
+            assert!(reason.contains("layerDigests"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_empty(&store);
+}
+
+#[tokio::test]
+async fn oci_config_without_diff_ids_is_rejected() {
+    let (_d, store) = open_store();
+    let config = json!({"architecture": "wasm", "os": "wasip1"});
+    let err = import_one(
+        &store,
+        |l| {
+            l.raw_manifest(
+                manifest::MT_OCI_CONFIG,
+                &config,
+                &[(MT_TAR, app_layer(CORE_MODULE))],
+            )
+        },
+        "example.com/x:1",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no rootfs.diff_ids"), "{err}");
+    assert_empty(&store);
+}
+
+#[tokio::test]
+async fn same_config_other_blobs_verified_then_shared() {
+    // The same content compressed differently: one image ID, the second manifest's layers
+    // verified (unpacked to tmp and dropped) before its name points there.
+    let (_d, store) = open_store();
+    let good = app_layer(CORE_MODULE);
+    let config = oci_config(&[sha256_digest(&good)]);
+    let first = import_one(
+        &store,
+        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        "example.com/a:1",
+    )
+    .await
+    .unwrap();
+    let second = import_one(
+        &store,
+        |l| {
+            l.raw_manifest(
+                manifest::MT_OCI_CONFIG,
+                &config,
+                &[(MT_TAR_ZSTD, zstd(&good))],
+            )
+        },
+        "example.com/b:1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.id, second.id);
+    assert_eq!(second.manifest_digest, first.manifest_digest, "record kept");
+    assert_eq!(second.repo_tags, vec!["example.com/a:1", "example.com/b:1"]);
+    assert_eq!(count(&store.root().join("rootfs")), 1);
+    assert_eq!(count(&store.root().join("tmp")), 0);
+    // The same config with a zstd layer that is not the diff ID is rejected, names unchanged,
+    // and its blobs do not stay.
+    let blobs_before = count(&store.root().join("blobs/sha256"));
+    let err = import_one(
+        &store,
+        |l| {
+            l.raw_manifest(
+                manifest::MT_OCI_CONFIG,
+                &config,
+                &[(MT_TAR_ZSTD, zstd(&app_layer(EVIL_MODULE)))],
+            )
+        },
+        "example.com/b:1",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert_eq!(store.get("example.com/b:1").unwrap().id, first.id);
+    assert_eq!(count(&store.root().join("blobs/sha256")), blobs_before);
+    assert_eq!(count(&store.root().join("tmp")), 0);
+    let img = store.get(&first.id).unwrap();
+    assert_eq!(fs::read(img.wasm.unwrap().path).unwrap(), CORE_MODULE);
+}
+
+#[tokio::test]
+async fn unverified_record_is_never_trusted_by_id() {
+    // A record from before layers were verified (as an aliasing attack could have left it):
+    // never returned by ID or digest alone, reused only for its own layers, and another
+    // manifest naming its ID gets a clear error instead of the name.
+    let (_d, store) = open_store();
+    let good = app_layer(CORE_MODULE);
+    let config = oci_config(&[sha256_digest(&good)]);
+    let img = import_one(
+        &store,
+        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        "example.com/a:1",
+    )
+    .await
+    .unwrap();
+    assert!(img.verified);
+    assert!(store.existing(&img.id).is_some());
+    let record = store
+        .root()
+        .join("records")
+        .join(format!("{}.json", &img.id[7..]));
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("verified");
+    fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+    let root = store.root().to_path_buf();
+    drop(store);
+    let store = ImageStore::open(&root, None).unwrap();
+    assert!(store.existing(&img.id).is_none());
+    assert!(
+        store
+            .by_repo_digest("example.com/a", &img.manifest_digest)
+            .is_none()
+    );
+    let err = import_one(
+        &store,
+        |l| {
+            l.raw_manifest(
+                manifest::MT_OCI_CONFIG,
+                &config,
+                &[(MT_TAR_GZ, gzip(&good))],
+            )
+        },
+        "example.com/b:1",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stored before layers were verified"),
+        "{err}"
+    );
+    assert!(store.get("example.com/b:1").is_err());
+    // Its own layers again: reused and now verified.
+    let again = import_one(
+        &store,
+        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        "example.com/c:1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.id, img.id);
+    assert!(again.verified);
+    assert!(store.existing(&img.id).is_some());
+    assert_eq!(count(&store.root().join("tmp")), 0);
+}

@@ -13,9 +13,18 @@
 //! - device nodes and FIFOs are rejected; setuid/setgid/sticky bits are dropped;
 //! - OCI whiteouts: `.wh.<name>` deletes `<name>` from lower layers, `.wh..wh..opq` empties its
 //!   directory of lower-layer content; whiteout files themselves are never materialised;
-//! - [`UnpackLimits`] caps total unpacked bytes and entries across all layers of an image
-//!   (decompression bombs), and each compressed blob is re-hashed while it is read, so a blob
-//!   corrupted at rest is caught before the image is committed.
+//! - [`UnpackLimits`] caps total bytes and entries across all layers of an image
+//!   (decompression bombs): every entry's declared data size is charged before its data is
+//!   read or skipped, so what the decompressor produces stays within `max_bytes` plus under
+//!   1 KiB per entry; each compressed blob is re-hashed while it is read, so a blob corrupted
+//!   at rest is caught before the image is committed;
+//! - metadata is parsed here, not by the `tar` crate (which reads it whole first): PAX `x`
+//!   and GNU `L`/`K` entries are read capped at [`MAX_METADATA_ENTRY`] and their `path`,
+//!   `linkpath` and long names apply to the next member; anything two parsers could read
+//!   differently is rejected: a PAX `size` other than the header's, two metadata entries of
+//!   one kind (or a GNU long name and a PAX path) for one member, NUL inside a name, metadata
+//!   with no member after it, a PAX global header setting paths or sizes (global headers are
+//!   otherwise not applied, as in containerd), and GNU sparse files.
 //!
 //! Errors name the offending entry. Cleanup is the caller's: it unpacks into a temp dir and
 //! drops it on failure.
@@ -40,7 +49,8 @@ const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UnpackLimits {
-    /// Maximum total bytes of regular-file content written.
+    /// Maximum total declared data size of all entries: file content, and the data of
+    /// metadata and of entries whose data is skipped (directories, links, whiteouts).
     pub max_bytes: u64,
     /// Maximum number of archive entries processed.
     pub max_entries: u64,
@@ -100,13 +110,13 @@ impl Unpacker {
     }
 
     /// Applies the layer blob at `blob` (compressed per `compression`), verifying that the blob
-    /// hashes to `digest` and, when given, that the uncompressed tar hashes to `diff_id`.
+    /// hashes to `digest` and that the uncompressed tar hashes to `diff_id`.
     pub(crate) fn apply_blob(
         &mut self,
         blob: &Path,
         digest: &str,
         compression: Compression,
-        diff_id: Option<&str>,
+        diff_id: &str,
     ) -> Result<()> {
         let f = File::open(blob).at(blob)?;
         let mut raw = HashingReader::new(BufReader::new(f));
@@ -129,15 +139,13 @@ impl Unpacker {
                     limit: self.limits.max_bytes,
                 });
             }
-            if let Some(expected) = diff_id {
-                let actual = diff.digest();
-                if actual != expected {
-                    return Err(ImageError::DigestMismatch {
-                        what: format!("uncompressed layer (diff ID) of {digest}"),
-                        expected: expected.to_string(),
-                        actual,
-                    });
-                }
+            let actual = diff.digest();
+            if actual != diff_id {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("uncompressed layer (diff ID) of {digest}"),
+                    expected: diff_id.to_string(),
+                    actual,
+                });
             }
         }
         io::copy(&mut raw, &mut io::sink()).at(blob)?;
@@ -153,12 +161,21 @@ impl Unpacker {
     }
 
     /// Applies one uncompressed tar stream onto the rootfs.
+    ///
+    /// Entries are iterated raw: the `tar` crate would read PAX and GNU long name/link
+    /// entries whole into memory, and skip by a PAX size, before any limit applies. Here every
+    /// entry's declared size is charged to [`UnpackLimits::max_bytes`] before its data is read
+    /// or skipped, so the decompressed stream is bounded by `max_bytes` plus one header and
+    /// padding (under 1 KiB) per entry; metadata is read capped at [`MAX_METADATA_ENTRY`].
     pub(crate) fn apply_tar(&mut self, reader: &mut dyn Read, layer: &str) -> Result<()> {
+        use tar::EntryType as T;
         let mut archive = tar::Archive::new(reader);
         let mut created: HashSet<PathBuf> = HashSet::new();
+        let mut pending = Pending::default();
         let entries = archive
             .entries()
-            .map_err(|e| ImageError::malformed(format!("layer {layer}"), e))?;
+            .map_err(|e| ImageError::malformed(format!("layer {layer}"), e))?
+            .raw(true);
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| ImageError::malformed(format!("layer {layer} tar entry"), e))?;
@@ -169,8 +186,57 @@ impl Unpacker {
                     limit: self.limits.max_entries,
                 });
             }
-            let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            self.apply_entry(&mut entry, &raw_name, &mut created)?;
+            let header_name = String::from_utf8_lossy(&entry.header().path_bytes()).into_owned();
+            let size = entry
+                .header()
+                .entry_size()
+                .map_err(|e| ImageError::malformed(format!("layer entry {header_name:?}"), e))?;
+            // Charged before the data is read or skipped, whatever the entry is.
+            if self.bytes.saturating_add(size) > self.limits.max_bytes {
+                return Err(ImageError::TooLarge {
+                    what: format!(
+                        "unpacked layer content (entry {header_name:?} of layer {layer} \
+                         declares {size} bytes)"
+                    ),
+                    limit: self.limits.max_bytes,
+                });
+            }
+            self.bytes += size;
+            let kind = entry.header().entry_type();
+            match kind {
+                T::XHeader => {
+                    let data = read_metadata(&mut entry, size, &header_name)?;
+                    pending.set(Meta::Pax, data, &header_name)?;
+                }
+                T::GNULongName => {
+                    let data = read_metadata(&mut entry, size, &header_name)?;
+                    pending.set(Meta::LongName, data, &header_name)?;
+                }
+                T::GNULongLink => {
+                    let data = read_metadata(&mut entry, size, &header_name)?;
+                    pending.set(Meta::LongLink, data, &header_name)?;
+                }
+                T::XGlobalHeader => {
+                    let data = read_metadata(&mut entry, size, &header_name)?;
+                    check_global_pax(&data, &header_name)?;
+                }
+                T::GNUSparse => {
+                    return Err(ImageError::hostile(
+                        header_name,
+                        "GNU sparse files are not supported in a wasm rootfs",
+                    ));
+                }
+                _ => {
+                    let member = std::mem::take(&mut pending).resolve(entry.header(), size)?;
+                    self.apply_entry(&mut entry, &member, &mut created)?;
+                }
+            }
+        }
+        if let Some(kind) = pending.any() {
+            return Err(ImageError::hostile(
+                format!("<end of layer {layer}>"),
+                format!("{kind} metadata entry describes no member"),
+            ));
         }
         Ok(())
     }
@@ -178,17 +244,12 @@ impl Unpacker {
     fn apply_entry(
         &mut self,
         entry: &mut tar::Entry<'_, &mut dyn Read>,
-        name: &str,
+        member: &Member,
         created: &mut HashSet<PathBuf>,
     ) -> Result<()> {
         use tar::EntryType as T;
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
-        ) {
-            return Ok(());
-        }
+        let name = member.name.as_str();
         let rel = clean_path(Path::new(name), name)?;
         let Some(file_name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
             // The rootfs itself ("/" or "./"): nothing to create.
@@ -233,14 +294,7 @@ impl Unpacker {
                 // Owner rwx kept so later layers (and cleanup) can modify the tree.
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).at(&full)?;
             }
-            T::Regular | T::Continuous | T::GNUSparse => {
-                let size = entry.header().entry_size().unwrap_or(0);
-                if self.bytes.saturating_add(size) > self.limits.max_bytes {
-                    return Err(ImageError::TooLarge {
-                        what: format!("unpacked layer content (at entry {name:?})"),
-                        limit: self.limits.max_bytes,
-                    });
-                }
+            T::Regular | T::Continuous => {
                 remove_any(&full, name)?;
                 let mut out = OpenOptions::new()
                     .write(true)
@@ -249,25 +303,17 @@ impl Unpacker {
                     .mode(0o600)
                     .open(&full)
                     .at(&full)?;
-                let budget = self.limits.max_bytes - self.bytes;
-                let written = io::copy(&mut (&mut *entry).take(budget + 1), &mut out)
+                // The entry reads at most its declared size, already charged.
+                io::copy(entry, &mut out)
                     .map_err(|e| ImageError::malformed(format!("layer entry {name:?}"), e))?;
-                if written > budget {
-                    return Err(ImageError::TooLarge {
-                        what: format!("unpacked layer content (at entry {name:?})"),
-                        limit: self.limits.max_bytes,
-                    });
-                }
-                self.bytes += written;
                 out.set_permissions(fs::Permissions::from_mode(mode))
                     .at(&full)?;
             }
             T::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ImageError::malformed(format!("layer entry {name:?}"), e))?
-                    .ok_or_else(|| ImageError::hostile(name, "symlink without target"))?
-                    .into_owned();
+                let target = member
+                    .link
+                    .clone()
+                    .ok_or_else(|| ImageError::hostile(name, "symlink without target"))?;
                 if symlink_escapes(&rel, &target) {
                     return Err(ImageError::hostile(
                         name,
@@ -278,11 +324,10 @@ impl Unpacker {
                 std::os::unix::fs::symlink(&target, &full).at(&full)?;
             }
             T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ImageError::malformed(format!("layer entry {name:?}"), e))?
-                    .ok_or_else(|| ImageError::hostile(name, "hard link without target"))?
-                    .into_owned();
+                let target = member
+                    .link
+                    .clone()
+                    .ok_or_else(|| ImageError::hostile(name, "hard link without target"))?;
                 let target_name = target.display().to_string();
                 let target_rel = clean_path(&target, name)?;
                 let source = self.existing_regular_file(&target_rel).ok_or_else(|| {
@@ -364,6 +409,206 @@ impl Unpacker {
         }
         (n > 0).then_some(cur)
     }
+}
+
+/// Largest PAX (`x`/`g`) or GNU long name/link (`L`/`K`) metadata entry read. Real ones hold a
+/// path or a few attributes (PATH_MAX is 4 KiB); a layer declaring more is a memory bomb, and
+/// the limit stops it before anything is read.
+pub(crate) const MAX_METADATA_ENTRY: u64 = 64 << 10;
+
+/// A metadata entry kind describing the next member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meta {
+    Pax,
+    LongName,
+    LongLink,
+}
+
+impl std::fmt::Display for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Meta::Pax => "PAX extended header",
+            Meta::LongName => "GNU long name",
+            Meta::LongLink => "GNU long link",
+        })
+    }
+}
+
+/// Metadata read so far for the next member.
+#[derive(Debug, Default)]
+struct Pending {
+    pax: Option<Vec<u8>>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+/// A member with its metadata applied.
+#[derive(Debug)]
+struct Member {
+    /// The path as archived (before [`clean_path`]).
+    name: String,
+    /// Symlink or hard link target.
+    link: Option<PathBuf>,
+}
+
+impl Pending {
+    /// Records metadata of `kind`; a second one of the same kind for one member is hostile
+    /// (parsers disagree on which wins).
+    fn set(&mut self, kind: Meta, data: Vec<u8>, entry: &str) -> Result<()> {
+        let slot = match kind {
+            Meta::Pax => &mut self.pax,
+            Meta::LongName => &mut self.long_name,
+            Meta::LongLink => &mut self.long_link,
+        };
+        if slot.is_some() {
+            return Err(ImageError::hostile(
+                entry,
+                format!("two {kind} entries for one member"),
+            ));
+        }
+        *slot = Some(data);
+        Ok(())
+    }
+
+    /// The kind of some metadata still waiting for a member.
+    fn any(&self) -> Option<Meta> {
+        if self.pax.is_some() {
+            Some(Meta::Pax)
+        } else if self.long_name.is_some() {
+            Some(Meta::LongName)
+        } else if self.long_link.is_some() {
+            Some(Meta::LongLink)
+        } else {
+            None
+        }
+    }
+
+    /// Applies the metadata to the member with `header` and declared `size`.
+    fn resolve(self, header: &tar::Header, size: u64) -> Result<Member> {
+        let header_name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+        let mut pax_path = None;
+        let mut pax_link = None;
+        if let Some(pax) = &self.pax {
+            for field in tar::PaxExtensions::new(pax) {
+                let field = field.map_err(|e| {
+                    ImageError::hostile(&header_name, format!("malformed PAX header: {e}"))
+                })?;
+                let key = field.key_bytes();
+                let value = field.value_bytes();
+                match key {
+                    b"path" => pax_path = Some(meta_string(value, "PAX path", &header_name)?),
+                    b"linkpath" => {
+                        pax_link = Some(meta_string(value, "PAX linkpath", &header_name)?)
+                    }
+                    b"size" => {
+                        let declared = std::str::from_utf8(value)
+                            .ok()
+                            .and_then(|v| v.parse::<u64>().ok());
+                        // Skipping is by the header size; a reader trusting the PAX size would
+                        // see other entries (how smuggled entries are built).
+                        if declared != Some(size) {
+                            return Err(ImageError::hostile(
+                                &header_name,
+                                format!(
+                                    "PAX size {:?} differs from the header size {size}",
+                                    String::from_utf8_lossy(value)
+                                ),
+                            ));
+                        }
+                    }
+                    k if k.starts_with(b"GNU.sparse.") => {
+                        return Err(ImageError::hostile(
+                            &header_name,
+                            "GNU sparse files are not supported in a wasm rootfs",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let long_name = self
+            .long_name
+            .map(|v| meta_string(&v, "GNU long name", &header_name))
+            .transpose()?;
+        let long_link = self
+            .long_link
+            .map(|v| meta_string(&v, "GNU long link", &header_name))
+            .transpose()?;
+        let name = match (long_name, pax_path) {
+            (Some(_), Some(_)) => {
+                return Err(ImageError::hostile(
+                    header_name,
+                    "both a GNU long name and a PAX path",
+                ));
+            }
+            (Some(n), None) | (None, Some(n)) => n,
+            (None, None) => header_name.clone(),
+        };
+        let link = match (long_link, pax_link) {
+            (Some(_), Some(_)) => {
+                return Err(ImageError::hostile(
+                    name,
+                    "both a GNU long link and a PAX linkpath",
+                ));
+            }
+            (Some(l), None) | (None, Some(l)) => Some(l),
+            (None, None) => header
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned()),
+        };
+        Ok(Member {
+            name,
+            link: link.map(PathBuf::from),
+        })
+    }
+}
+
+/// A path from metadata: GNU long names end in NUL; any other NUL, or an empty path, would be
+/// read differently by other parsers.
+fn meta_string(value: &[u8], what: &str, entry: &str) -> Result<String> {
+    let trimmed = value.strip_suffix(b"\0").unwrap_or(value);
+    if trimmed.is_empty() || trimmed.contains(&0) {
+        return Err(ImageError::hostile(
+            entry,
+            format!("{what} is empty or contains NUL"),
+        ));
+    }
+    std::str::from_utf8(trimmed)
+        .map(str::to_string)
+        .map_err(|_| ImageError::hostile(entry, format!("{what} is not UTF-8")))
+}
+
+/// Reads a metadata entry's data, refusing more than [`MAX_METADATA_ENTRY`] before reading.
+fn read_metadata(entry: &mut impl Read, size: u64, name: &str) -> Result<Vec<u8>> {
+    if size > MAX_METADATA_ENTRY {
+        return Err(ImageError::TooLarge {
+            what: format!("tar metadata entry {name:?} ({size} bytes)"),
+            limit: MAX_METADATA_ENTRY,
+        });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry
+        .take(size)
+        .read_to_end(&mut data)
+        .map_err(|e| ImageError::malformed(format!("tar metadata entry {name:?}"), e))?;
+    Ok(data)
+}
+
+/// A PAX global header is not applied (as in containerd); one that would change paths, sizes
+/// or sparseness for a reader that does apply it is hostile.
+fn check_global_pax(data: &[u8], name: &str) -> Result<()> {
+    for field in tar::PaxExtensions::new(data) {
+        let field =
+            field.map_err(|e| ImageError::hostile(name, format!("malformed PAX header: {e}")))?;
+        let key = field.key_bytes();
+        if matches!(key, b"path" | b"linkpath" | b"size") || key.starts_with(b"GNU.sparse.") {
+            return Err(ImageError::hostile(
+                name,
+                format!("PAX global header sets {:?}", String::from_utf8_lossy(key)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Makes an archive path relative: strips leading `/` and `.`; rejects `..`.
@@ -492,8 +737,66 @@ pub(crate) mod tests {
             self
         }
 
+        /// An entry of any type with `data`, e.g. a metadata entry.
+        pub(crate) fn raw(mut self, kind: tar::EntryType, name: &str, data: &[u8]) -> Self {
+            let h = Self::header(name, kind, data.len() as u64);
+            self.b.append(&h, data).unwrap();
+            self
+        }
+
+        /// A PAX extended header (`x`) for the next entry.
+        pub(crate) fn pax(self, fields: &[(&str, &str)]) -> Self {
+            self.raw(
+                tar::EntryType::XHeader,
+                "PaxHeaders/next",
+                &pax_records(fields),
+            )
+        }
+
         pub(crate) fn build(self) -> Vec<u8> {
             self.b.into_inner().unwrap()
+        }
+    }
+
+    /// PAX records: `<length> <key>=<value>\n`, the length counting itself.
+    pub(crate) fn pax_records(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in fields {
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len() + 1;
+            while len.to_string().len() + body.len() != len {
+                len += 1;
+            }
+            out.extend_from_slice(format!("{len}{body}").as_bytes());
+        }
+        out
+    }
+
+    /// One raw 512-byte header block.
+    pub(crate) fn header_block(name: &str, kind: tar::EntryType, size: u64) -> Vec<u8> {
+        TarBuilder::header(name, kind, size).as_bytes().to_vec()
+    }
+
+    /// A tar stream: `head`, then `size` zero bytes of data, then `tail` (whole entries and the
+    /// end marker), produced lazily so bombs need no memory.
+    pub(crate) fn lazy_tar(head: Vec<u8>, size: u64, tail: Vec<u8>) -> impl Read {
+        let pad = (512 - size % 512) % 512;
+        io::Cursor::new(head)
+            .chain(io::repeat(0).take(size + pad))
+            .chain(io::Cursor::new(tail))
+    }
+
+    /// Counts the bytes read through it.
+    pub(crate) struct Counting<R> {
+        pub(crate) inner: R,
+        pub(crate) read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
         }
     }
 
@@ -708,6 +1011,7 @@ pub(crate) mod tests {
         let path = dir.path().join("blob");
         fs::write(&path, &blob).unwrap();
         let digest = super::super::blobs::sha256_digest(&blob);
+        let diff_id = super::super::blobs::sha256_digest(&t);
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let mut u = Unpacker::new(
@@ -718,7 +1022,7 @@ pub(crate) mod tests {
             },
         );
         let err = u
-            .apply_blob(&path, &digest, Compression::Gzip, None)
+            .apply_blob(&path, &digest, Compression::Gzip, &diff_id)
             .unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
     }
@@ -733,16 +1037,240 @@ pub(crate) mod tests {
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let mut u = Unpacker::new(&root, UnpackLimits::default());
-        u.apply_blob(&path, &digest, Compression::None, Some(&digest))
+        u.apply_blob(&path, &digest, Compression::None, &digest)
             .unwrap();
         let wrong = super::super::blobs::sha256_digest(b"nope");
         let err = u
-            .apply_blob(&path, &wrong, Compression::None, None)
+            .apply_blob(&path, &wrong, Compression::None, &digest)
             .unwrap_err();
         assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
         let err = u
-            .apply_blob(&path, &digest, Compression::None, Some(&wrong))
+            .apply_blob(&path, &digest, Compression::None, &wrong)
             .unwrap_err();
         assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    }
+
+    // ---- Bounded parsing: metadata entries and skipped data ----
+
+    /// A file entry and the end marker, to follow a bomb.
+    fn tail() -> Vec<u8> {
+        TarBuilder::new().file("after.wasm", b"x").build()
+    }
+
+    /// Applies a lazily generated stream, returning the result and how much was read.
+    fn apply_counted(stream: impl Read, limits: UnpackLimits) -> (Result<()>, u64) {
+        let root = tempfile::tempdir().unwrap();
+        let mut r = Counting {
+            inner: stream,
+            read: 0,
+        };
+        let mut u = Unpacker::new(root.path(), limits);
+        let res = u.apply_tar(&mut r, "test");
+        (res, r.read)
+    }
+
+    #[test]
+    fn pax_header_bomb_is_refused_before_reading() {
+        // 256 MiB of PAX header compressed by zstd to a few KiB: the tar crate read it whole.
+        let size: u64 = 256 << 20;
+        let mut enc = zstd::Encoder::new(Vec::new(), 1).unwrap();
+        let mut diff = super::super::blobs::HashingReader::new(lazy_tar(
+            header_block("PaxHeaders/bomb", tar::EntryType::XHeader, size),
+            size,
+            tail(),
+        ));
+        io::copy(&mut diff, &mut enc).unwrap();
+        let blob = enc.finish().unwrap();
+        assert!(blob.len() < 64 * 1024, "{}", blob.len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        fs::write(&path, &blob).unwrap();
+        let digest = super::super::blobs::sha256_digest(&blob);
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut u = Unpacker::new(&root, UnpackLimits::default());
+        let err = u
+            .apply_blob(&path, &digest, Compression::Zstd, &diff.digest())
+            .unwrap_err();
+        assert!(
+            matches!(&err, ImageError::TooLarge { what, limit }
+                if *limit == MAX_METADATA_ENTRY && what.contains("PaxHeaders/bomb")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gnu_long_name_and_link_bombs_are_refused_before_reading() {
+        for kind in [tar::EntryType::GNULongName, tar::EntryType::GNULongLink] {
+            let size: u64 = 256 << 20;
+            let (res, read) = apply_counted(
+                lazy_tar(header_block("././@LongLink", kind, size), size, tail()),
+                UnpackLimits::default(),
+            );
+            let err = res.unwrap_err();
+            assert!(
+                matches!(&err, ImageError::TooLarge { limit, .. } if *limit == MAX_METADATA_ENTRY),
+                "{err}"
+            );
+            assert!(read < 64 * 1024, "read {read} bytes");
+        }
+    }
+
+    #[test]
+    fn skipped_entry_data_counts_against_the_limit() {
+        // A directory declaring 100 GiB of data: refused at its header, nothing decompressed.
+        let size: u64 = 100 << 30;
+        let (res, read) = apply_counted(
+            lazy_tar(
+                header_block("d", tar::EntryType::Directory, size),
+                size,
+                tail(),
+            ),
+            UnpackLimits::default(),
+        );
+        let err = res.unwrap_err();
+        assert!(
+            matches!(&err, ImageError::TooLarge { what, .. } if what.contains("\"d\"")),
+            "{err}"
+        );
+        assert!(read <= 64 * 1024, "read {read} bytes");
+        // Data on symlinks, hard links and whiteouts counts too.
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        let blob = vec![0u8; 2 << 20];
+        for t in [
+            TarBuilder::new().raw(tar::EntryType::Symlink, "s", &blob),
+            TarBuilder::new()
+                .file("a", b"")
+                .raw(tar::EntryType::Link, "h", &blob),
+            TarBuilder::new().raw(tar::EntryType::Regular, ".wh.x", &blob),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let err = apply(root.path(), &[t.build()], limits).unwrap_err();
+            assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn pax_size_disagreeing_with_header_is_hostile() {
+        // The header says 512 bytes of data, which hold a whole smuggled entry; the PAX size
+        // says 0, so a reader trusting it unpacks the smuggled file.
+        let smuggled = TarBuilder::new().file("smuggled.wasm", b"").build();
+        let t = TarBuilder::new()
+            .pax(&[("size", "0")])
+            .raw(tar::EntryType::Regular, "innocent", &smuggled[..512])
+            .build();
+        assert_hostile(hostile(&[t]), "innocent");
+        // A PAX size that agrees is fine.
+        let root = tempfile::tempdir().unwrap();
+        let t = TarBuilder::new()
+            .pax(&[("size", "3")])
+            .file("ok", b"abc")
+            .build();
+        apply(root.path(), &[t], UnpackLimits::default()).unwrap();
+        assert_eq!(fs::read(root.path().join("ok")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn ambiguous_metadata_is_hostile() {
+        use tar::EntryType as T;
+        let long = |n: &str| format!("{n}\0").into_bytes();
+        let cases = [
+            (
+                TarBuilder::new()
+                    .pax(&[("path", "a")])
+                    .pax(&[("path", "b")])
+                    .file("f", b""),
+                "PaxHeaders/next",
+            ),
+            (
+                TarBuilder::new()
+                    .raw(T::GNULongName, "././@LongLink", &long("a"))
+                    .raw(T::GNULongName, "././@LongLink", &long("b"))
+                    .file("f", b""),
+                "././@LongLink",
+            ),
+            (
+                TarBuilder::new()
+                    .raw(T::GNULongName, "././@LongLink", &long("a"))
+                    .pax(&[("path", "b")])
+                    .file("f", b""),
+                "f",
+            ),
+            (
+                TarBuilder::new()
+                    .raw(T::GNULongLink, "././@LongLink", &long("a"))
+                    .pax(&[("linkpath", "b")])
+                    .link(T::Symlink, "s", "c"),
+                "s",
+            ),
+            (
+                TarBuilder::new()
+                    .raw(T::GNULongName, "././@LongLink", b"a\0b\0")
+                    .file("f", b""),
+                "f",
+            ),
+            (
+                TarBuilder::new()
+                    .pax(&[("GNU.sparse.major", "1")])
+                    .file("f", b""),
+                "f",
+            ),
+            (TarBuilder::new().raw(T::GNUSparse, "sparse", b""), "sparse"),
+            (
+                TarBuilder::new()
+                    .raw(T::XGlobalHeader, "global", &pax_records(&[("path", "x")]))
+                    .file("f", b""),
+                "global",
+            ),
+        ];
+        for (t, entry) in cases {
+            assert_hostile(hostile(&[t.build()]), entry);
+        }
+        // Metadata with no member after it.
+        let t = TarBuilder::new()
+            .file("f", b"")
+            .pax(&[("path", "x")])
+            .build();
+        assert_hostile(hostile(&[t]), "<end of layer test>");
+    }
+
+    #[test]
+    fn long_names_via_pax_and_gnu() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = format!("{}/app.wasm", "d".repeat(150));
+        let target = format!("/{}/target.wasm", "t".repeat(150));
+        // GNU: the tar builder emits `L`/`K` entries for names over 100 bytes.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("gnu/{deep}"), &b"g"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "gnu/link", &target).unwrap();
+        let gnu = b.into_inner().unwrap();
+        // PAX: path and linkpath records.
+        let pax = TarBuilder::new()
+            .pax(&[("path", &format!("pax/{deep}")), ("mtime", "1.5")])
+            .file("pax/short", b"p")
+            .pax(&[("linkpath", &target)])
+            .link(tar::EntryType::Symlink, "pax/link", "short")
+            .build();
+        apply(root.path(), &[gnu, pax], UnpackLimits::default()).unwrap();
+        let r = root.path();
+        assert_eq!(fs::read(r.join("gnu").join(&deep)).unwrap(), b"g");
+        assert_eq!(fs::read(r.join("pax").join(&deep)).unwrap(), b"p");
+        assert!(
+            !r.join("pax/short").exists(),
+            "PAX path replaces the header name"
+        );
+        for l in ["gnu/link", "pax/link"] {
+            assert_eq!(fs::read_link(r.join(l)).unwrap(), Path::new(&target));
+        }
     }
 }
