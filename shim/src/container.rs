@@ -40,7 +40,7 @@ pub struct ContainerMeta {
     pub annotations: HashMap<String, String>,
     /// The image as the kubelet named it.
     pub image: String,
-    /// The image ID (`sha256:` config digest).
+    /// The image ID (see [`crate::images`]: the config digest when the config pins the layers).
     pub image_id: String,
     /// A repo digest of the image if known, else the image ID.
     pub image_ref: String,
