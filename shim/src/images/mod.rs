@@ -29,6 +29,7 @@
 
 pub mod blobs;
 pub mod detect;
+pub mod distribution;
 pub mod error;
 pub mod layout;
 pub mod manifest;
@@ -36,6 +37,8 @@ pub mod reference;
 pub mod registry;
 pub mod unpack;
 
+#[cfg(test)]
+mod registry_hostile_tests;
 #[cfg(test)]
 mod registry_tests;
 #[cfg(test)]
