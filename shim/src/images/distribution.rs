@@ -1,5 +1,5 @@
 //! A small client for the pull side of the OCI distribution protocol, on `reqwest`, that bounds
-//! everything a registry sends.
+//! everything a registry sends and refuses redirects into the node's own networks.
 //!
 //! # Why not `oci-client` for pulls
 //! `oci-client` 0.18 reads manifest, token and error bodies whole before looking at their size,
@@ -28,15 +28,31 @@
 //! deadline ([`SMALL_BODY_DEADLINE`]), so a registry trickling one byte a minute cannot hold a
 //! pull forever.
 //!
+//! # Redirects
+//! [`check_redirect`] is the policy: at most [`MAX_REDIRECTS`] hops, `http`/`https` only, no
+//! `https` → `http` downgrade, and no hop to a loopback, link-local, private, unique-local,
+//! CGNAT or unspecified address or to `localhost` unless the endpoint we started from is
+//! itself such a host (a registry on the node or the LAN). Names are checked too, once
+//! resolved: each client's resolver drops local addresses of every name but the endpoint's
+//! own when the endpoint is public, so `http://metadata.attacker.example`
+//! resolving to `169.254.169.254` is refused like the literal address. A token realm must pass
+//! the same checks. `reqwest` drops `Authorization` (and cookies) on every hop that changes
+//! host, port or scheme, so credentials never follow a redirect to a CDN. Not covered: with an
+//! HTTP(S) proxy configured in the environment the proxy resolves names, so only literal
+//! addresses are checked.
+//!
 //! # Clients and tokens
 //! One `reqwest::Client` per endpoint host and CA file, shared by every pull of that host
-//! whatever its credentials, which are applied per request; building one loads the TLS roots
-//! (~15 ms), so they are cached. Redirects follow `reqwest`'s default policy. Bearer tokens
+//! whatever its credentials, which are applied per request. A client is per endpoint (not
+//! one for all) because its redirect policy and resolver must know which endpoint the request
+//! started from; building one loads the TLS roots (~15 ms), so they are cached. Bearer tokens
 //! are cached per (endpoint, credentials, scope) until shortly before they expire.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -45,6 +61,9 @@ use reqwest::{Response, StatusCode, Url};
 use sha2::Digest as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+/// Redirect hops followed per request. Registries redirect a blob once (to object storage or
+/// a CDN), sometimes twice; five leaves room and stops loops early.
+pub const MAX_REDIRECTS: usize = 5;
 /// Largest token response read. Real ones are a JWT of a few KiB in a small JSON object.
 pub const MAX_TOKEN_BODY: u64 = 1 << 20;
 /// Largest error response read for its message. Registry error envelopes are a few hundred
@@ -109,6 +128,49 @@ impl Credentials {
     }
 }
 
+/// Why a redirect (or a token realm) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// More than [`MAX_REDIRECTS`] hops.
+    TooManyRedirects,
+    /// A scheme other than `http` and `https`.
+    Scheme(String),
+    /// From `https` to `http`.
+    Downgrade,
+    /// A loopback, link-local, private, CGNAT or unspecified address (or `localhost`) reached
+    /// from an endpoint that is none of these.
+    LocalAddress,
+    /// A name that resolves only to such addresses.
+    ResolvesToLocal(IpAddr),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooManyRedirects => write!(f, "more than {MAX_REDIRECTS} redirects"),
+            Refusal::Scheme(s) => write!(f, "scheme {s:?} is not http or https"),
+            Refusal::Downgrade => f.write_str("downgrade from https to http"),
+            Refusal::LocalAddress => f.write_str(
+                "loopback, link-local, private or CGNAT address, and the registry is public",
+            ),
+            Refusal::ResolvesToLocal(ip) => write!(
+                f,
+                "name resolves to {ip} (loopback, link-local, private or CGNAT), \
+                 and the registry is public"
+            ),
+        }
+    }
+}
+
+/// A refused redirect hop or token realm: the target host and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{target} refused: {reason}")]
+pub struct Refused {
+    /// `host[:port]` of the target (never its path or query).
+    pub target: String,
+    pub reason: Refusal,
+}
+
 /// A failure of one request to one endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum DistributionError {
@@ -118,6 +180,13 @@ pub enum DistributionError {
         url: String,
         #[source]
         source: reqwest::Error,
+    },
+    /// A redirect or token realm pointed somewhere we do not go.
+    #[error("redirect from {from} to {refused}")]
+    Redirect {
+        /// `host[:port]` of the endpoint the request started from.
+        from: String,
+        refused: Refused,
     },
     /// An unexpected status.
     #[error("{url}: HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
@@ -222,40 +291,259 @@ fn host_port(u: &Url) -> String {
     }
 }
 
-/// Client cache key: endpoint host, CA bundle.
-type ClientKey = (String, Option<PathBuf>);
+/// Whether `ip` is on the node or its networks: loopback, link-local (`169.254/16`,
+/// `fe80::/10`), private (`10/8`, `172.16/12`, `192.168/16`, `fc00::/7`), CGNAT
+/// (`100.64/10`), unspecified or "this network" (`0/8`), broadcast, or the IPv4 forms of
+/// these inside IPv6 (mapped and compatible).
+pub fn is_local_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_local_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local_v4(v4);
+            }
+            let seg = v6.segments();
+            // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks).
+            if seg[..6].iter().all(|s| *s == 0) && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_local_v4(Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32));
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+        }
+    }
+}
 
-/// Clients by key.
-fn clients() -> &'static Mutex<HashMap<ClientKey, reqwest::Client>> {
-    static CLIENTS: OnceLock<Mutex<HashMap<ClientKey, reqwest::Client>>> = OnceLock::new();
+fn is_local_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+}
+
+/// Whether `u`'s host is a local address (see [`is_local_ip`]) or `localhost`
+/// (`*.localhost` included, RFC 6761).
+pub fn is_local_url(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(v4)) => is_local_ip(IpAddr::V4(v4)),
+        Some(url::Host::Ipv6(v6)) => is_local_ip(IpAddr::V6(v6)),
+        Some(url::Host::Domain(d)) => is_local_name(d),
+        None => false,
+    }
+}
+
+fn is_local_name(d: &str) -> bool {
+    let d = d.trim_end_matches('.').to_ascii_lowercase();
+    d == "localhost" || d.ends_with(".localhost")
+}
+
+/// The redirect policy, as a pure function: may a request that went through `previous`
+/// (the first being the URL we asked for) follow a redirect to `next`? `origin_local` says
+/// whether the endpoint we started from is itself on the node or its networks.
+pub fn check_redirect(next: &Url, previous: &[Url], origin_local: bool) -> Result<(), Refused> {
+    let refused = |reason| {
+        Err(Refused {
+            target: host_port(next),
+            reason,
+        })
+    };
+    // `previous` holds the first URL plus one entry per hop already followed.
+    if previous.len() > MAX_REDIRECTS {
+        return refused(Refusal::TooManyRedirects);
+    }
+    check_target(next, previous.last(), origin_local)
+}
+
+/// The checks shared by redirect hops and token realms: scheme, downgrade from `from`, local
+/// targets from a public origin.
+fn check_target(next: &Url, from: Option<&Url>, origin_local: bool) -> Result<(), Refused> {
+    let refused = |reason| {
+        Err(Refused {
+            target: host_port(next),
+            reason,
+        })
+    };
+    match next.scheme() {
+        "http" | "https" => {}
+        other => return refused(Refusal::Scheme(excerpt(other, 20))),
+    }
+    if from.is_some_and(|f| f.scheme() == "https") && next.scheme() == "http" {
+        return refused(Refusal::Downgrade);
+    }
+    if !origin_local && is_local_url(next) {
+        return refused(Refusal::LocalAddress);
+    }
+    Ok(())
+}
+
+/// What a client knows of the endpoint it was built for; shared by its redirect policy and
+/// its resolver.
+#[derive(Debug)]
+struct Guard {
+    /// The endpoint's host name (or address literal), lowercase, without port.
+    endpoint_host: String,
+    /// The endpoint's host is a local literal or `localhost`.
+    literal_local: bool,
+    /// The endpoint's name resolved to local addresses only (set by the resolver).
+    resolved_local: AtomicBool,
+    /// Tests: treat the endpoint as public whatever its address.
+    force_public: bool,
+}
+
+impl Guard {
+    /// Whether redirects and realms may reach local addresses.
+    fn origin_local(&self) -> bool {
+        !self.force_public && (self.literal_local || self.resolved_local.load(Ordering::Relaxed))
+    }
+}
+
+/// Resolves names like the system resolver does, and for a public endpoint drops the local
+/// addresses of every other name (redirect targets, token realms).
+struct GuardedResolver(Arc<Guard>);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.0.clone();
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if host == guard.endpoint_host {
+                if !addrs.is_empty() && addrs.iter().all(|a| is_local_ip(a.ip())) {
+                    guard.resolved_local.store(true, Ordering::Relaxed);
+                }
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
+            if guard.origin_local() {
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
+            let public: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| !is_local_ip(a.ip()))
+                .collect();
+            match (public.is_empty(), addrs.first()) {
+                (true, Some(first)) => Err(Box::new(Refused {
+                    target: host,
+                    reason: Refusal::ResolvesToLocal(first.ip()),
+                })
+                    as Box<dyn std::error::Error + Send + Sync>),
+                _ => Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// Tests: hosts whose endpoint counts as public whatever its address, so a test registry on
+/// loopback sees the redirect checks a public one gets.
+#[cfg(test)]
+static FORCED_PUBLIC: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Tests: make `host` (`addr:port`) count as a public endpoint from now on.
+#[cfg(test)]
+pub(crate) fn treat_as_public(host: &str) {
+    FORCED_PUBLIC
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(host.to_ascii_lowercase());
+}
+
+fn forced_public(host: &str) -> bool {
+    #[cfg(test)]
+    {
+        let host = host.to_ascii_lowercase();
+        FORCED_PUBLIC
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&host)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = host;
+        false
+    }
+}
+
+/// Client cache key: endpoint host, CA bundle, forced-public flag (tests).
+type ClientKey = (String, Option<PathBuf>, bool);
+
+/// Clients by key, with the guard each was built with.
+type Clients = HashMap<ClientKey, (reqwest::Client, Arc<Guard>)>;
+
+fn clients() -> &'static Mutex<Clients> {
+    static CLIENTS: OnceLock<Mutex<Clients>> = OnceLock::new();
     CLIENTS.get_or_init(Default::default)
 }
 
-fn client_for(host: &str, ca_file: Option<&Path>) -> Result<reqwest::Client, DistributionError> {
-    let key = (host.to_ascii_lowercase(), ca_file.map(Path::to_path_buf));
-    if let Some(c) = clients()
+fn client_for(
+    host: &str,
+    ca_file: Option<&Path>,
+    force_public: bool,
+) -> Result<(reqwest::Client, Arc<Guard>), DistributionError> {
+    let key = (
+        host.to_ascii_lowercase(),
+        ca_file.map(Path::to_path_buf),
+        force_public,
+    );
+    if let Some((c, g)) = clients()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&key)
     {
-        return Ok(c.clone());
+        return Ok((c.clone(), g.clone()));
     }
     // Built outside the lock: reading the CA bundle and the TLS roots takes milliseconds.
-    let client = build_client(host, ca_file)?;
+    let (client, guard) = build_client(host, ca_file, force_public)?;
     let mut map = clients().lock().unwrap_or_else(|p| p.into_inner());
-    Ok(map.entry(key).or_insert(client).clone())
+    let entry = map.entry(key).or_insert((client, guard));
+    Ok((entry.0.clone(), entry.1.clone()))
 }
 
-fn build_client(host: &str, ca_file: Option<&Path>) -> Result<reqwest::Client, DistributionError> {
+fn build_client(
+    host: &str,
+    ca_file: Option<&Path>,
+    force_public: bool,
+) -> Result<(reqwest::Client, Arc<Guard>), DistributionError> {
     let config = |reason: String| DistributionError::Config {
         host: host.to_string(),
         reason,
     };
+    let probe =
+        Url::parse(&format!("http://{host}/")).map_err(|e| config(format!("not a host: {e}")))?;
+    let guard = Arc::new(Guard {
+        endpoint_host: probe
+            .host_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase(),
+        literal_local: is_local_url(&probe),
+        resolved_local: AtomicBool::new(false),
+        force_public,
+    });
+    let policy_guard = guard.clone();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        match check_redirect(
+            attempt.url(),
+            attempt.previous(),
+            policy_guard.origin_local(),
+        ) {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    });
     let mut b = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("wasmcri/", env!("CARGO_PKG_VERSION")))
-        .referer(false);
+        .referer(false)
+        .redirect(policy)
+        .dns_resolver(GuardedResolver(guard.clone()));
     if let Some(ca) = ca_file {
         let pem = std::fs::read(ca).map_err(|source| DistributionError::CaFile {
             path: ca.to_path_buf(),
@@ -265,7 +553,8 @@ fn build_client(host: &str, ca_file: Option<&Path>) -> Result<reqwest::Client, D
             .map_err(|e| config(format!("CA bundle {}: {e}", ca.display())))?;
         b = b.tls_certs_merge(certs);
     }
-    b.build().map_err(|e| config(chain(&e)))
+    let client = b.build().map_err(|e| config(chain(&e)))?;
+    Ok((client, guard))
 }
 
 /// A cached authorization for (endpoint, credentials, scope).
@@ -437,6 +726,7 @@ async fn read_bounded(
 #[derive(Debug, Clone)]
 pub struct Registry {
     http: reqwest::Client,
+    guard: Arc<Guard>,
     base: Url,
     creds: Credentials,
     creds_id: String,
@@ -451,7 +741,8 @@ impl Registry {
         ca_file: Option<&Path>,
         creds: Credentials,
     ) -> Result<Self, DistributionError> {
-        let http = client_for(host, ca_file)?;
+        let force_public = forced_public(host);
+        let (http, guard) = client_for(host, ca_file, force_public)?;
         let scheme = if plain_http { "http" } else { "https" };
         let base =
             Url::parse(&format!("{scheme}://{host}/")).map_err(|e| DistributionError::Config {
@@ -461,6 +752,7 @@ impl Registry {
         let creds_id = creds.fingerprint();
         Ok(Registry {
             http,
+            guard,
             base,
             creds,
             creds_id,
@@ -662,6 +954,12 @@ impl Registry {
             url: excerpt(realm, MAX_URL_IN_ERROR),
             reason: "the challenge's realm is not a URL".into(),
         })?;
+        check_target(&realm_url, Some(&self.base), self.guard.origin_local()).map_err(
+            |refused| DistributionError::Redirect {
+                from: self.host(),
+                refused,
+            },
+        )?;
         let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
         if let Some(s) = service {
             query.push(("service", s));
@@ -733,8 +1031,18 @@ impl Registry {
         }
     }
 
-    /// A transport error.
+    /// A transport error, or the refusal the redirect policy or resolver put inside it.
     fn transport(&self, url: &Url, e: reqwest::Error) -> DistributionError {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cur {
+            if let Some(refused) = c.downcast_ref::<Refused>() {
+                return DistributionError::Redirect {
+                    from: self.host(),
+                    refused: refused.clone(),
+                };
+            }
+            cur = c.source();
+        }
         DistributionError::Transport {
             url: display_url(url),
             source: e.without_url(),
@@ -760,6 +1068,142 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn local_addresses() {
+        for s in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "febf::1",
+            "fc00::1",
+            "fdff::1",
+            "::ffff:169.254.169.254",
+            "::10.0.0.1",
+        ] {
+            assert!(is_local_ip(s.parse().unwrap()), "{s}");
+        }
+        for s in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "172.15.255.255",
+            "100.128.0.1",
+            "100.63.255.255",
+            "192.169.0.1",
+            "2001:4860::8888",
+            "ff02::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_local_ip(s.parse().unwrap()), "{s}");
+        }
+        assert!(is_local_url(&u("http://localhost:5000/")));
+        assert!(is_local_url(&u("http://LOCALHOST./")));
+        assert!(is_local_url(&u("http://api.localhost/")));
+        assert!(is_local_url(&u("http://[fe80::1]/")));
+        // The URL parser normalises odd IPv4 spellings: they are caught too.
+        assert!(is_local_url(&u("http://2130706433/")));
+        assert!(is_local_url(&u("http://0x7f.1/")));
+        assert!(is_local_url(&u("http://0251.0376.0251.0376/")));
+        assert!(!is_local_url(&u("https://registry-1.docker.io/")));
+        assert!(!is_local_url(&u("https://localhost.example.com/")));
+    }
+
+    #[test]
+    fn redirect_policy() {
+        let public = [u("https://registry.example.com/v2/a/blobs/sha256:00")];
+        let cdn = u("https://cdn.example.net/x?sig=1");
+        assert_eq!(check_redirect(&cdn, &public, false), Ok(()));
+        let refused = |next: &str, prev: &[Url], local: bool| {
+            check_redirect(&u(next), prev, local).unwrap_err()
+        };
+        // Local targets from a public origin.
+        for t in [
+            "https://169.254.169.254/latest/meta-data/",
+            "https://10.0.0.7:9000/bucket",
+            "https://[::1]/",
+            "https://[fd00::7]/",
+            "https://100.100.100.200/",
+            "https://localhost/",
+            "https://0.0.0.0/",
+        ] {
+            let e = refused(t, &public, false);
+            assert_eq!(e.reason, Refusal::LocalAddress, "{t}");
+        }
+        let e = refused("https://192.168.1.10:8443/blob", &public, false);
+        assert_eq!(e.target, "192.168.1.10:8443");
+        assert!(e.to_string().contains("192.168.1.10:8443"), "{e}");
+        // ... allowed from a local origin.
+        let lan = [u("http://192.168.1.5:5000/v2/a/blobs/sha256:00")];
+        assert_eq!(
+            check_redirect(&u("http://10.0.0.7:9000/b"), &lan, true),
+            Ok(())
+        );
+        // Schemes.
+        for t in [
+            "file:///etc/passwd",
+            "ftp://cdn.example.net/x",
+            "gopher://x/",
+        ] {
+            assert!(
+                matches!(refused(t, &public, false).reason, Refusal::Scheme(_)),
+                "{t}"
+            );
+        }
+        assert!(matches!(
+            refused("file:///etc/passwd", &lan, true).reason,
+            Refusal::Scheme(_)
+        ));
+        // Downgrade from the last hop, not only from the first.
+        assert_eq!(
+            refused("http://cdn.example.net/x", &public, false).reason,
+            Refusal::Downgrade
+        );
+        let via = [u("http://r.example.com/"), u("https://s.example.com/")];
+        assert_eq!(
+            refused("http://cdn.example.net/", &via, false).reason,
+            Refusal::Downgrade
+        );
+        let plain = [u("http://r.example.com/")];
+        assert_eq!(
+            check_redirect(&u("https://cdn.example.net/"), &plain, false),
+            Ok(())
+        );
+        assert_eq!(
+            check_redirect(&u("http://cdn.example.net/"), &plain, false),
+            Ok(())
+        );
+        // Hops: previous holds the first URL plus the hops followed; five hops pass, a sixth
+        // does not.
+        let mut chain = vec![u("https://r.example.com/0")];
+        for i in 1..=MAX_REDIRECTS {
+            assert_eq!(
+                check_redirect(&u(&format!("https://r.example.com/{i}")), &chain, false),
+                Ok(()),
+                "hop {i}"
+            );
+            chain.push(u(&format!("https://r.example.com/{i}")));
+        }
+        assert_eq!(
+            refused("https://r.example.com/6", &chain, false).reason,
+            Refusal::TooManyRedirects
+        );
+    }
 
     #[test]
     fn www_authenticate_parser() {

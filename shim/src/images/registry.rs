@@ -1,9 +1,10 @@
 //! Registry pull and push over the OCI distribution protocol.
 //!
 //! Pulls go through our own [`distribution`](super::distribution) client, which bounds every
-//! body while reading it; pushes (the `wasmcri image push` CLI, against a registry the
-//! operator picked) still use `oci-client`, whose unbounded reads matter less there, with a
-//! client built per push (rewriting push did not fit this change).
+//! body while reading it and refuses redirects into the node's networks; pushes (the
+//! `wasmcri image push` CLI, against a registry the operator picked) still use `oci-client`,
+//! whose unbounded reads and permissive redirects matter less there, with a client built per
+//! push (rewriting push did not fit this change).
 //!
 //! - Endpoints: configured mirrors of the registry, in order, then the origin. Loopback hosts
 //!   (`localhost`, `127.0.0.0/8`, `[::1]`) default to plain HTTP, falling back to HTTPS when

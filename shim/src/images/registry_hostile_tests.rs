@@ -1,10 +1,13 @@
 //! Pulls from hostile registries: a small hand-written HTTP/1.1 server (std threads on
 //! `127.0.0.1:0`) whose every answer is scripted by the test, sending endless or oversized
-//! bodies, echo-bait error bodies, and a blob redirect to a CDN. Each test bounds its pull with
+//! bodies, echo-bait error bodies, redirect chains and redirects into private networks; plus
+//! a Python TLS server for the https → http downgrade. Each test bounds its pull with
 //! [`PULL_DEADLINE`], so a client that reads forever fails instead of hanging the suite.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -469,6 +472,159 @@ async fn error_bodies_are_bounded_and_not_echoed() {
 }
 
 #[tokio::test]
+async fn blob_redirect_into_private_network_is_refused() {
+    let a = Arc::new(artifact());
+    let a2 = a.clone();
+    let srv = Hostile::start(move |req, _| {
+        if req.path.contains("/blobs/") {
+            // Object storage on the node's network: the cloud metadata service, a LAN host.
+            let target = if req.path.ends_with(&a2.config_digest) {
+                "http://10.255.255.1:9/bucket/config"
+            } else {
+                "http://169.254.169.254/latest/meta-data/"
+            };
+            Reply::redirect(307, target.to_string())
+        } else {
+            serve_artifact(&a2, &req.path).unwrap_or(Reply::status(404))
+        }
+    });
+    // The origin listens on loopback; for this test it counts as a public registry.
+    super::distribution::treat_as_public(&srv.host);
+    let (_d, store) = open_store();
+    let (res, took) = pull(
+        &store,
+        &format!("{}/hostile/redirect:1", srv.host),
+        &anon(),
+        &RegistryConfig::default(),
+    )
+    .await;
+    let text = res.unwrap_err().to_string();
+    assert!(text.contains("10.255.255.1:9"), "names the target: {text}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(
+        took < Duration::from_secs(5),
+        "no connection attempted: {took:?}"
+    );
+    assert!(text.len() < MAX_ERROR_TEXT, "{text}");
+    assert_empty(&store);
+}
+
+#[tokio::test]
+async fn token_realm_in_private_network_is_refused() {
+    let srv = Hostile::start(|_, _| Reply::Full {
+        status: 401,
+        headers: vec![(
+            "www-authenticate",
+            r#"Bearer realm="http://169.254.169.254/latest/meta-data/iam",service="x""#.into(),
+        )],
+        body: Vec::new(),
+    });
+    super::distribution::treat_as_public(&srv.host);
+    let (_d, store) = open_store();
+    let (res, took) = pull(
+        &store,
+        &format!("{}/hostile/realm:1", srv.host),
+        &anon(),
+        &RegistryConfig::default(),
+    )
+    .await;
+    let text = res.unwrap_err().to_string();
+    assert!(
+        text.contains("169.254.169.254") && text.contains("refused"),
+        "{text}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "no connection attempted: {took:?}"
+    );
+    assert_empty(&store);
+}
+
+/// The name of this machine, if it resolves to local addresses only.
+fn local_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()?
+        .trim()
+        .to_string();
+    let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
+        .ok()?
+        .collect();
+    (!addrs.is_empty()
+        && !name.eq_ignore_ascii_case("localhost")
+        && addrs
+            .iter()
+            .all(|a| super::distribution::is_local_ip(a.ip())))
+    .then_some(name)
+}
+
+#[tokio::test]
+async fn blob_redirect_to_a_name_resolving_privately_is_refused() {
+    let Some(name) = local_hostname() else {
+        eprintln!("skipping: the host name does not resolve to local addresses only");
+        return;
+    };
+    let a = Arc::new(artifact());
+    let a2 = a.clone();
+    let target = format!("http://{name}:9/bucket");
+    let srv = Hostile::start(move |req, _| {
+        if req.path.contains("/blobs/") {
+            Reply::redirect(302, target.clone())
+        } else {
+            serve_artifact(&a2, &req.path).unwrap_or(Reply::status(404))
+        }
+    });
+    super::distribution::treat_as_public(&srv.host);
+    let (_d, store) = open_store();
+    let (res, _) = pull(
+        &store,
+        &format!("{}/hostile/rebind:1", srv.host),
+        &anon(),
+        &RegistryConfig::default(),
+    )
+    .await;
+    let text = res.unwrap_err().to_string();
+    assert!(
+        text.contains(&name.to_ascii_lowercase()) && text.contains("resolves to"),
+        "{text}"
+    );
+    assert_empty(&store);
+}
+
+/// A registry whose every answer (manifest and blobs) is redirected `hops` times on itself
+/// (`/v2/..` → `/hop/1/v2/..` → ... → `/hop/<hops>/v2/..`) before being served.
+fn redirecting(hops: usize) -> Hostile {
+    let a = artifact();
+    Hostile::start(move |req, host| {
+        let Some(rest) = req.path.strip_prefix("/hop/") else {
+            return Reply::redirect(302, format!("http://{host}/hop/1{}", req.path));
+        };
+        let (n, path) = rest.split_once('/').unwrap();
+        let n: usize = n.parse().unwrap();
+        if n < hops {
+            Reply::redirect(302, format!("http://{host}/hop/{}/{path}", n + 1))
+        } else {
+            serve_artifact(&a, &format!("/{path}")).unwrap_or(Reply::status(404))
+        }
+    })
+}
+
+#[tokio::test]
+async fn redirect_chains_are_limited_to_five_hops() {
+    let (_d, store) = open_store();
+    let cfg = RegistryConfig::default();
+    let five = redirecting(5);
+    let (res, _) = pull(&store, &format!("{}/loop/app:1", five.host), &anon(), &cfg).await;
+    res.unwrap();
+
+    let six = redirecting(6);
+    let (_d2, store2) = open_store();
+    let (res, _) = pull(&store2, &format!("{}/loop/app:1", six.host), &anon(), &cfg).await;
+    let text = res.unwrap_err().to_string();
+    assert!(text.contains("more than 5 redirects"), "{text}");
+    assert_empty(&store2);
+}
+
+#[tokio::test]
 async fn blob_redirect_to_cdn_works_and_drops_credentials() {
     let a = Arc::new(artifact());
     let cdn_a = a.clone();
@@ -571,4 +727,90 @@ async fn blob_redirect_to_cdn_works_and_drops_credentials() {
                 && p.contains("service=hostile")),
         "{scopes:?}"
     );
+}
+
+/// A Python TLS server on 127.0.0.1 answering every GET with a redirect to `target` + path.
+struct TlsRedirector {
+    child: Child,
+    host: String,
+}
+
+impl Drop for TlsRedirector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TLS_REDIRECTOR: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", sys.argv[3] + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+impl TlsRedirector {
+    fn start(cert: &Path, key: &Path, target: &str) -> Option<TlsRedirector> {
+        let mut child = Command::new("python3")
+            .args(["-c", TLS_REDIRECTOR])
+            .arg(cert)
+            .arg(key)
+            .arg(target)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take()?)
+            .read_line(&mut line)
+            .ok()?;
+        let port: u16 = line.trim().parse().ok()?;
+        Some(TlsRedirector {
+            child,
+            host: format!("127.0.0.1:{port}"),
+        })
+    }
+}
+
+#[tokio::test]
+async fn https_to_http_downgrade_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let Some((ca, cert, key)) = super::registry_tests::make_tls(work.path()) else {
+        eprintln!("skipping: openssl missing");
+        return;
+    };
+    let a = artifact();
+    let plain =
+        Hostile::start(move |req, _| serve_artifact(&a, &req.path).unwrap_or(Reply::status(404)));
+    let Some(tls) = TlsRedirector::start(&cert, &key, &format!("http://{}", plain.host)) else {
+        eprintln!("skipping: python3 with ssl missing");
+        return;
+    };
+    // A loopback registry is tried over plain HTTP first; the TLS server hangs up on that and
+    // the pull goes on over HTTPS, where the redirect to plain HTTP comes.
+    let cfg = RegistryConfig {
+        ca_file: Some(ca),
+        ..Default::default()
+    };
+    let (_d, store) = open_store();
+    let (res, _) = pull(&store, &format!("{}/down/app:1", tls.host), &anon(), &cfg).await;
+    let text = res.unwrap_err().to_string();
+    assert!(text.contains("downgrade from https to http"), "{text}");
+    assert!(text.contains(&plain.host), "names the target: {text}");
+    assert!(
+        plain.requests().is_empty(),
+        "nothing was sent over plain HTTP"
+    );
+    assert_empty(&store);
 }
