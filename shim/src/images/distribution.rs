@@ -45,8 +45,10 @@
 //! One `reqwest::Client` per endpoint host and CA file, shared by every pull of that host
 //! whatever its credentials, which are applied per request. A client is per endpoint (not
 //! one for all) because its redirect policy and resolver must know which endpoint the request
-//! started from; building one loads the TLS roots (~15 ms), so they are cached. Bearer tokens
-//! are cached per (endpoint, credentials, scope) until shortly before they expire.
+//! started from; building one loads the TLS roots (~15 ms), so they are cached, at most
+//! [`MAX_CLIENTS`] of them, least recently used evicted (image names, and so hosts, come from
+//! pod authors). Bearer tokens are cached per (endpoint, credentials, scope) until shortly
+//! before they expire, at most [`MAX_TOKENS`] of them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -72,6 +74,11 @@ pub const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Characters of a registry's error message kept for our error text: enough for "manifest
 /// unknown" or "incorrect username or password", too little to carry a page into pod events.
 pub const MAX_ERROR_EXCERPT: usize = 200;
+/// Cached clients. A node pulls from a handful of registries; the bound only matters when
+/// pod authors name many distinct hosts.
+pub const MAX_CLIENTS: usize = 64;
+/// Cached tokens: a few per (registry, credentials, repository) a node pulls from.
+pub const MAX_TOKENS: usize = 256;
 /// Overall deadline for a manifest or token request, body included (at most a few MiB).
 pub const SMALL_BODY_DEADLINE: Duration = Duration::from_secs(300);
 /// Give up on an endpoint that does not accept a connection within this (then try the next).
@@ -473,12 +480,32 @@ fn forced_public(host: &str) -> bool {
 /// Client cache key: endpoint host, CA bundle, forced-public flag (tests).
 type ClientKey = (String, Option<PathBuf>, bool);
 
-/// Clients by key, with the guard each was built with.
-type Clients = HashMap<ClientKey, (reqwest::Client, Arc<Guard>)>;
+/// Clients by key, with a use counter for least-recently-used eviction.
+#[derive(Default)]
+struct ClientCache {
+    tick: u64,
+    map: HashMap<ClientKey, (reqwest::Client, Arc<Guard>, u64)>,
+}
 
-fn clients() -> &'static Mutex<Clients> {
-    static CLIENTS: OnceLock<Mutex<Clients>> = OnceLock::new();
+fn clients() -> &'static Mutex<ClientCache> {
+    static CLIENTS: OnceLock<Mutex<ClientCache>> = OnceLock::new();
     CLIENTS.get_or_init(Default::default)
+}
+
+/// Number of cached clients (tests).
+#[cfg(test)]
+pub(crate) fn cached_clients() -> usize {
+    clients()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map
+        .len()
+}
+
+/// Number of cached tokens (tests).
+#[cfg(test)]
+pub(crate) fn cached_tokens() -> usize {
+    tokens().lock().unwrap_or_else(|p| p.into_inner()).len()
 }
 
 fn client_for(
@@ -491,17 +518,32 @@ fn client_for(
         ca_file.map(Path::to_path_buf),
         force_public,
     );
-    if let Some((c, g)) = clients()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
     {
-        return Ok((c.clone(), g.clone()));
+        let mut cache = clients().lock().unwrap_or_else(|p| p.into_inner());
+        cache.tick += 1;
+        let tick = cache.tick;
+        if let Some((c, g, used)) = cache.map.get_mut(&key) {
+            *used = tick;
+            return Ok((c.clone(), g.clone()));
+        }
     }
     // Built outside the lock: reading the CA bundle and the TLS roots takes milliseconds.
     let (client, guard) = build_client(host, ca_file, force_public)?;
-    let mut map = clients().lock().unwrap_or_else(|p| p.into_inner());
-    let entry = map.entry(key).or_insert((client, guard));
+    let mut cache = clients().lock().unwrap_or_else(|p| p.into_inner());
+    cache.tick += 1;
+    let tick = cache.tick;
+    if cache.map.len() >= MAX_CLIENTS && !cache.map.contains_key(&key) {
+        let oldest = cache
+            .map
+            .iter()
+            .min_by_key(|(_, (_, _, used))| *used)
+            .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            cache.map.remove(&k);
+        }
+    }
+    let entry = cache.map.entry(key).or_insert((client, guard, tick));
+    entry.2 = tick;
     Ok((entry.0.clone(), entry.1.clone()))
 }
 
@@ -593,6 +635,18 @@ fn token_put(key: TokenKey, auth: CachedAuth, lifetime: Duration) {
         return;
     }
     let mut map = tokens().lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_TOKENS && !map.contains_key(&key) {
+        map.retain(|_, (_, u)| *u > now);
+        if map.len() >= MAX_TOKENS {
+            let soonest = map
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = soonest {
+                map.remove(&k);
+            }
+        }
+    }
     map.insert(key, (auth, until));
 }
 
@@ -1276,5 +1330,55 @@ mod tests {
             Some("incorrect username or password".into())
         );
         assert_eq!(error_summary(b"<html>oops</html>"), (Vec::new(), None));
+    }
+
+    #[test]
+    fn token_cache_is_bounded_and_expires() {
+        let key = |i: usize| (format!("https://t{i}.example/"), String::new(), "s".into());
+        let h = HeaderValue::from_static("Bearer x");
+        for i in 0..MAX_TOKENS + 10 {
+            token_put(
+                key(i),
+                CachedAuth::Bearer(h.clone()),
+                Duration::from_secs(600),
+            );
+        }
+        assert!(cached_tokens() <= MAX_TOKENS);
+        assert!(token_get(&key(MAX_TOKENS + 9)).is_some());
+        // A lifetime shorter than the margin is not cached at all.
+        token_put(key(100_000), CachedAuth::Basic, Duration::from_secs(5));
+        assert!(token_get(&key(100_000)).is_none());
+    }
+
+    #[test]
+    fn client_cache_is_bounded_and_ignores_credentials() {
+        let first = Registry::new(
+            "r0.client-cache.example:5000",
+            false,
+            None,
+            Credentials::Anonymous,
+        )
+        .unwrap();
+        let other = Registry::new(
+            "r0.client-cache.example:5000",
+            true,
+            None,
+            Credentials::Bearer("t".into()),
+        )
+        .unwrap();
+        assert!(
+            Arc::ptr_eq(&first.guard, &other.guard),
+            "one client per host"
+        );
+        for i in 1..MAX_CLIENTS + 5 {
+            Registry::new(
+                &format!("r{i}.client-cache.example:5000"),
+                false,
+                None,
+                Credentials::Anonymous,
+            )
+            .unwrap();
+        }
+        assert!(cached_clients() <= MAX_CLIENTS);
     }
 }
