@@ -250,6 +250,16 @@ fn push_client(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
     Client::try_from(cc).map_err(|e| ImageError::Config(format!("registry client: {e}")))
 }
 
+/// The host requests for `host` go to: Docker Hub's registry API is served at
+/// `index.docker.io`, not at `docker.io` (the name references and credentials use).
+fn wire_host(host: &str) -> &str {
+    if host == "docker.io" {
+        "index.docker.io"
+    } else {
+        host
+    }
+}
+
 fn auth_for(
     ep: &Endpoint,
     registry: &str,
@@ -586,7 +596,7 @@ impl ImageStore {
             i += 1;
             let creds = auth_for(ep, &r.registry, auth, config, &reference)?;
             let registry = distribution::Registry::new(
-                &ep.host,
+                wire_host(&ep.host),
                 ep.plain_http,
                 config.ca_file.as_deref(),
                 creds,
@@ -875,6 +885,13 @@ mod tests {
         assert_eq!(v, vec![("127.0.0.1:5000", true), ("127.0.0.1:5000", false)]);
         let eps = endpoints("registry.lan:5000", &cfg, false);
         assert!(eps.len() == 1 && eps[0].plain_http);
+    }
+
+    #[test]
+    fn docker_hub_is_spoken_to_at_index_docker_io() {
+        assert_eq!(wire_host("docker.io"), "index.docker.io");
+        assert_eq!(wire_host("ghcr.io"), "ghcr.io");
+        assert_eq!(wire_host("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 
     #[test]
