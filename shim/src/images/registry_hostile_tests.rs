@@ -472,6 +472,46 @@ async fn error_bodies_are_bounded_and_not_echoed() {
 }
 
 #[tokio::test]
+async fn blobs_larger_than_their_descriptor_fail() {
+    let a = Arc::new(artifact());
+    let a2 = a.clone();
+    // The layer comes with one byte more than its descriptor says, or without end.
+    let srv = Hostile::start(move |req, _| {
+        if req.path.ends_with(&a2.layer_digest) {
+            if req.path.contains("/longer/") {
+                let mut body = a2.layer.clone();
+                body.push(0);
+                Reply::ok("application/octet-stream", &body)
+            } else {
+                Reply::Endless {
+                    status: 200,
+                    headers: Vec::new(),
+                }
+            }
+        } else {
+            serve_artifact(&a2, &req.path).unwrap_or(Reply::status(404))
+        }
+    });
+    for repo in ["longer", "endless"] {
+        let (_d, store) = open_store();
+        let (res, _) = pull(
+            &store,
+            &format!("{}/{repo}/app:1", srv.host),
+            &anon(),
+            &RegistryConfig::default(),
+        )
+        .await;
+        let err = res.unwrap_err();
+        assert!(
+            matches!(&err, ImageError::TooLarge { what, limit }
+                if what.contains(&a.layer_digest) && *limit == a.layer.len() as u64),
+            "{repo}: {err}"
+        );
+        assert_empty(&store);
+    }
+}
+
+#[tokio::test]
 async fn blob_redirect_into_private_network_is_refused() {
     let a = Arc::new(artifact());
     let a2 = a.clone();
