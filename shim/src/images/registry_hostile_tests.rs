@@ -630,6 +630,39 @@ async fn blob_redirect_to_a_name_resolving_privately_is_refused() {
     assert_empty(&store);
 }
 
+#[tokio::test]
+async fn registry_named_on_the_lan_may_redirect_into_the_lan() {
+    let Some(name) = local_hostname() else {
+        eprintln!("skipping: the host name does not resolve to local addresses only");
+        return;
+    };
+    let a = Arc::new(artifact());
+    let cdn_a = a.clone();
+    let cdn = Hostile::start(move |req, _| {
+        serve_artifact(&cdn_a, &req.path).unwrap_or(Reply::status(404))
+    });
+    let cdn_host = cdn.host.clone();
+    let reg_a = a.clone();
+    let reg = Hostile::start(move |req, _| {
+        if req.path.contains("/blobs/") {
+            Reply::redirect(307, format!("http://{cdn_host}{}", req.path))
+        } else {
+            serve_artifact(&reg_a, &req.path).unwrap_or(Reply::status(404))
+        }
+    });
+    // The registry is addressed by a name that resolves to a local address: it is on the
+    // node's networks, so its redirects to a local address literal are followed.
+    let host = format!("{name}:{}", reg.host.rsplit(':').next().unwrap());
+    let cfg = RegistryConfig {
+        insecure: vec![host.clone()],
+        ..Default::default()
+    };
+    let (_d, store) = open_store();
+    let (res, _) = pull(&store, &format!("{host}/lan/app:1"), &anon(), &cfg).await;
+    assert_eq!(res.unwrap().id, a.config_digest);
+    assert_eq!(cdn.requests().len(), 2);
+}
+
 /// A registry whose every answer (manifest and blobs) is redirected `hops` times on itself
 /// (`/v2/..` → `/hop/1/v2/..` → ... → `/hop/<hops>/v2/..`) before being served.
 fn redirecting(hops: usize) -> Hostile {
