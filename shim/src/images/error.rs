@@ -9,7 +9,7 @@
 //! `InvalidDigest`, `Ambiguous` → INVALID_ARGUMENT; `Unauthorized` → UNAUTHENTICATED (or
 //! PERMISSION_DENIED); `NoMatchingPlatform`, `UnsupportedMediaType`, `HostileLayer`,
 //! `Malformed`, `DigestMismatch`, `TooLarge` → FAILED_PRECONDITION (the content is bad, a retry
-//! will not help); `Registry` → UNAVAILABLE; `Config` → FAILED_PRECONDITION; `Io`,
+//! will not help); `Registry`, `Distribution` → UNAVAILABLE; `Config` → FAILED_PRECONDITION; `Io`,
 //! `Internal` → INTERNAL.
 
 use std::path::PathBuf;
@@ -68,6 +68,14 @@ pub enum ImageError {
         reference: String,
         #[source]
         source: Arc<oci_client::errors::OciDistributionError>,
+    },
+    /// A pull failed at the registry (transport, a refused redirect, an unexpected status),
+    /// after every mirror and the origin were tried.
+    #[error("registry error for {reference}: {source}")]
+    Distribution {
+        reference: String,
+        #[source]
+        source: Arc<super::distribution::DistributionError>,
     },
     /// A configured CA bundle or client setting is unusable.
     #[error("registry configuration error: {0}")]

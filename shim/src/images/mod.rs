@@ -43,6 +43,7 @@
 
 pub mod blobs;
 pub mod detect;
+pub mod distribution;
 pub mod error;
 pub mod layout;
 pub mod manifest;
@@ -50,6 +51,8 @@ pub mod reference;
 pub mod registry;
 pub mod unpack;
 
+#[cfg(test)]
+mod registry_hostile_tests;
 #[cfg(test)]
 mod registry_tests;
 #[cfg(test)]

@@ -1,4 +1,10 @@
-//! Registry pull and push over the OCI distribution protocol (`oci-client`).
+//! Registry pull and push over the OCI distribution protocol.
+//!
+//! Pulls go through our own [`distribution`](super::distribution) client, which bounds every
+//! body while reading it and refuses redirects into the node's networks; pushes (the
+//! `wasmcri image push` CLI, against a registry the operator picked) still use `oci-client`,
+//! whose unbounded reads and permissive redirects matter less there, with a client built per
+//! push (rewriting push did not fit this change).
 //!
 //! - Endpoints: configured mirrors of the registry, in order, then the origin. Loopback hosts
 //!   (`localhost`, `127.0.0.0/8`, `[::1]`) default to plain HTTP, falling back to HTTPS when
@@ -8,8 +14,10 @@
 //! - Auth: the request's [`PullAuth`] applies to the origin only (a mirror never sees the
 //!   kubelet's credentials); [`RegistryConfig::credentials`] per host otherwise.
 //! - Every manifest and blob is verified against its digest (the client does it while
-//!   streaming, the store again when committing), blobs land in `tmp/` first and are removed
-//!   on failure or cancellation, and an image already present by digest costs no network.
+//!   streaming, the store again when committing); manifests are read to at most
+//!   `MAX_JSON_BLOB` and blobs to their descriptor's size, each failing as soon as the
+//!   registry sends more; blobs land in `tmp/` first and are removed on failure or
+//!   cancellation, and an image already present by digest costs no network.
 //! - Concurrent pulls of the same reference share one download: the first caller spawns the
 //!   pull as a task (so one caller going away does not cancel it for the others) and everybody
 //!   waits on its result. Callers are not told apart by credentials: like containerd, a node
@@ -23,27 +31,28 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine as _;
+use oci_client::Client;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::blobs::sha256_digest;
 use super::detect::{self, WasmKind};
+use super::distribution::{self, Credentials, DistributionError};
 use super::error::{ImageError, IoContext, Result};
 use super::manifest::{self, Descriptor, Manifest};
 use super::reference::{ImageRef, is_loopback_host};
 use super::{Image, ImageStore, Incoming, Lease, MAX_JSON_BLOB, Names, blocking};
 
-/// Give up on an endpoint that does not accept a connection within this (then try the next).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// A registry that sends nothing for this long is treated as gone: a stalled pull must fail
-/// (and clean up) rather than hang forever in its detached task.
-const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Push: give up on an endpoint that does not accept a connection within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Push: a registry that sends nothing for this long is treated as gone.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// In-flight pulls by canonical reference.
 pub(crate) type Inflight = Mutex<HashMap<String, watch::Receiver<Option<Result<Image>>>>>;
@@ -91,18 +100,18 @@ impl std::fmt::Debug for PullAuth {
 }
 
 impl PullAuth {
-    fn to_registry_auth(&self, reference: &str) -> Result<Option<RegistryAuth>> {
+    fn credentials(&self, reference: &str) -> Result<Option<Credentials>> {
         if !self.registry_token.is_empty() {
-            return Ok(Some(RegistryAuth::Bearer(self.registry_token.clone())));
+            return Ok(Some(Credentials::Bearer(self.registry_token.clone())));
         }
         if !self.identity_token.is_empty() {
-            return Ok(Some(RegistryAuth::Bearer(self.identity_token.clone())));
+            return Ok(Some(Credentials::Bearer(self.identity_token.clone())));
         }
         if !self.username.is_empty() {
-            return Ok(Some(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            )));
+            return Ok(Some(Credentials::Basic {
+                username: self.username.clone(),
+                password: self.password.clone(),
+            }));
         }
         if !self.auth.is_empty() {
             let bad = |reason: &str| ImageError::Unauthorized {
@@ -116,9 +125,21 @@ impl PullAuth {
             let (u, p) = s
                 .split_once(':')
                 .ok_or_else(|| bad("expected user:password"))?;
-            return Ok(Some(RegistryAuth::Basic(u.to_string(), p.to_string())));
+            return Ok(Some(Credentials::Basic {
+                username: u.to_string(),
+                password: p.to_string(),
+            }));
         }
         Ok(None)
+    }
+}
+
+/// The `oci-client` form of `creds` (pushes).
+fn registry_auth(creds: Credentials) -> RegistryAuth {
+    match creds {
+        Credentials::Anonymous => RegistryAuth::Anonymous,
+        Credentials::Basic { username, password } => RegistryAuth::Basic(username, password),
+        Credentials::Bearer(t) => RegistryAuth::Bearer(t),
     }
 }
 
@@ -204,32 +225,9 @@ fn endpoints(registry: &str, config: &RegistryConfig, with_mirrors: bool) -> Vec
     out
 }
 
-/// Registry clients, reused across pulls: building one loads the TLS root store, which costs
-/// more (~15 ms) than a manifest round trip to a nearby registry. Keyed by endpoint, TLS
-/// settings and a hash of the credentials, so a token fetched with one pod's credentials is
-/// never offered on behalf of another's.
-fn client_for(ep: &Endpoint, config: &RegistryConfig, auth: &RegistryAuth) -> Result<Client> {
-    static CLIENTS: std::sync::OnceLock<Mutex<HashMap<String, Client>>> =
-        std::sync::OnceLock::new();
-    let who = match auth {
-        RegistryAuth::Anonymous => String::new(),
-        RegistryAuth::Basic(u, p) => sha256_digest(format!("basic\0{u}\0{p}").as_bytes()),
-        RegistryAuth::Bearer(t) => sha256_digest(format!("bearer\0{t}").as_bytes()),
-    };
-    let key = format!("{}|{}|{:?}|{who}", ep.host, ep.plain_http, config.ca_file);
-    let clients = CLIENTS.get_or_init(Default::default);
-    if let Some(c) = clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(c.clone());
-    }
-    let client = new_client(ep, config)?;
-    clients
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, client.clone());
-    Ok(client)
-}
-
-fn new_client(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
+/// An `oci-client` client for one push to `ep`. Not cached: a push is one CLI invocation, and
+/// an `oci-client` client keeps the tokens of the credentials it saw.
+fn push_client(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
     let mut cc = ClientConfig {
         protocol: if ep.plain_http {
             ClientProtocol::Http
@@ -252,27 +250,81 @@ fn new_client(ep: &Endpoint, config: &RegistryConfig) -> Result<Client> {
     Client::try_from(cc).map_err(|e| ImageError::Config(format!("registry client: {e}")))
 }
 
+/// The host requests for `host` go to: Docker Hub's registry API is served at
+/// `index.docker.io`, not at `docker.io` (the name references and credentials use).
+fn wire_host(host: &str) -> &str {
+    if host == "docker.io" {
+        "index.docker.io"
+    } else {
+        host
+    }
+}
+
 fn auth_for(
     ep: &Endpoint,
     registry: &str,
     explicit: &PullAuth,
     config: &RegistryConfig,
     reference: &str,
-) -> Result<RegistryAuth> {
+) -> Result<Credentials> {
     if !ep.mirror
         && ep.host == registry
-        && let Some(a) = explicit.to_registry_auth(reference)?
+        && let Some(a) = explicit.credentials(reference)?
     {
         return Ok(a);
     }
     Ok(config
         .credentials
         .get(&ep.host)
-        .map(|(u, p)| RegistryAuth::Basic(u.clone(), p.clone()))
-        .unwrap_or(RegistryAuth::Anonymous))
+        .map(|(u, p)| Credentials::Basic {
+            username: u.clone(),
+            password: p.clone(),
+        })
+        .unwrap_or(Credentials::Anonymous))
 }
 
-/// Maps a client error to the store's taxonomy.
+/// Maps a pull failure to the store's taxonomy.
+fn map_pull_err(reference: &str, e: DistributionError) -> ImageError {
+    use DistributionError as E;
+    let has_code = |codes: &[String], want: &[&str]| codes.iter().any(|c| want.contains(&&**c));
+    match e {
+        E::TooLarge { what, limit } => ImageError::TooLarge {
+            what: format!("{what} of {reference}"),
+            limit,
+        },
+        E::DigestMismatch {
+            what,
+            expected,
+            actual,
+        } => ImageError::DigestMismatch {
+            what: format!("{what} of {reference}"),
+            expected,
+            actual,
+        },
+        E::CaFile { path, source } => ImageError::io(path, source),
+        E::Status {
+            status, ref codes, ..
+        } if status == 401 || status == 403 || has_code(codes, &["UNAUTHORIZED", "DENIED"]) => {
+            ImageError::Unauthorized {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            }
+        }
+        E::Status {
+            status, ref codes, ..
+        } if (status == 404 && !has_code(codes, &["BLOB_UNKNOWN"]))
+            || has_code(codes, &["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "NOT_FOUND"]) =>
+        {
+            ImageError::NotFound(reference.to_string())
+        }
+        e => ImageError::Distribution {
+            reference: reference.to_string(),
+            source: Arc::new(e),
+        },
+    }
+}
+
+/// Maps a push (`oci-client`) error to the store's taxonomy.
 fn map_err(reference: &str, e: OciDistributionError) -> ImageError {
     use OciDistributionError as E;
     let unauthorized = |reason: String| ImageError::Unauthorized {
@@ -387,8 +439,8 @@ impl tokio::io::AsyncWrite for LimitedFile {
 
 /// A manifest fetched from a chosen endpoint.
 struct Fetched {
-    client: Client,
-    oci_ref: Reference,
+    registry: distribution::Registry,
+    repository: String,
     bytes: Vec<u8>,
     digest: String,
 }
@@ -468,16 +520,16 @@ impl ImageStore {
                 .await?;
             extra_blobs.push((top_digest.clone(), fetched.bytes.len() as u64));
             let chosen = manifest::select_platform(&m.manifests, &reference)?.clone();
-            let child_ref = fetched.oci_ref.clone_with_digest(chosen.digest.clone());
-            let (bytes, _) = fetched
-                .client
-                .pull_manifest_raw(
-                    &child_ref,
-                    &RegistryAuth::Anonymous,
+            let bytes = fetched
+                .registry
+                .manifest(
+                    &fetched.repository,
+                    &chosen.digest,
                     manifest::ACCEPTED_MANIFESTS,
+                    MAX_JSON_BLOB,
                 )
                 .await
-                .map_err(|e| map_err(&reference, e))?;
+                .map_err(|e| map_pull_err(&reference, e))?;
             let actual = sha256_digest(&bytes);
             if actual != chosen.digest {
                 return Err(ImageError::DigestMismatch {
@@ -493,7 +545,7 @@ impl ImageStore {
                     "nested image indexes are not supported in pulls",
                 ));
             }
-            manifest_bytes = bytes.to_vec();
+            manifest_bytes = bytes;
             manifest_digest = actual;
         }
         let config_desc = m.config(&format!("manifest of {reference}"))?.clone();
@@ -542,14 +594,29 @@ impl ImageStore {
         while i < eps.len() {
             let ep = &eps[i];
             i += 1;
-            let registry_auth = auth_for(ep, &r.registry, auth, config, &reference)?;
-            let client = client_for(ep, config, &registry_auth)?;
-            let oci_ref = r.to_oci(&ep.host);
-            match client
-                .pull_manifest_raw(&oci_ref, &registry_auth, manifest::ACCEPTED_MANIFESTS)
+            let creds = auth_for(ep, &r.registry, auth, config, &reference)?;
+            let registry = distribution::Registry::new(
+                wire_host(&ep.host),
+                ep.plain_http,
+                config.ca_file.as_deref(),
+                creds,
+            )
+            .map_err(|e| map_pull_err(&reference, e))?;
+            let tag_or_digest = match (&r.digest, &r.tag) {
+                (Some(d), _) => d.as_str(),
+                (None, Some(t)) => t.as_str(),
+                (None, None) => "latest",
+            };
+            match registry
+                .manifest(
+                    &r.repository,
+                    tag_or_digest,
+                    manifest::ACCEPTED_MANIFESTS,
+                    MAX_JSON_BLOB,
+                )
                 .await
             {
-                Ok((bytes, _)) => {
+                Ok(bytes) => {
                     let digest = sha256_digest(&bytes);
                     if let Some(want) = &r.digest
                         && *want != digest
@@ -562,16 +629,16 @@ impl ImageStore {
                     }
                     tracing::debug!(%reference, host = %ep.host, plain_http = ep.plain_http, "manifest fetched");
                     return Ok(Fetched {
-                        client,
-                        oci_ref,
-                        bytes: bytes.to_vec(),
+                        registry,
+                        repository: r.repository.clone(),
+                        bytes,
                         digest,
                     });
                 }
                 Err(e) => {
-                    let transport = is_transport_error(&e);
+                    let transport = e.is_transport();
                     tracing::debug!(%reference, host = %ep.host, error = %e, "manifest fetch failed");
-                    errors.push(map_err(&reference, e));
+                    errors.push(map_pull_err(&reference, e));
                     if ep.fallback_on_transport_only && !transport {
                         // The plain-HTTP attempt reached a registry: skip its HTTPS twin.
                         i += 1;
@@ -582,7 +649,12 @@ impl ImageStore {
         // Prefer a meaningful answer (auth, not found) over transport noise.
         let best = errors
             .iter()
-            .rposition(|e| !matches!(e, ImageError::Registry { .. }))
+            .rposition(|e| {
+                !matches!(
+                    e,
+                    ImageError::Registry { .. } | ImageError::Distribution { .. }
+                )
+            })
             .unwrap_or(errors.len().saturating_sub(1));
         Err(errors
             .into_iter()
@@ -629,10 +701,15 @@ impl ImageStore {
             remaining: desc.size as u64,
         };
         fetched
-            .client
-            .pull_blob(&fetched.oci_ref, desc.digest.as_str(), &mut out)
+            .registry
+            .blob(
+                &fetched.repository,
+                &desc.digest,
+                desc.size as u64,
+                &mut out,
+            )
             .await
-            .map_err(|e| map_err(reference, e))?;
+            .map_err(|e| map_pull_err(reference, e))?;
         drop(out);
         let (this, digest, what) = (
             self.clone(),
@@ -685,8 +762,8 @@ impl ImageStore {
         while i < eps.len() {
             let ep = &eps[i];
             i += 1;
-            let registry_auth = auth_for(ep, &r.registry, auth, config, &canonical)?;
-            let client = client_for(ep, config, &registry_auth)?;
+            let registry_auth = registry_auth(auth_for(ep, &r.registry, auth, config, &canonical)?);
+            let client = push_client(ep, config)?;
             let oci_ref = r.to_oci(&ep.host);
             client
                 .store_auth_if_needed(oci_ref.resolve_registry(), &registry_auth)
@@ -811,32 +888,42 @@ mod tests {
     }
 
     #[test]
+    fn docker_hub_is_spoken_to_at_index_docker_io() {
+        assert_eq!(wire_host("docker.io"), "index.docker.io");
+        assert_eq!(wire_host("ghcr.io"), "ghcr.io");
+        assert_eq!(wire_host("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+
+    #[test]
     fn auth_conversion() {
         let a = PullAuth {
             auth: base64::engine::general_purpose::STANDARD.encode("u:p:w"),
             ..Default::default()
         };
         assert_eq!(
-            a.to_registry_auth("x").unwrap(),
-            Some(RegistryAuth::Basic("u".into(), "p:w".into()))
+            a.credentials("x").unwrap(),
+            Some(Credentials::Basic {
+                username: "u".into(),
+                password: "p:w".into()
+            })
         );
         let a = PullAuth {
             auth: "!!!".into(),
             ..Default::default()
         };
         assert!(matches!(
-            a.to_registry_auth("x"),
+            a.credentials("x"),
             Err(ImageError::Unauthorized { .. })
         ));
-        assert_eq!(PullAuth::default().to_registry_auth("x").unwrap(), None);
+        assert_eq!(PullAuth::default().credentials("x").unwrap(), None);
         let a = PullAuth {
             registry_token: "t".into(),
             username: "u".into(),
             ..Default::default()
         };
         assert_eq!(
-            a.to_registry_auth("x").unwrap(),
-            Some(RegistryAuth::Bearer("t".into()))
+            a.credentials("x").unwrap(),
+            Some(Credentials::Bearer("t".into()))
         );
         assert!(!format!("{a:?}").contains("\"t\""));
     }

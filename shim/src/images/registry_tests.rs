@@ -381,7 +381,7 @@ async fn unknown_media_type_and_index_platform_selection() {
 }
 
 /// Generates a CA and a server certificate for 127.0.0.1 with `openssl`.
-fn make_tls(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+pub(super) fn make_tls(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let run = |args: &[&str]| {
         Command::new("openssl")
             .args(args)
@@ -516,7 +516,7 @@ async fn tls_with_custom_ca_and_htpasswd_auth() {
         .pull(&reference, &alice, &RegistryConfig::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, ImageError::Registry { .. }), "{err}");
+    assert!(matches!(err, ImageError::Distribution { .. }), "{err}");
     // Credentials from the config (base64 `auth` form from the request works too).
     let img = store.pull(&reference, &alice, &cfg).await.unwrap();
     assert_eq!(img.repo_tags, vec![reference.clone()]);
@@ -638,7 +638,7 @@ async fn truncated_blob_fails_and_leaves_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, ImageError::Registry { .. }), "{err}");
+    assert!(matches!(err, ImageError::Distribution { .. }), "{err}");
     assert_empty(&store);
 }
 

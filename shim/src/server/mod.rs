@@ -124,7 +124,7 @@ fn code_of(e: &RuntimeError) -> Code {
             I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
                 Code::FailedPrecondition
             }
-            I::Registry { .. } => Code::Unavailable,
+            I::Registry { .. } | I::Distribution { .. } => Code::Unavailable,
             I::Config(_) => Code::InvalidArgument,
             I::Io { .. } | I::Internal(_) => Code::Internal,
         },
