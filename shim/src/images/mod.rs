@@ -715,16 +715,6 @@ impl ImageStore {
         Ok(img)
     }
 
-    /// The image with ID `id` if it is complete on disk and verified, i.e. the ID alone names
-    /// its content (metadata check only; see the module docs).
-    pub(crate) fn existing(&self, id: &str) -> Option<Image> {
-        let st = self.inner.lock_state();
-        st.images
-            .get(id)
-            .filter(|i| i.verified && i.rootfs.is_dir())
-            .cloned()
-    }
-
     /// The verified image whose repo digests include `name@digest`, or whose manifest is
     /// `digest`.
     pub(crate) fn by_repo_digest(&self, name: &str, digest: &str) -> Option<Image> {

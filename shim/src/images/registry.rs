@@ -550,10 +550,9 @@ impl ImageStore {
         }
         let config_desc = m.config(&format!("manifest of {reference}"))?.clone();
         super::packaging_of(&m, &config_desc)?;
-        if self.existing(&config_desc.digest).is_some() {
-            let (this, id, n) = (self.clone(), config_desc.digest.clone(), names(&top_digest));
-            return blocking(move || this.add_names(&id, &n)).await;
-        }
+        // No shortcut on the config digest: commit_image decides whether an image already
+        // stored may take this name (same layers, or verified same content), and blobs that
+        // are present are not downloaded again, so reuse costs no network.
         self.store_json(&manifest_digest, &manifest_bytes, &mut lease)
             .await?;
         let max = self.limits().max_bytes;

@@ -886,7 +886,7 @@ async fn unverified_record_is_never_trusted_by_id() {
     .await
     .unwrap();
     assert!(img.verified);
-    assert!(store.existing(&img.id).is_some());
+    assert!(store.get(&img.id).unwrap().verified);
     let record = store
         .root()
         .join("records")
@@ -897,7 +897,7 @@ async fn unverified_record_is_never_trusted_by_id() {
     let root = store.root().to_path_buf();
     drop(store);
     let store = ImageStore::open(&root, None).unwrap();
-    assert!(store.existing(&img.id).is_none());
+    assert!(!store.get(&img.id).unwrap().verified);
     assert!(
         store
             .by_repo_digest("example.com/a", &img.manifest_digest)
@@ -932,6 +932,6 @@ async fn unverified_record_is_never_trusted_by_id() {
     .unwrap();
     assert_eq!(again.id, img.id);
     assert!(again.verified);
-    assert!(store.existing(&img.id).is_some());
+    assert!(store.get(&img.id).unwrap().verified);
     assert_eq!(count(&store.root().join("tmp")), 0);
 }
