@@ -5,12 +5,12 @@
 //! The enum is `Clone` (sources are behind `Arc`) because one coalesced pull hands the same
 //! result to every caller waiting on it.
 //!
-//! Suggested gRPC codes at the edge: `NotFound` → NOT_FOUND; `InvalidReference`,
-//! `InvalidDigest`, `Ambiguous` → INVALID_ARGUMENT; `Unauthorized` → UNAUTHENTICATED (or
-//! PERMISSION_DENIED); `NoMatchingPlatform`, `UnsupportedMediaType`, `HostileLayer`,
-//! `Malformed`, `DigestMismatch`, `TooLarge` → FAILED_PRECONDITION (the content is bad, a retry
-//! will not help); `Registry`, `Distribution` → UNAVAILABLE; `Config` → FAILED_PRECONDITION; `Io`,
-//! `Internal` → INTERNAL.
+//! gRPC codes, as `crate::server`'s `code_of` maps them: `NotFound` → NOT_FOUND;
+//! `InvalidReference`, `InvalidDigest`, `Ambiguous`, `Config` → INVALID_ARGUMENT;
+//! `Unauthorized` → PERMISSION_DENIED; `DigestMismatch`, `HostileLayer`, `TooLarge` →
+//! DATA_LOSS (the content is bad or hostile, a retry will not help); `NoMatchingPlatform`,
+//! `UnsupportedMediaType`, `Malformed` → FAILED_PRECONDITION; `Registry`, `Distribution` →
+//! UNAVAILABLE; `Io`, `Internal` → INTERNAL.
 
 use std::path::PathBuf;
 use std::sync::Arc;

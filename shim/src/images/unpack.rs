@@ -364,7 +364,10 @@ impl Unpacker {
 
     /// Creates (as real directories) every missing parent of `rel`, rejecting any parent that
     /// is a symlink; replaces non-directory parents. Returns the full path of `rel`.
-    fn prepare_parent(&self, rel: &Path, name: &str) -> Result<PathBuf> {
+    ///
+    /// Every directory made here counts as an entry against [`UnpackLimits::max_entries`]:
+    /// a layer of a few entries with deep paths must not make millions of directories.
+    fn prepare_parent(&mut self, rel: &Path, name: &str) -> Result<PathBuf> {
         let mut cur = self.root.clone();
         if let Some(parent) = rel.parent() {
             for comp in parent.components() {
@@ -383,9 +386,11 @@ impl Unpacker {
                     }
                     Ok(_) => {
                         fs::remove_file(&cur).at(&cur)?;
+                        self.count_created_dir(name)?;
                         fs::create_dir(&cur).at(&cur)?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.count_created_dir(name)?;
                         fs::create_dir(&cur).at(&cur)?;
                     }
                     Err(e) => return Err(ImageError::io(&cur, e)),
@@ -393,6 +398,18 @@ impl Unpacker {
             }
         }
         Ok(self.root.join(rel))
+    }
+
+    /// Counts a directory made implicitly for an entry's parents as an entry.
+    fn count_created_dir(&mut self, name: &str) -> Result<()> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ImageError::TooLarge {
+                what: format!("number of layer entries and directories (at entry {name:?})"),
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
     }
 
     /// The full path of `rel` if every component is a real directory and it is a regular file.
@@ -614,17 +631,32 @@ fn check_global_pax(data: &[u8], name: &str) -> Result<()> {
 /// Makes an archive path relative: strips leading `/` and `.`; rejects `..`.
 pub(crate) fn clean_path(p: &Path, entry: &str) -> Result<PathBuf> {
     let mut out = PathBuf::new();
+    let mut depth = 0;
     for comp in p.components() {
         match comp {
             Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
             Component::ParentDir => {
                 return Err(ImageError::hostile(entry, "path contains a '..' component"));
             }
-            Component::Normal(c) => out.push(c),
+            Component::Normal(c) => {
+                depth += 1;
+                if depth > MAX_PATH_DEPTH {
+                    return Err(ImageError::hostile(
+                        entry,
+                        format!("path is deeper than {MAX_PATH_DEPTH} components"),
+                    ));
+                }
+                out.push(c)
+            }
         }
     }
     Ok(out)
 }
+
+/// Deepest entry path accepted. Real images stay far below it; without a bound, one entry
+/// of a few KiB of long name makes thousands of directories, and checking each entry's
+/// parents costs the square of its depth (found by the `unpack_layer` fuzz target).
+const MAX_PATH_DEPTH: usize = 128;
 
 /// Whether a symlink at `link_rel` pointing to `target` resolves (lexically) outside the root.
 fn symlink_escapes(link_rel: &Path, target: &Path) -> bool {
@@ -930,6 +962,48 @@ pub(crate) mod tests {
         assert_hostile(hostile(&[t]), "dev/sda");
         let t = TarBuilder::new().special(tar::EntryType::Fifo, "p").build();
         assert_hostile(hostile(&[t]), "p");
+    }
+
+    /// Found by the `unpack_layer` fuzz target: directories made for an entry's parents were
+    /// counted nowhere, so a few entries with deep (long-name) paths made tens of thousands
+    /// of directories, at a cost quadratic in the depth.
+    #[test]
+    fn deep_paths_are_bounded_and_implicit_directories_count() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = format!("{}f", "a/".repeat(MAX_PATH_DEPTH));
+        let t = TarBuilder::new()
+            .pax(&[("path", &deep)])
+            .file("x", b"")
+            .build();
+        let err = apply(root.path(), &[t], UnpackLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::HostileLayer { reason, .. } if reason.contains("deeper")),
+            "{err}"
+        );
+        let ok = format!("{}f", "a/".repeat(MAX_PATH_DEPTH - 1));
+        let t = TarBuilder::new()
+            .pax(&[("path", &ok)])
+            .file("x", b"")
+            .build();
+        let root = tempfile::tempdir().unwrap();
+        apply(root.path(), &[t], UnpackLimits::default()).unwrap();
+        assert!(root.path().join(&ok).is_file());
+
+        // Three file entries, but 3 x 20 directories made for them: over a limit of 50.
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            max_entries: 50,
+        };
+        let mut b = TarBuilder::new();
+        for i in 0..3 {
+            b = b.file(&format!("d{i}/{}f", "a/".repeat(19)), b"");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let err = apply(root.path(), &[b.build()], limits).unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooLarge { limit: 50, .. }),
+            "{err}"
+        );
     }
 
     #[test]
