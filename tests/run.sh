@@ -46,7 +46,7 @@ for t in $fuzz_targets; do
         echo "fuzz $t: crashed (exit $status); the input is under fuzz/artifacts/$t/"
         exit 1
     fi
-    echo "fuzz $t: $(grep -E '^#[0-9]+ +DONE' "$scratch.log" || tail -n 1 "$scratch.log")"
+    echo "fuzz $t: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$scratch.log" || tail -n 1 "$scratch.log")"
     rm -rf "$scratch" "$scratch.log"
 done
 echo "fuzz: $(wc -w <<<"$fuzz_targets") passed, 0 failed"

@@ -145,10 +145,12 @@ pub fn check_rootfs(root: &Path, limits: Option<UnpackLimits>) {
         let listing =
             fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
         for entry in listing {
-            let path = entry
-                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-                .path();
-            let m = fs::symlink_metadata(&path)
+            let entry = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+            let path = entry.path();
+            // Relative to the directory (fstatat), not by path: a layer's tree may be
+            // thousands of directories deep. Does not follow symlinks.
+            let m = entry
+                .metadata()
                 .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()));
             let rel = path.strip_prefix(root).expect("listed under the root");
             let whiteout = path
