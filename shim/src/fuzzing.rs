@@ -82,9 +82,10 @@ fn scratch_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
 
 /// Unpacks `layers` in order onto one fresh rootfs the way the store does (each layer a blob
 /// file, digest-verified, decompressed per `compression`), with [`FUZZ_UNPACK_LIMITS`], then
-/// checks the tree ([`check_rootfs`]; the byte limit only on success: a layer that hits it
-/// has written one byte past it before failing) and that the scratch directory holds nothing
-/// but the blobs and the rootfs, and removes it.
+/// checks that the scratch directory holds nothing but the blobs and the rootfs and checks the
+/// tree ([`check_rootfs`]; the byte limit only on success: a layer that hits it has written
+/// one byte past it before failing). The scratch directory is removed before a broken
+/// promise panics, so a finding leaves nothing behind either.
 pub fn unpack_layers(layers: &[&[u8]], compression: LayerCompression) -> Result<()> {
     let scratch = scratch_dir("wasmcri-fuzz-unpack-").at(scratch_parent())?;
     let root = scratch.path().join(ROOTFS);
@@ -108,28 +109,40 @@ pub fn unpack_layers(layers: &[&[u8]], compression: LayerCompression) -> Result<
             break;
         }
     }
-    check_scratch(scratch.path(), &expected);
-    check_rootfs(&root, result.is_ok().then_some(FUZZ_UNPACK_LIMITS));
+    let verdict = check_scratch(scratch.path(), &expected)
+        .and_then(|()| check_rootfs(&root, result.is_ok().then_some(FUZZ_UNPACK_LIMITS)));
     let path = scratch.path().to_path_buf();
-    if let Err(e) = scratch.close() {
+    let removed = scratch.close();
+    if let Err(broken) = verdict {
+        panic!("{broken}");
+    }
+    if let Err(e) = removed {
         panic!("unpacked tree {} cannot be removed: {e}", path.display());
     }
     result
 }
 
-/// Panics unless `dir` holds exactly the entries named in `expected`.
-fn check_scratch(dir: &Path, expected: &[String]) {
-    let mut found: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+/// `Err(why())` unless `ok`: a broken promise, reported once the scratch files are gone.
+fn ensure(ok: bool, why: impl FnOnce() -> String) -> std::result::Result<(), String> {
+    if ok { Ok(()) } else { Err(why()) }
+}
+
+/// Whether `dir` holds exactly the entries named in `expected`.
+fn check_scratch(dir: &Path, expected: &[String]) -> std::result::Result<(), String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        found.push(entry.file_name().to_string_lossy().into_owned());
+    }
     found.sort();
     let mut expected = expected.to_vec();
     expected.sort();
-    assert_eq!(found, expected, "a layer wrote beside the rootfs");
+    ensure(found == expected, || {
+        format!("a layer wrote beside the rootfs: {found:?}")
+    })
 }
 
-/// Checks the unpacker's promises on a rootfs it built, panicking on the first broken one:
+/// Checks the unpacker's promises on a rootfs it built; `Err` names the first broken one:
 /// - only directories, regular files and symlinks (no devices, FIFOs, sockets);
 /// - no setuid, setgid or sticky bit;
 /// - no whiteout (`.wh.*`) materialised as a file or symlink;
@@ -137,73 +150,72 @@ fn check_scratch(dir: &Path, expected: &[String]) {
 ///   chroot-style by every consumer);
 /// - every name of every regular file is inside the rootfs (no hard link to a file outside);
 /// - with `limits`, the distinct regular files hold at most `limits.max_bytes` bytes.
-pub fn check_rootfs(root: &Path, limits: Option<UnpackLimits>) {
+pub fn check_rootfs(root: &Path, limits: Option<UnpackLimits>) -> std::result::Result<(), String> {
     // inode -> (link count, names seen in the tree, size, one path)
     let mut files: HashMap<u64, (u64, u64, u64, PathBuf)> = HashMap::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let listing =
-            fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+            fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         for entry in listing {
-            let entry = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
             let path = entry.path();
             // Relative to the directory (fstatat), not by path: a layer's tree may be
             // thousands of directories deep. Does not follow symlinks.
             let m = entry
                 .metadata()
-                .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()));
-            let rel = path.strip_prefix(root).expect("listed under the root");
+                .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
             let whiteout = path
                 .file_name()
                 .is_some_and(|n| n.as_encoded_bytes().starts_with(b".wh."));
             let ft = m.file_type();
-            if !ft.is_symlink() {
-                assert_eq!(
-                    m.mode() & 0o7000,
-                    0,
-                    "{} has a setuid/setgid/sticky bit",
-                    rel.display()
-                );
-            }
+            ensure(ft.is_symlink() || m.mode() & 0o7000 == 0, || {
+                format!("{} has a setuid/setgid/sticky bit", rel.display())
+            })?;
             if ft.is_dir() {
                 dirs.push(path);
             } else if ft.is_file() {
-                assert!(!whiteout, "whiteout {} materialised", rel.display());
+                ensure(!whiteout, || {
+                    format!("whiteout {} materialised", rel.display())
+                })?;
                 let e = files
                     .entry(m.ino())
-                    .or_insert_with(|| (m.nlink(), 0, m.len(), path.clone()));
+                    .or_insert_with(|| (m.nlink(), 0, m.len(), rel.clone()));
                 e.1 += 1;
             } else if ft.is_symlink() {
-                assert!(!whiteout, "whiteout {} materialised", rel.display());
+                ensure(!whiteout, || {
+                    format!("whiteout {} materialised", rel.display())
+                })?;
                 let target = fs::read_link(&path)
-                    .unwrap_or_else(|e| panic!("cannot read link {}: {e}", path.display()));
-                assert!(
-                    !climbs_out(rel, &target),
-                    "symlink {} -> {} leaves the rootfs",
-                    rel.display(),
-                    target.display()
-                );
+                    .map_err(|e| format!("cannot read link {}: {e}", path.display()))?;
+                ensure(!climbs_out(&rel, &target), || {
+                    format!(
+                        "symlink {} -> {} leaves the rootfs",
+                        rel.display(),
+                        target.display()
+                    )
+                })?;
             } else {
-                panic!("{} is a device, FIFO or socket", rel.display());
+                return Err(format!("{} is a device, FIFO or socket", rel.display()));
             }
         }
     }
     let mut bytes = 0;
-    for (nlink, seen, size, path) in files.values() {
-        assert_eq!(
-            nlink,
-            seen,
-            "{} has {nlink} names but only {seen} inside the rootfs",
-            path.display()
-        );
+    for (nlink, seen, size, rel) in files.values() {
+        ensure(nlink == seen, || {
+            format!(
+                "{} has {nlink} names but only {seen} inside the rootfs",
+                rel.display()
+            )
+        })?;
         bytes += size;
     }
-    if let Some(limits) = limits {
-        assert!(
-            bytes <= limits.max_bytes,
-            "{bytes} bytes unpacked, limit {}",
-            limits.max_bytes
-        );
+    match limits {
+        Some(l) => ensure(bytes <= l.max_bytes, || {
+            format!("{bytes} bytes unpacked, limit {}", l.max_bytes)
+        }),
+        None => Ok(()),
     }
 }
 
@@ -319,8 +331,8 @@ pub fn log_ops(mut data: &[u8]) -> Vec<LogOp> {
     ops
 }
 
-/// Runs `ops` against a fresh [`CriLogWriter`], closes it, and checks the log files (rotated
-/// ones and the last, in order) with [`check_log`].
+/// Runs `ops` against a fresh [`CriLogWriter`], closes it, reads the log files (rotated ones
+/// and the last, in order), removes them and checks what they held with [`check_log`].
 pub fn write_log(ops: &[LogOp]) -> io::Result<()> {
     let dir = scratch_dir("wasmcri-fuzz-log-")?;
     let path = dir.path().join("0.log");
@@ -347,8 +359,11 @@ pub fn write_log(ops: &[LogOp]) -> io::Result<()> {
     for f in &files {
         log.extend(fs::read(f)?);
     }
+    drop(w);
+    // Removed first, so a broken promise leaves nothing behind.
+    dir.close()?;
     check_log(&log, &written);
-    dir.close()
+    Ok(())
 }
 
 fn stream_index(s: Stream) -> usize {
@@ -482,54 +497,54 @@ mod tests {
     #[test]
     fn check_rootfs_accepts_a_clean_tree() {
         let d = tree();
-        check_rootfs(d.path(), Some(FUZZ_UNPACK_LIMITS));
+        check_rootfs(d.path(), Some(FUZZ_UNPACK_LIMITS)).unwrap();
+    }
+
+    fn broken(root: &Path, limits: Option<UnpackLimits>, why: &str) {
+        let err = check_rootfs(root, limits).unwrap_err();
+        assert!(err.contains(why), "{err}");
     }
 
     #[test]
-    #[should_panic(expected = "leaves the rootfs")]
     fn check_rootfs_catches_escaping_symlink() {
         let d = tree();
         std::os::unix::fs::symlink("../../x", d.path().join("dir/up")).unwrap();
-        check_rootfs(d.path(), None);
+        broken(d.path(), None, "dir/up -> ../../x leaves the rootfs");
     }
 
     #[test]
-    #[should_panic(expected = "inside the rootfs")]
     fn check_rootfs_catches_hard_link_outside() {
         let outer = tempfile::tempdir().unwrap();
         let root = outer.path().join("root");
         fs::create_dir(&root).unwrap();
         fs::write(outer.path().join("secret"), b"s").unwrap();
         fs::hard_link(outer.path().join("secret"), root.join("s")).unwrap();
-        check_rootfs(&root, None);
+        broken(&root, None, "s has 2 names but only 1 inside the rootfs");
     }
 
     #[test]
-    #[should_panic(expected = "device, FIFO or socket")]
     fn check_rootfs_catches_fifo() {
         let d = tree();
         nix::unistd::mkfifo(&d.path().join("p"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        check_rootfs(d.path(), None);
+        broken(d.path(), None, "p is a device, FIFO or socket");
     }
 
     #[test]
-    #[should_panic(expected = "setuid/setgid/sticky")]
     fn check_rootfs_catches_setuid() {
         use std::os::unix::fs::PermissionsExt;
         let d = tree();
         fs::set_permissions(d.path().join("dir/f"), fs::Permissions::from_mode(0o4755)).unwrap();
-        check_rootfs(d.path(), None);
+        broken(d.path(), None, "dir/f has a setuid/setgid/sticky bit");
     }
 
     #[test]
-    #[should_panic(expected = "limit")]
     fn check_rootfs_enforces_the_byte_limit() {
         let d = tree();
         let limits = UnpackLimits {
             max_bytes: 4,
             max_entries: 10,
         };
-        check_rootfs(d.path(), Some(limits));
+        broken(d.path(), Some(limits), "5 bytes unpacked, limit 4");
     }
 
     #[test]
