@@ -25,3 +25,28 @@ export WASMCRI_GUESTS="$PWD/examples/guests/target"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wasmcri-target}"
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads="${WASMCRI_TEST_THREADS:-4}"
+
+# Fuzzing (README, "Fuzzing"): every libFuzzer target on its committed seed corpus for a short,
+# fixed time, so a parser that breaks one of its promises fails the run. The targets build
+# wasmcri without wasmtime (instrumenting it would cost ~20 min); the build cache lives
+# outside the checkout like the one above. New corpus entries go to a scratch directory.
+command -v cargo-fuzz >/dev/null ||
+    env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked --version 0.13.2
+fuzz_args=(-O -a -s none --target-dir "${WASMCRI_FUZZ_TARGET_DIR:-/var/tmp/wasmcri-fuzz-target}")
+cargo fuzz build "${fuzz_args[@]}"
+fuzz_targets=$(cargo fuzz list)
+for t in $fuzz_targets; do
+    scratch=$(mktemp -d)
+    status=0
+    cargo fuzz run "${fuzz_args[@]}" "$t" "$scratch" "fuzz/corpus/$t" -- \
+        -max_total_time="${WASMCRI_FUZZ_SECONDS:-15}" -rss_limit_mb=2048 -timeout=10 \
+        >"$scratch.log" 2>&1 || status=$?
+    if ((status != 0)); then
+        tail -n 60 "$scratch.log"
+        echo "fuzz $t: crashed (exit $status); the input is under fuzz/artifacts/$t/"
+        exit 1
+    fi
+    echo "fuzz $t: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$scratch.log" || tail -n 1 "$scratch.log")"
+    rm -rf "$scratch" "$scratch.log"
+done
+echo "fuzz: $(wc -w <<<"$fuzz_targets") passed, 0 failed"

@@ -15,15 +15,22 @@
 
 pub mod cgroups;
 pub mod config;
+#[cfg(feature = "runtime")]
 pub mod container;
+#[cfg(feature = "runtime")]
 pub mod daemon;
+pub mod fuzzing;
 pub mod ids;
 pub mod images;
 pub mod logs;
 pub mod network;
 pub mod pod;
+#[cfg(feature = "runtime")]
 pub mod runner;
+#[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "runtime")]
 pub mod server;
 pub mod store;
+#[cfg(feature = "runtime")]
 pub mod wasm;
