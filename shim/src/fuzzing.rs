@@ -102,7 +102,7 @@ pub fn unpack_layers(layers: &[&[u8]], compression: LayerCompression) -> Result<
                 &blob,
                 &blobs::sha256_digest(layer),
                 compression.into(),
-                None,
+                &diff_id_of(layer, compression),
             )
         });
         if result.is_err() {
@@ -120,6 +120,29 @@ pub fn unpack_layers(layers: &[&[u8]], compression: LayerCompression) -> Result<
         panic!("unpacked tree {} cannot be removed: {e}", path.display());
     }
     result
+}
+
+/// The diff ID a config would list for `layer` (the digest of its uncompressed tar), so the
+/// unpacker's diff ID check passes for well-formed input and the whole tree gets checked. A
+/// layer that does not decompress, or decompresses past a bound, gets an all-zero digest:
+/// the unpacker then fails it anyway (on the data, on a limit, or on the digest).
+fn diff_id_of(layer: &[u8], compression: LayerCompression) -> String {
+    use io::Read;
+    /// Decompressed bytes hashed at most: past the fuzz limits, so the unpacker decides.
+    const MAX_DECODED: u64 = 4 << 20;
+    let decoded: Box<dyn Read + '_> = match compression {
+        LayerCompression::None => Box::new(layer),
+        LayerCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(layer)),
+        LayerCompression::Zstd => match zstd::Decoder::new(layer) {
+            Ok(d) => Box::new(d),
+            Err(_) => return format!("sha256:{}", "0".repeat(64)),
+        },
+    };
+    let mut tar = Vec::new();
+    match decoded.take(MAX_DECODED + 1).read_to_end(&mut tar) {
+        Ok(n) if (n as u64) <= MAX_DECODED => blobs::sha256_digest(&tar),
+        _ => format!("sha256:{}", "0".repeat(64)),
+    }
 }
 
 /// `Err(why())` unless `ok`: a broken promise, reported once the scratch files are gone.

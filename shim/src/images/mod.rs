@@ -908,14 +908,17 @@ impl ImageStore {
         }
 
         let mut blobs_held = vec![inc.manifest_digest.clone(), config_digest.clone()];
-        let mut size = inc.manifest_size + config_desc.size.max(0) as u64;
+        // Saturating: a local layout may declare sizes near i64::MAX (pulls bound them first).
+        let mut size = inc
+            .manifest_size
+            .saturating_add(config_desc.size.max(0) as u64);
         for l in layers {
             blobs_held.push(l.digest.clone());
-            size += l.size.max(0) as u64;
+            size = size.saturating_add(l.size.max(0) as u64);
         }
         for (d, s) in &inc.extra_blobs {
             blobs_held.push(d.clone());
-            size += s;
+            size = size.saturating_add(*s);
         }
         blobs_held.sort();
         blobs_held.dedup();
