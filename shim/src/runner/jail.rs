@@ -28,12 +28,13 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::{CloneFlags, setns, unshare};
 
 use super::{RunMode, RunnerSpec};
 
@@ -43,6 +44,14 @@ const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/rand
 
 /// The name-service configuration written into the jail: files (`/etc/hosts`), then DNS.
 const NSSWITCH: &str = "hosts: files dns\n";
+
+/// Where [`NSSWITCH`] goes.
+const NSSWITCH_PATH: &str = "/etc/nsswitch.conf";
+
+/// Mount flags of the runner's own tmpfs.
+const TMPFS_FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
 /// What is mounted at one path in the jail.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,7 +166,7 @@ pub(crate) fn plan(spec: &RunnerSpec) -> Result<Vec<Entry>, String> {
         }
     }
     add(Entry {
-        target: "/etc/nsswitch.conf".into(),
+        target: NSSWITCH_PATH.into(),
         source: Source::Contents(NSSWITCH),
         read_only: true,
     })?;
@@ -193,12 +202,60 @@ fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
-/// Enters a private mount namespace, builds the jail for `spec` on a tmpfs mounted at
-/// `spec.jail`, and makes it the root (`pivot_root`, old root detached). Needs
-/// CAP_SYS_ADMIN; fails closed: a runner that cannot build its jail does not run the guest.
-pub(crate) fn enter(spec: &RunnerSpec, jail: &Path) -> Result<(), String> {
-    let entries = plan(spec)?;
+/// Where the jail's root tmpfs is mounted in the runner's private copy of the host's tree
+/// before `pivot_root` makes it `/`: any directory every host has; nothing of the host's
+/// `/tmp` is reachable through it (the tmpfs covers it, and the old root is detached).
+const JAIL_MOUNT: &str = "/tmp";
+
+/// The spec-independent half of the jail, made by [`prepare`] before the spec is known (a
+/// standby runner does it while it idles): a private mount namespace whose root is the
+/// jail's tmpfs holding the [`DEVICES`] and `/etc/nsswitch.conf`, with the host's old root
+/// already detached — the detach waits for an RCU grace period (about 3 ms on a loaded
+/// 2-core VM), which is why it happens here and not on the start path.
+///
+/// The host stays reachable only through these descriptors, all close-on-exec, and all
+/// closed by [`Prepared::enter`] before any guest code runs: the host's mount namespace,
+/// root and working directory, to go back to the host's view for the host-side work of
+/// a start ([`Prepared::to_host`]); the jail's namespace and root, to come back.
+pub(crate) struct Prepared {
+    host_ns: OwnedFd,
+    host_root: OwnedFd,
+    host_cwd: OwnedFd,
+    jail_ns: OwnedFd,
+    jail_root: OwnedFd,
+}
+
+/// Enters a private mount namespace and makes its root the jail's tmpfs with what every
+/// jail holds ([`Prepared`]), then stays there. Needs CAP_SYS_ADMIN. On failure the process
+/// is back in the host's namespace, root and working directory; if even that fails it exits
+/// with [`super::EXIT_FAILURE`] (it would be stranded in a half-built namespace).
+pub(crate) fn prepare() -> Result<Prepared, String> {
+    let host_root = open_path(Path::new("/")).map_err(|e| format!("open /: {e}"))?;
+    let host_cwd = open_path(Path::new(".")).map_err(|e| format!("open .: {e}"))?;
+    let host_ns = open_ns().map_err(|e| format!("open the host's mount namespace: {e}"))?;
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
+    match build_root() {
+        Ok((jail_ns, jail_root)) => Ok(Prepared {
+            host_ns,
+            host_root,
+            host_cwd,
+            jail_ns,
+            jail_root,
+        }),
+        Err(e) => {
+            if let Err(back) = return_to(&host_ns, &host_root, &host_cwd) {
+                eprintln!("runner: {e}; cannot return to the host's mount namespace: {back}");
+                std::process::exit(super::EXIT_FAILURE);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// In the fresh namespace: private propagation, the jail's tmpfs with the devices and
+/// `nsswitch.conf`, `pivot_root` into it and the old root detached. Returns the namespace
+/// and the jail's root.
+fn build_root() -> Result<(OwnedFd, OwnedFd), String> {
     // Before anything is mounted: nothing below propagates to (or from) the host.
     mount(
         None::<&str>,
@@ -208,85 +265,263 @@ pub(crate) fn enter(spec: &RunnerSpec, jail: &Path) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("make mounts private: {e}"))?;
-    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let jail_ns = open_ns().map_err(|e| format!("open the jail's mount namespace: {e}"))?;
+    let jail = Path::new(JAIL_MOUNT);
     mount(
         Some("tmpfs"),
         jail,
         Some("tmpfs"),
-        base,
+        TMPFS_FLAGS,
         Some("mode=0755,size=1m,nr_inodes=4k"),
     )
-    .map_err(|e| format!("mount jail tmpfs on {}: {e}", jail.display()))?;
+    .map_err(|e| format!("mount jail tmpfs on {JAIL_MOUNT}: {e}"))?;
+    for dev in DEVICES {
+        let dev = Path::new(dev);
+        make_mount_point(jail, dev, false, false)
+            .map_err(|e| format!("jail mount point {}: {e}", dev.display()))?;
+        bind(dev, &in_jail(jail, dev), false, false)
+            .map_err(|e| format!("bind {} into the jail: {e}", dev.display()))?;
+    }
+    write_new(&in_jail(jail, Path::new(NSSWITCH_PATH)), NSSWITCH)
+        .map_err(|e| format!("write {NSSWITCH_PATH}: {e}"))?;
+    pivot_into(jail)?;
+    let root = open_path(Path::new("/")).map_err(|e| format!("open the jail's root: {e}"))?;
+    Ok((jail_ns, root))
+}
+
+impl Prepared {
+    /// Back to the host's mount namespace, root and working directory, for the host-side
+    /// part of a start (reading the spec file, the debug log, cgroups, netns): every host
+    /// path then means what it means to the daemon. Needs a single-threaded process.
+    pub(crate) fn to_host(&self) -> Result<(), String> {
+        return_to(&self.host_ns, &self.host_root, &self.host_cwd)
+    }
+
+    /// Completes the jail for `spec` and enters it; called in the host's namespace (after
+    /// [`Prepared::to_host`]). Each host source is resolved inside the host's root
+    /// (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`), cloned with its submounts
+    /// (`open_tree(OPEN_TREE_CLONE)`, which only works in the namespace the source is
+    /// mounted in), made private, nosuid and, where asked, read-only all the way down with
+    /// one `mount_setattr` on the detached tree; then the process goes back into the jail's
+    /// namespace and moves the trees to their places. Every descriptor to the host is closed
+    /// on return. On failure the process is left in the host's namespace, so the exit
+    /// record can still be written.
+    pub(crate) fn enter(self, spec: &RunnerSpec) -> Result<(), String> {
+        let r = self.complete(spec);
+        if r.is_err()
+            && let Err(e) = self.to_host()
+        {
+            eprintln!("runner: cannot return to the host's mount namespace: {e}");
+        }
+        r
+    }
+
+    fn complete(&self, spec: &RunnerSpec) -> Result<(), String> {
+        let entries = plan(spec)?;
+        let steps = steps(&entries);
+        let mut trees = Vec::new();
+        for (e, step) in entries.iter().zip(&steps) {
+            if let (Step::Attach { .. }, Source::Dir(src) | Source::File(src)) = (step, &e.source) {
+                let recursive = matches!(e.source, Source::Dir(_));
+                trees.push(
+                    clone_tree(&self.host_root, src, e.read_only, recursive)
+                        .map_err(|err| format!("bind {} into the jail: {err}", src.display()))?,
+                );
+            }
+        }
+        setns(&self.jail_ns, CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("enter the jail's mount namespace: {e}"))?;
+        let root = Path::new("/");
+        let mut trees = trees.into_iter();
+        let mut tmpfs: Vec<&Path> = Vec::new();
+        for (e, step) in entries.iter().zip(&steps) {
+            match (step, &e.source) {
+                (Step::Skip, _) => {}
+                (Step::Write, Source::Contents(text)) => write_new(&e.target, text)
+                    .map_err(|err| format!("write {}: {err}", e.target.display()))?,
+                (Step::Tmpfs, _) => {
+                    make_mount_point(root, &e.target, true, false)
+                        .map_err(|err| format!("jail mount point {}: {err}", e.target.display()))?;
+                    mount(
+                        Some("tmpfs"),
+                        &e.target,
+                        Some("tmpfs"),
+                        TMPFS_FLAGS,
+                        Some("mode=0755,size=64k,nr_inodes=1k"),
+                    )
+                    .map_err(|err| format!("mount tmpfs on {}: {err}", e.target.display()))?;
+                    tmpfs.push(&e.target);
+                }
+                (Step::Attach { nested }, source) => {
+                    let tree = trees.next().expect("one tree per attach step");
+                    let is_dir = matches!(source, Source::Dir(_));
+                    make_mount_point(root, &e.target, is_dir, *nested)
+                        .map_err(|err| format!("jail mount point {}: {err}", e.target.display()))?;
+                    attach(&tree, &e.target)
+                        .map_err(|err| format!("attach {}: {err}", e.target.display()))?;
+                    if e.target == root {
+                        // A host directory on the jail's root: the process's root does not
+                        // follow a mount stacked on it, so move the root onto the tree.
+                        nix::unistd::fchdir(&tree)
+                            .and_then(|()| nix::unistd::chroot("."))
+                            .map_err(|err| format!("enter the tree on /: {err}"))?;
+                    }
+                }
+                (Step::Write, _) => unreachable!("only contents are written"),
+            }
+        }
+        // Placeholders are in place: the tmpfs themselves become read-only (the files bound
+        // onto them keep their own mode), and so does the jail's root.
+        for t in tmpfs {
+            set_attr(libc::AT_FDCWD, t, libc::MOUNT_ATTR_RDONLY, 0, false)
+                .map_err(|err| format!("make {} read-only: {err}", t.display()))?;
+        }
+        set_attr(
+            self.jail_root.as_raw_fd(),
+            Path::new(""),
+            libc::MOUNT_ATTR_RDONLY,
+            0,
+            false,
+        )
+        .map_err(|err| format!("make the jail's root read-only: {err}"))?;
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+    }
+}
+
+/// What [`Prepared::enter`] does with one entry of the [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// Nothing: already in the jail ([`prepare`] made it), or a path bound onto itself
+    /// inside a bind of its own directory that is already as read-only, or contents below a
+    /// host directory (the host's own file is what the guest's node sees).
+    Skip,
+    /// Write the contents into the runner's own tmpfs.
+    Write,
+    /// A fresh tmpfs for file-mount placeholders.
+    Tmpfs,
+    /// Clone the host source and attach it; `nested` when the target lies in a host
+    /// directory attached earlier, where nothing may be created.
+    Attach { nested: bool },
+}
+
+/// The step for each entry of `entries` (in [`plan`] order).
+fn steps(entries: &[Entry]) -> Vec<Step> {
     // What is mounted so far, and whether it is a host directory (below which nothing may
     // be created) or one of the runner's own tmpfs.
-    let mut mounted: Vec<(PathBuf, &Source, bool)> = Vec::new();
-    let mut tmpfs: Vec<PathBuf> = Vec::new();
-    for e in &entries {
-        let inside = in_jail(jail, &e.target);
+    let mut mounted: Vec<(&Path, &Source, bool)> = Vec::new();
+    let mut steps = Vec::with_capacity(entries.len());
+    for e in entries {
         let parent = mounted
             .iter()
             .rev()
             .find(|(t, _, _)| e.target.starts_with(t) && *t != e.target);
         let nested = matches!(parent, Some((_, Source::Dir(_), _)));
-        // A path bound onto itself inside a bind of its own directory that is already as
-        // read-only adds nothing (the `.wasm` inside the image rootfs).
-        if let (Some((_, Source::Dir(_), parent_ro)), Source::Dir(src) | Source::File(src)) =
-            (parent, &e.source)
-            && *src == e.target
-            && (*parent_ro || !e.read_only)
-        {
-            continue;
-        }
-        if let Source::Contents(text) = &e.source {
-            // Below a host directory the host's own file is what the guest's node sees.
-            if !nested {
-                write_new(&inside, text)
-                    .map_err(|err| format!("write {}: {err}", e.target.display()))?;
+        let step = match (&e.source, parent) {
+            (Source::Dir(src) | Source::File(src), Some((_, Source::Dir(_), parent_ro)))
+                if *src == e.target && (*parent_ro || !e.read_only) =>
+            {
+                Step::Skip
             }
-            continue;
+            (Source::Contents(_), _) if nested => Step::Skip,
+            // On the jail's own root: made by `prepare`.
+            (Source::Contents(_), None) => Step::Skip,
+            (Source::File(src), None) if DEVICES.iter().any(|d| Path::new(d) == src) => Step::Skip,
+            (Source::Contents(_), Some(_)) => Step::Write,
+            (Source::Tmpfs, _) => Step::Tmpfs,
+            (Source::Dir(_) | Source::File(_), _) => Step::Attach { nested },
+        };
+        if matches!(step, Step::Tmpfs | Step::Attach { .. }) {
+            mounted.push((&e.target, &e.source, e.read_only));
         }
-        let is_dir = matches!(e.source, Source::Dir(_) | Source::Tmpfs);
-        make_mount_point(jail, &e.target, is_dir, nested)
-            .map_err(|err| format!("jail mount point {}: {err}", e.target.display()))?;
-        match &e.source {
-            Source::Dir(src) | Source::File(src) => {
-                bind(
-                    src,
-                    &inside,
-                    e.read_only,
-                    matches!(e.source, Source::Dir(_)),
-                )
-                .map_err(|err| format!("bind {} into the jail: {err}", src.display()))?;
-                mounted.push((e.target.clone(), &e.source, e.read_only));
-            }
-            Source::Tmpfs => {
-                mount(
-                    Some("tmpfs"),
-                    &inside,
-                    Some("tmpfs"),
-                    base,
-                    Some("mode=0755,size=64k,nr_inodes=1k"),
-                )
-                .map_err(|err| format!("mount tmpfs on {}: {err}", e.target.display()))?;
-                mounted.push((e.target.clone(), &e.source, e.read_only));
-                tmpfs.push(inside);
-            }
-            Source::Contents(_) => unreachable!("written above"),
-        }
+        steps.push(step);
     }
-    // Placeholders are in place: the tmpfs themselves become read-only (the files bound onto
-    // them keep their own mode), and so does the jail's root.
-    for t in tmpfs.iter().chain(std::iter::once(&jail.to_path_buf())) {
-        mount(
-            None::<&str>,
-            t,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
-            None::<&str>,
+    steps
+}
+
+/// A detached copy of the host's `src` (with its submounts when `recursive`), resolved
+/// inside `host_root` with no magic links followed, made private (nothing mounted on or
+/// under it propagates to or from the host), nosuid and, when `read_only`, read-only all
+/// the way down.
+fn clone_tree(
+    host_root: &OwnedFd,
+    src: &Path,
+    read_only: bool,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(host_root, src, how).map_err(io::Error::from)?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: `fd` is an open descriptor and "" a NUL-terminated path; open_tree returns a
+    // new descriptor (or -1), which is owned from here.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor open_tree just returned, owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let mut set = libc::MOUNT_ATTR_NOSUID;
+    if read_only {
+        set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    set_attr(
+        tree.as_raw_fd(),
+        Path::new(""),
+        set,
+        libc::MS_PRIVATE,
+        recursive,
+    )?;
+    Ok(tree)
+}
+
+/// Moves the detached `tree` onto `target` (not following a final symbolic link).
+fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
+    let c = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `tree` is an open descriptor, both paths NUL-terminated; the kernel only reads
+    // them for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
         )
-        .map_err(|err| format!("make {} read-only: {err}", t.display()))?;
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
     }
-    pivot_into(jail)
+    Ok(())
+}
+
+/// `setns` into `ns` (a mount namespace), then root and working directory back to `root`
+/// and `cwd` (`setns` sets both to the namespace's root).
+fn return_to(ns: &OwnedFd, root: &OwnedFd, cwd: &OwnedFd) -> Result<(), String> {
+    setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("setns: {e}"))?;
+    nix::unistd::fchdir(root)
+        .and_then(|()| nix::unistd::chroot("."))
+        .and_then(|()| nix::unistd::fchdir(cwd))
+        .map_err(|e| format!("restore root and working directory: {e}"))
+}
+
+/// An `O_PATH` descriptor for `p`.
+fn open_path(p: &Path) -> io::Result<OwnedFd> {
+    Ok(fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(p)?
+        .into())
+}
+
+/// This process's mount namespace.
+fn open_ns() -> io::Result<OwnedFd> {
+    Ok(fs::File::open("/proc/self/ns/mnt")?.into())
 }
 
 /// Creates `path` (and its missing parents) in the jail's tmpfs with `text` in it.
@@ -366,26 +601,41 @@ fn bind(src: &Path, dst: &Path, read_only: bool, recursive: bool) -> Result<(), 
     if read_only {
         set |= libc::MOUNT_ATTR_RDONLY;
     }
-    set_attr(dst, set, recursive).map_err(|e| format!("set mount attributes: {e}"))
+    set_attr(libc::AT_FDCWD, dst, set, 0, recursive)
+        .map_err(|e| format!("set mount attributes: {e}"))
 }
 
-/// `mount_setattr(2)` on `path` (and, if `recursive`, every mount below it): the only way to
-/// make a bind mount's submounts read-only too, which `MS_REMOUNT` cannot (Linux 5.12+).
-fn set_attr(path: &Path, set: u64, recursive: bool) -> io::Result<()> {
+/// `mount_setattr(2)` on `path` relative to `dirfd` (`""`: the mount `dirfd` is) and, if
+/// `recursive`, every mount below it: sets the `set` attributes and, unless 0, the
+/// `propagation` type. The only way to make a bind mount's submounts read-only too, which
+/// `MS_REMOUNT` cannot (Linux 5.12+).
+fn set_attr(
+    dirfd: RawFd,
+    path: &Path,
+    set: u64,
+    propagation: libc::c_ulong,
+    recursive: bool,
+) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation: propagation as u64,
         userns_fd: 0,
     };
-    let flags = libc::AT_SYMLINK_NOFOLLOW | if recursive { libc::AT_RECURSIVE } else { 0 };
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    if path.as_os_str().is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
     // SAFETY: `c` is a NUL-terminated path and `attr` a fully initialised `mount_attr` whose
     // size is passed along; the kernel only reads both for the duration of the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
+            dirfd,
             c.as_ptr(),
             flags as libc::c_uint,
             &attr as *const libc::mount_attr,
