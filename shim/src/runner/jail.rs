@@ -21,8 +21,24 @@
 //! anything is mounted), so nothing the runner mounts is seen by the host, and everything
 //! disappears with the runner's last process.
 //!
-//! Order: this runs after the runner joined its cgroups and network namespace (opened by
-//! path from the host's view) and before it opens the log and drops privileges.
+//! # Two halves
+//! [`prepare`] does what does not depend on the spec, before the spec is read (a standby
+//! runner while it idles): keep descriptors to the host's mount namespace, root and working
+//! directory, `unshare(CLONE_NEWNS)`, make the tree private, mount the jail's root tmpfs
+//! with the devices and `nsswitch.conf`, `pivot_root` into it and detach the old root. The
+//! detach is the expensive part: the kernel waits for an RCU grace period before it
+//! returns (2.7 ms of a start on a loaded 2-core VM).
+//!
+//! Once the spec is here, [`Prepared::to_host`] goes back to the host's namespace, where the
+//! runner joins its cgroups and network namespace by path as the daemon sees them, and
+//! [`Prepared::enter`] completes the jail: each source is resolved inside the host's root
+//! with no magic links followed, cloned with `open_tree(OPEN_TREE_CLONE)` (a mount can only
+//! be cloned in the namespace it is mounted in, hence the trip back: the copy made by
+//! `unshare` is private and would miss what the host mounted since, such as a new pod's
+//! volumes), made private, nosuid and read-only all the way down with one `mount_setattr`
+//! on the detached tree, and moved into the jail after `setns` back into its namespace.
+//! Every descriptor to the host is closed before the runner opens the log and drops
+//! privileges, and so before any guest code runs.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -392,8 +408,9 @@ impl Prepared {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Step {
     /// Nothing: already in the jail ([`prepare`] made it), or a path bound onto itself
-    /// inside a bind of its own directory that is already as read-only, or contents below a
-    /// host directory (the host's own file is what the guest's node sees).
+    /// inside a bind of its own directory that is already read-only or writable as asked,
+    /// or contents below a host directory (the host's own file is what the guest's node
+    /// sees).
     Skip,
     /// Write the contents into the runner's own tmpfs.
     Write,
@@ -418,7 +435,7 @@ fn steps(entries: &[Entry]) -> Vec<Step> {
         let nested = matches!(parent, Some((_, Source::Dir(_), _)));
         let step = match (&e.source, parent) {
             (Source::Dir(src) | Source::File(src), Some((_, Source::Dir(_), parent_ro)))
-                if *src == e.target && (*parent_ro || !e.read_only) =>
+                if *src == e.target && *parent_ro == e.read_only =>
             {
                 Step::Skip
             }
@@ -793,5 +810,209 @@ mod tests {
         assert!(data.read_only);
         s.wasm = "/data".into();
         assert!(plan(&s).unwrap_err().contains("needed as both"));
+    }
+
+    #[test]
+    fn steps_skip_what_prepare_made_and_attach_the_rest() {
+        let mut s = spec();
+        s.preopens = vec![
+            Preopen {
+                host: "/img/rootfs".into(),
+                guest: "/".into(),
+                read_only: true,
+                files: vec![],
+            },
+            Preopen {
+                host: "/c/files/0".into(),
+                guest: "/etc".into(),
+                read_only: false,
+                files: vec![FileBind {
+                    name: "hosts".into(),
+                    source: "/k/etc-hosts".into(),
+                    read_only: false,
+                }],
+            },
+        ];
+        let entries = plan(&s).unwrap();
+        let got: Vec<(String, Step)> = entries
+            .iter()
+            .zip(steps(&entries))
+            .map(|(e, step)| (e.target.display().to_string(), step))
+            .collect();
+        let attach = Step::Attach { nested: false };
+        let want = vec![
+            ("/c/exit", attach),
+            ("/c/files/0", Step::Tmpfs),
+            ("/c/files/0/hosts", attach),
+            ("/dev/null", Step::Skip),
+            ("/dev/random", Step::Skip),
+            ("/dev/urandom", Step::Skip),
+            ("/dev/zero", Step::Skip),
+            ("/etc/nsswitch.conf", Step::Skip),
+            ("/img/rootfs", attach),
+            // Inside the read-only rootfs already.
+            ("/img/rootfs/app.wasm", Step::Skip),
+        ];
+        let want: Vec<(String, Step)> = want.into_iter().map(|(p, s)| (p.into(), s)).collect();
+        assert_eq!(got, want);
+
+        // A host directory on the jail's root hides what `prepare` made: the host's own
+        // devices and files are what the runner sees; below it, what must be writable is
+        // attached in place (it would be read-only otherwise) and what must be read-only
+        // is already.
+        s.preopens = vec![Preopen {
+            host: "/".into(),
+            guest: "/".into(),
+            read_only: true,
+            files: vec![],
+        }];
+        s.exit_file = "/c/exit/exit.json".into();
+        let entries = plan(&s).unwrap();
+        let steps = steps(&entries);
+        for (e, step) in entries.iter().zip(&steps) {
+            let want = match e.target.to_str().unwrap() {
+                "/" => Step::Attach { nested: false },
+                "/img/rootfs/app.wasm" | "/etc/nsswitch.conf" => Step::Skip,
+                _ => Step::Attach { nested: true },
+            };
+            assert_eq!(*step, want, "{}", e.target.display());
+        }
+    }
+
+    /// In a child process with a mount namespace of its own standing in for the host: the
+    /// prepared jail sees what the host mounts after it was prepared (a volume of a pod
+    /// created later), keeps read-only directories read-only all the way down, lets a
+    /// read-write file next to a read-only one be written through to the host, and shows
+    /// nothing else of the host.
+    #[test]
+    fn prepared_jail_sees_later_host_mounts_and_keeps_read_only_recursive() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: needs root (mount namespaces)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let d = d.path();
+        for sub in ["ro/sub", "rw", "exit", "files"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        fs::write(d.join("ro/app.wasm"), "").unwrap();
+        fs::write(d.join("secret"), "host only").unwrap();
+        fs::write(d.join("k-hosts"), "127.0.0.1 localhost\n").unwrap();
+        fs::write(d.join("k-config"), "original\n").unwrap();
+        let mut s = spec();
+        s.wasm = d.join("ro/app.wasm");
+        s.exit_file = d.join("exit/exit.json");
+        s.preopens = vec![
+            Preopen {
+                host: d.join("ro"),
+                guest: "/".into(),
+                read_only: true,
+                files: vec![],
+            },
+            Preopen {
+                host: d.join("rw"),
+                guest: "/data".into(),
+                read_only: false,
+                files: vec![],
+            },
+            Preopen {
+                host: d.join("files"),
+                guest: "/etc".into(),
+                read_only: false,
+                files: vec![
+                    FileBind {
+                        name: "hosts".into(),
+                        source: d.join("k-hosts"),
+                        read_only: false,
+                    },
+                    FileBind {
+                        name: "config".into(),
+                        source: d.join("k-config"),
+                        read_only: true,
+                    },
+                ],
+            },
+        ];
+        let in_child = || -> Result<(), String> {
+            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| e.to_string())?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| e.to_string())?;
+            let p = prepare()?;
+            p.to_host()?;
+            let late = d.join("ro/sub");
+            mount(
+                Some("tmpfs"),
+                &late,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|e| format!("late mount: {e}"))?;
+            fs::write(late.join("f"), "late").map_err(|e| e.to_string())?;
+            p.enter(&s)?;
+            let expect = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+            expect(
+                fs::read_to_string(late.join("f")).is_ok_and(|t| t == "late"),
+                "a host mount made after prepare is missing",
+            )?;
+            expect(
+                fs::write(late.join("g"), "x")
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::EROFS)),
+                "a mount below a read-only directory is writable",
+            )?;
+            expect(fs::write(d.join("rw/y"), "y").is_ok(), "read-write preopen")?;
+            expect(
+                fs::write(d.join("files/hosts"), "hostile").is_ok(),
+                "read-write file mount",
+            )?;
+            expect(
+                fs::write(d.join("files/config"), "hostile").is_err(),
+                "read-only file mount next to a read-write one is writable",
+            )?;
+            expect(
+                fs::write(d.join("files/new"), "x").is_err(),
+                "file-mount tmpfs",
+            )?;
+            expect(!d.join("secret").exists(), "host file outside the jail")?;
+            expect(!Path::new("/proc/self").exists(), "/proc")?;
+            expect(
+                fs::read_to_string(NSSWITCH_PATH).is_ok_and(|t| t == NSSWITCH),
+                "nsswitch.conf",
+            )?;
+            expect(fs::write("/dev/null", "x").is_ok(), "/dev/null")?;
+            expect(fs::write("/new", "x").is_err(), "writable jail root")
+        };
+        // SAFETY: the child only makes system calls, allocates (glibc's malloc is made
+        // fork-safe by its atfork handlers) and leaves with `_exit`.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = match in_child() {
+                    Ok(()) => 0,
+                    Err(m) => {
+                        eprintln!("child: {m}");
+                        1
+                    }
+                };
+                // SAFETY: ends the forked child without running the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        assert_eq!(fs::read_to_string(d.join("rw/y")).unwrap(), "y");
+        assert_eq!(fs::read_to_string(d.join("k-hosts")).unwrap(), "hostile");
+        assert_eq!(
+            fs::read_to_string(d.join("k-config")).unwrap(),
+            "original\n"
+        );
+        assert!(!d.join("files/hosts").exists() && !d.join("ro/sub/f").exists());
     }
 }

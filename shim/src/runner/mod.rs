@@ -9,10 +9,13 @@
 //!    containers and ExecSync commands) reads one line of JSON from stdin, so a spec never
 //!    passes through a file a container's user could replace; `wasmcri runner SPEC` reads
 //!    a JSON file (manual runs and tests only).
+//!    Before that, in every mode, the runner has already entered a private mount namespace
+//!    whose root is the jail's empty tmpfs ([`jail::prepare`]), and goes back to the host's
+//!    view once the spec is here.
 //! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
-//!    `oom_score_adj` (EPERM/EACCES tolerated); enter a private mount namespace whose root
-//!    is a jail holding only what this runner needs ([`jail`]); open the CRI log (as root:
+//!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
+//!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
 //!    the kubelet's log directory is root-owned); empty the capability bounding set;
 //!    `setgroups`/`setgid`/`setuid` if asked (the exit file's directory is chowned to the new
 //!    user first so the record can still be renamed into it — give each runner a directory
