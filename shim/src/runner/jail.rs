@@ -272,6 +272,7 @@ pub(crate) fn prepare() -> Result<Prepared, String> {
 /// `nsswitch.conf`, `pivot_root` into it and the old root detached. Returns the namespace
 /// and the jail's root.
 fn build_root() -> Result<(OwnedFd, OwnedFd), String> {
+    let _umask = ExactModes::new();
     // Before anything is mounted: nothing below propagates to (or from) the host.
     mount(
         None::<&str>,
@@ -333,6 +334,7 @@ impl Prepared {
     }
 
     fn complete(&self, spec: &RunnerSpec) -> Result<(), String> {
+        let _umask = ExactModes::new();
         let entries = plan(spec)?;
         let steps = steps(&entries);
         let mut trees = Vec::new();
@@ -525,6 +527,24 @@ fn return_to(ns: &OwnedFd, root: &OwnedFd, cwd: &OwnedFd) -> Result<(), String> 
         .and_then(|()| nix::unistd::chroot("."))
         .and_then(|()| nix::unistd::fchdir(cwd))
         .map_err(|e| format!("restore root and working directory: {e}"))
+}
+
+/// While alive, the process's umask is 0, so what the jail creates gets exactly the modes
+/// given: a runner inherits the daemon's umask, which may be anything (the daemon narrows
+/// it to 0177 while it binds its socket), and a root runner without `CAP_DAC_OVERRIDE`
+/// could not traverse a `0600` directory of its own jail. Restores the umask when dropped.
+struct ExactModes(nix::sys::stat::Mode);
+
+impl ExactModes {
+    fn new() -> Self {
+        Self(nix::sys::stat::umask(nix::sys::stat::Mode::empty()))
+    }
+}
+
+impl Drop for ExactModes {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
+    }
 }
 
 /// An `O_PATH` descriptor for `p`.
@@ -883,7 +903,8 @@ mod tests {
     /// prepared jail sees what the host mounts after it was prepared (a volume of a pod
     /// created later), keeps read-only directories read-only all the way down, lets a
     /// read-write file next to a read-only one be written through to the host, and shows
-    /// nothing else of the host.
+    /// nothing else of the host. What the jail creates is traversable by a root runner
+    /// without `CAP_DAC_OVERRIDE` whatever umask it inherited.
     #[test]
     fn prepared_jail_sees_later_host_mounts_and_keeps_read_only_recursive() {
         if !nix::unistd::Uid::effective().is_root() {
@@ -943,6 +964,8 @@ mod tests {
                 None::<&str>,
             )
             .map_err(|e| e.to_string())?;
+            // The umask a runner spawned while the daemon binds its socket inherits.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
             let p = prepare()?;
             p.to_host()?;
             let late = d.join("ro/sub");
@@ -956,6 +979,13 @@ mod tests {
             .map_err(|e| format!("late mount: {e}"))?;
             fs::write(late.join("f"), "late").map_err(|e| e.to_string())?;
             p.enter(&s)?;
+            // As a root guest's runner: no capability to override file modes.
+            for cap in [
+                caps::Capability::CAP_DAC_OVERRIDE,
+                caps::Capability::CAP_DAC_READ_SEARCH,
+            ] {
+                caps::drop(None, caps::CapSet::Effective, cap).map_err(|e| e.to_string())?;
+            }
             let expect = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
             expect(
                 fs::read_to_string(late.join("f")).is_ok_and(|t| t == "late"),
