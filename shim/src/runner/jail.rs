@@ -457,10 +457,16 @@ fn steps(entries: &[Entry]) -> Vec<Step> {
     steps
 }
 
+/// `open_tree_attr(2)` (Linux 6.15): `open_tree` and `mount_setattr` of the copy in one
+/// call. Not in `libc` for every architecture yet; system calls from 424 on have one number
+/// everywhere.
+pub(crate) const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
 /// A detached copy of the host's `src` (with its submounts when `recursive`), resolved
 /// inside `host_root` with no magic links followed, made private (nothing mounted on or
 /// under it propagates to or from the host), nosuid and, when `read_only`, read-only all
-/// the way down.
+/// the way down. One `open_tree_attr` where the kernel has it, else `open_tree` and
+/// `mount_setattr`.
 fn clone_tree(
     host_root: &OwnedFd,
     src: &Path,
@@ -476,18 +482,44 @@ fn clone_tree(
     if recursive {
         flags |= libc::AT_RECURSIVE as u32;
     }
-    // SAFETY: `fd` is an open descriptor and "" a NUL-terminated path; open_tree returns a
-    // new descriptor (or -1), which is owned from here.
+    let mut set = libc::MOUNT_ATTR_NOSUID;
+    if read_only {
+        set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE as u64,
+        userns_fd: 0,
+    };
+    // SAFETY: `fd` is an open descriptor, "" a NUL-terminated path and `attr` a fully
+    // initialised `mount_attr` whose size is passed along; the call returns a new
+    // descriptor (or -1), owned from here.
+    let tree = unsafe {
+        libc::syscall(
+            SYS_OPEN_TREE_ATTR,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if tree >= 0 {
+        // SAFETY: a descriptor open_tree_attr just returned, owned by nothing else.
+        return Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) });
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    // SAFETY: as above, without the attributes.
     let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
     if tree < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a descriptor open_tree just returned, owned by nothing else.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
-    let mut set = libc::MOUNT_ATTR_NOSUID;
-    if read_only {
-        set |= libc::MOUNT_ATTR_RDONLY;
-    }
     set_attr(
         tree.as_raw_fd(),
         Path::new(""),
@@ -903,7 +935,8 @@ mod tests {
     /// prepared jail sees what the host mounts after it was prepared (a volume of a pod
     /// created later), keeps read-only directories read-only all the way down, lets a
     /// read-write file next to a read-only one be written through to the host, and shows
-    /// nothing else of the host. What the jail creates is traversable by a root runner
+    /// nothing else of the host, and none of its mounts propagate to the host even from a
+    /// shared host mount. What the jail creates is traversable by a root runner
     /// without `CAP_DAC_OVERRIDE` whatever umask it inherited.
     #[test]
     fn prepared_jail_sees_later_host_mounts_and_keeps_read_only_recursive() {
@@ -913,15 +946,14 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let d = d.path();
-        for sub in ["ro/sub", "rw", "exit", "files"] {
+        for sub in ["ro/sub", "rw", "exit", "files", "share"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
-        fs::write(d.join("ro/app.wasm"), "").unwrap();
         fs::write(d.join("secret"), "host only").unwrap();
         fs::write(d.join("k-hosts"), "127.0.0.1 localhost\n").unwrap();
         fs::write(d.join("k-config"), "original\n").unwrap();
         let mut s = spec();
-        s.wasm = d.join("ro/app.wasm");
+        s.wasm = d.join("share/app.wasm");
         s.exit_file = d.join("exit/exit.json");
         s.preopens = vec![
             Preopen {
@@ -933,6 +965,12 @@ mod tests {
             Preopen {
                 host: d.join("rw"),
                 guest: "/data".into(),
+                read_only: false,
+                files: vec![],
+            },
+            Preopen {
+                host: d.join("share"),
+                guest: "/share".into(),
                 read_only: false,
                 files: vec![],
             },
@@ -978,7 +1016,44 @@ mod tests {
             )
             .map_err(|e| format!("late mount: {e}"))?;
             fs::write(late.join("f"), "late").map_err(|e| e.to_string())?;
+            // A host mount with shared propagation (as `/` is on systemd hosts) holding the
+            // .wasm, which the jail binds read-only inside the writable copy of it: that
+            // mount must not propagate back to the host.
+            let share = d.join("share");
+            mount(
+                Some("tmpfs"),
+                &share,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .and_then(|()| {
+                mount(
+                    None::<&str>,
+                    &share,
+                    None::<&str>,
+                    MsFlags::MS_SHARED,
+                    None::<&str>,
+                )
+            })
+            .map_err(|e| format!("shared mount: {e}"))?;
+            fs::write(share.join("app.wasm"), "").map_err(|e| e.to_string())?;
+            // Opened in the host's namespace: it keeps listing that namespace's mounts.
+            let mut host_mounts =
+                fs::File::open("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+            let count = |f: &mut fs::File| -> Result<usize, String> {
+                let mut text = String::new();
+                io::Seek::rewind(f)
+                    .and_then(|_| io::Read::read_to_string(f, &mut text))
+                    .map_err(|e| e.to_string())?;
+                Ok(text.lines().count())
+            };
+            let before = count(&mut host_mounts)?;
             p.enter(&s)?;
+            let after = count(&mut host_mounts)?;
+            if after != before {
+                return Err(format!("{} mounts propagated to the host", after - before));
+            }
             // As a root guest's runner: no capability to override file modes.
             for cap in [
                 caps::Capability::CAP_DAC_OVERRIDE,
@@ -997,6 +1072,14 @@ mod tests {
                 "a mount below a read-only directory is writable",
             )?;
             expect(fs::write(d.join("rw/y"), "y").is_ok(), "read-write preopen")?;
+            expect(
+                fs::write(d.join("share/z"), "z").is_ok(),
+                "read-write shared preopen",
+            )?;
+            expect(
+                fs::write(d.join("share/app.wasm"), "x").is_err(),
+                "the .wasm in a writable directory",
+            )?;
             expect(
                 fs::write(d.join("files/hosts"), "hostile").is_ok(),
                 "read-write file mount",
