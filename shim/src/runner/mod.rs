@@ -297,8 +297,9 @@ fn back_to_host(jail: &Result<jail::Prepared, String>) -> Result<(), String> {
 /// `wasmcri runner --standby`: a runner the daemon starts before it is needed, so that
 /// StartContainer does not wait for fork/exec, the dynamic loader and engine setup (about
 /// 4 ms of a 2-core VM's 10 ms start). It builds the engine (no threads, no sockets: the
-/// process must still be able to join any netns), then blocks on one line from stdin: the
-/// path of its spec. End of file instead (the daemon exited or shrank its pool) ends it with
+/// process must still be able to join any netns and go back to the host's mount namespace)
+/// and the spec-independent half of its jail ([`jail::prepare`]: its own mount namespace,
+/// old root detached), then blocks on one line from stdin: its spec. End of file instead (the daemon exited or shrank its pool) ends it with
 /// 0 and nothing written anywhere. After the line: stdin becomes `/dev/null`, stderr the
 /// spec's `debug_log`, and it goes on exactly as [`run`].
 ///
