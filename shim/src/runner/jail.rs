@@ -489,7 +489,7 @@ fn clone_tree(
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: 0,
-        propagation: libc::MS_PRIVATE as u64,
+        propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
     // SAFETY: `fd` is an open descriptor, "" a NUL-terminated path and `attr` a fully
@@ -682,14 +682,14 @@ fn set_attr(
     dirfd: RawFd,
     path: &Path,
     set: u64,
-    propagation: libc::c_ulong,
+    propagation: u64,
     recursive: bool,
 ) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: 0,
-        propagation: propagation as u64,
+        propagation,
         userns_fd: 0,
     };
     let mut flags = libc::AT_SYMLINK_NOFOLLOW;
