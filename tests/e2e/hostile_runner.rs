@@ -151,3 +151,118 @@ async fn runner_keeps_no_privilege_and_sees_only_its_jail() {
     remove_pod(&mut rt, &pod).await;
     d.shutdown().await;
 }
+
+/// The daemon's idle standby runners (`wasmcri runner --standby` children).
+fn standby_children(daemon: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(daemon) && cmdline.split(|&b| b == 0).any(|a| a == b"--standby") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Descriptors of `pid` that reach outside its jail: namespace descriptors, and directories
+/// whose path, looked up in the process's own root, is not the same directory (the host's
+/// root kept open, say).
+fn fds_outside_jail(pid: i32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    let mut bad = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        let fd = e.file_name().to_string_lossy().into_owned();
+        if ["mnt:", "net:", "pid:", "user:", "cgroup:", "uts:", "ipc:"]
+            .iter()
+            .any(|ns| link.starts_with(ns))
+        {
+            bad.push(format!("fd {fd}: {link}"));
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let inside = std::fs::metadata(root.join(link.trim_start_matches('/')));
+        if !matches!(&inside, Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino()) {
+            bad.push(format!("fd {fd}: directory {link} outside the jail"));
+        }
+    }
+    bad
+}
+
+/// A standby runner builds its jail while it idles: its own mount namespace whose root holds
+/// only the devices and `/etc` (the old root's detach, which waits for an RCU grace period,
+/// is off the start path). Once started, the runner keeps no descriptor reaching outside its
+/// jail: not the host's root it resolved the spec's paths in, not the host's namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_runner_idles_jailed_and_started_runner_keeps_no_host_fd() {
+    let d = Daemon::start().await;
+    let daemon = d.pid().unwrap();
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let host_ns = ns(daemon).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let idle = loop {
+        let all = standby_children(daemon);
+        let jailed: Vec<i32> = all
+            .iter()
+            .copied()
+            .filter(|&p| ns(p).is_some_and(|n| n != host_ns))
+            .collect();
+        if !jailed.is_empty() {
+            break jailed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no idle standby runner in a mount namespace of its own: {all:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for pid in idle {
+        let mut top: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["dev", "etc"], "standby {pid}");
+    }
+
+    import_guest(&d, P1, "sleeper", "localhost/sleeper:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let pod_cfg = pod_config(&unique("fds"), &logs);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let c = create(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("fds", "localhost/sleeper:v1"),
+    )
+    .await;
+    start(&mut rt, &c).await;
+    wait_log(&logs.join("fds/0.log"), "started", 30).await;
+    let pid = runner_pid(&mut rt, &c).await;
+    assert_ne!(ns(pid).unwrap(), host_ns);
+    assert_eq!(fds_outside_jail(pid), Vec::<String>::new());
+    remove_pod(&mut rt, &pod).await;
+    d.shutdown().await;
+}

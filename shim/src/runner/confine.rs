@@ -94,6 +94,7 @@ fn refused() -> Vec<i64> {
         libc::SYS_fspick,
         libc::SYS_move_mount,
         libc::SYS_open_tree,
+        super::jail::SYS_OPEN_TREE_ATTR,
         libc::SYS_mount_setattr,
         libc::SYS_ptrace,
         libc::SYS_process_vm_readv,

@@ -9,10 +9,13 @@
 //!    containers and ExecSync commands) reads one line of JSON from stdin, so a spec never
 //!    passes through a file a container's user could replace; `wasmcri runner SPEC` reads
 //!    a JSON file (manual runs and tests only).
+//!    Before that, in every mode, the runner has already entered a private mount namespace
+//!    whose root is the jail's empty tmpfs ([`jail::prepare`]), and goes back to the host's
+//!    view once the spec is here.
 //! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
-//!    `oom_score_adj` (EPERM/EACCES tolerated); enter a private mount namespace whose root
-//!    is a jail holding only what this runner needs ([`jail`]); open the CRI log (as root:
+//!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
+//!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
 //!    the kubelet's log directory is root-owned); empty the capability bounding set;
 //!    `setgroups`/`setgid`/`setuid` if asked (the exit file's directory is chowned to the new
 //!    user first so the record can still be renamed into it — give each runner a directory
@@ -274,14 +277,29 @@ impl Finisher {
 /// The runner process: see the module docs for the order of steps, the readiness protocol and
 /// the exit codes. Never returns.
 pub fn run(spec_path: &Path) -> ! {
-    run_spec(read_spec(spec_path), None)
+    // The spec-independent half of the jail, before the spec is read in every mode; an
+    // error only matters if the spec asks for a jail.
+    let jail = jail::prepare();
+    let spec = back_to_host(&jail).and_then(|()| read_spec(spec_path));
+    run_spec(spec, None, jail)
+}
+
+/// Back to the host's view of the filesystem once the spec is here (see
+/// [`jail::Prepared::to_host`]); an error means the process is stuck in the jail's
+/// namespace, whatever the spec asks.
+fn back_to_host(jail: &Result<jail::Prepared, String>) -> Result<(), String> {
+    match jail {
+        Ok(p) => p.to_host(),
+        Err(_) => Ok(()),
+    }
 }
 
 /// `wasmcri runner --standby`: a runner the daemon starts before it is needed, so that
 /// StartContainer does not wait for fork/exec, the dynamic loader and engine setup (about
 /// 4 ms of a 2-core VM's 10 ms start). It builds the engine (no threads, no sockets: the
-/// process must still be able to join any netns), then blocks on one line from stdin: the
-/// path of its spec. End of file instead (the daemon exited or shrank its pool) ends it with
+/// process must still be able to join any netns and go back to the host's mount namespace)
+/// and the spec-independent half of its jail ([`jail::prepare`]: its own mount namespace,
+/// old root detached), then blocks on one line from stdin: its spec. End of file instead (the daemon exited or shrank its pool) ends it with
 /// 0 and nothing written anywhere. After the line: stdin becomes `/dev/null`, stderr the
 /// spec's `debug_log`, and it goes on exactly as [`run`].
 ///
@@ -290,22 +308,27 @@ pub fn run(spec_path: &Path) -> ! {
 /// a page to the cgroup that first touched it).
 pub fn standby() -> ! {
     let engine = crate::wasm::engine().map_err(|e| e.to_string());
+    // The spec-independent half of the jail, before the spec is read in every mode; an
+    // error only matters if the spec asks for a jail.
+    let jail = jail::prepare();
     let mut line = String::new();
     match io::stdin().lock().read_line(&mut line) {
         Ok(n) if n > 0 && line.ends_with('\n') => {}
         _ => std::process::exit(0),
     }
+    let spec = back_to_host(&jail).and_then(|()| {
+        serde_json::from_str(&line).map_err(|e| format!("invalid spec from the daemon: {e}"))
+    });
     if let Err(e) = setup::detach_stdin() {
         eprintln!("runner: cannot detach stdin: {e}");
     }
-    let spec =
-        serde_json::from_str(&line).map_err(|e| format!("invalid spec from the daemon: {e}"));
-    run_spec(spec, Some(engine))
+    run_spec(spec, Some(engine), jail)
 }
 
 fn run_spec(
     spec: Result<RunnerSpec, String>,
     standby_engine: Option<Result<wasmtime::Engine, String>>,
+    jail: Result<jail::Prepared, String>,
 ) -> ! {
     let started_at = crate::ids::now_ns();
     let spec = match spec {
@@ -331,7 +354,7 @@ fn run_spec(
         finisher.finish(record(EXIT_FAILURE, m, started_at))
     };
 
-    if let Err(m) = setup_process(&spec) {
+    if let Err(m) = setup_process(&spec, jail) {
         fail(m);
     }
     let output = match open_output(&spec) {
@@ -427,7 +450,7 @@ fn read_spec(path: &Path) -> Result<RunnerSpec, String> {
     serde_json::from_slice(&text).map_err(|e| format!("invalid spec {}: {e}", path.display()))
 }
 
-fn setup_process(spec: &RunnerSpec) -> Result<(), String> {
+fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Result<(), String> {
     setup::join_cgroups(&spec.cgroup_procs)?;
     if let Some(netns) = &spec.netns {
         setup::join_netns(netns)?;
@@ -435,8 +458,8 @@ fn setup_process(spec: &RunnerSpec) -> Result<(), String> {
     if let Some(adj) = spec.oom_score_adj {
         setup::set_oom_score_adj(adj)?;
     }
-    if let Some(jail) = &spec.jail {
-        jail::enter(spec, jail)?;
+    if spec.jail.is_some() {
+        jail?.enter(spec)?;
     }
     Ok(())
 }

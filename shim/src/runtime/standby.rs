@@ -5,9 +5,13 @@
 //! background. With none idle (a burst of starts, or `standby_runners = 0`), StartContainer
 //! spawns one the same way and hands it the spec at once.
 //!
-//! A standby owns nothing yet: no cgroup, no netns, no files. When the daemon exits for any
-//! reason its end of the pipe closes and every standby exits with 0 on its own, so a crash
-//! leaks nothing and a restarted daemon has nothing to recover.
+//! A standby has also entered a mount namespace of its own whose root is its jail's empty
+//! tmpfs (`runner::jail::prepare`): the old root's detach, which waits for an RCU grace
+//! period, happens while it idles rather than in StartContainer. Besides that it owns
+//! nothing yet: no cgroup, no netns, no files, and nothing it mounted is visible to the
+//! host. When the daemon exits for any reason its end of the pipe closes and every standby
+//! exits with 0 on its own (its namespace goes with it), so a crash leaks nothing and a
+//! restarted daemon has nothing to recover.
 
 use std::process::Stdio;
 use std::sync::Arc;
