@@ -12,6 +12,7 @@
 //! - [`logs`]: the kubelet's CRI log format writer.
 //! - [`cgroups`]: cgroup v1/v2 limits and stats.
 //! - [`network`]: network namespaces and CNI.
+//! - [`streaming`]: the exec / port-forward streaming server (SPDY/3.1).
 
 pub mod cgroups;
 pub mod config;
@@ -26,4 +27,5 @@ pub mod runner;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod streaming;
 pub mod wasm;
