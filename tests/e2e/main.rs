@@ -14,3 +14,4 @@ mod lifecycle;
 mod network;
 mod resources;
 mod restart;
+mod streaming;

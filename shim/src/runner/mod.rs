@@ -32,7 +32,7 @@
 //! - `error: <one line>` — setup or loading failed; the runner has written an [`ExitRecord`]
 //!   (if it got as far as reading the spec) and exits with [`EXIT_FAILURE`].
 //!
-//! In `Exec` mode stdout belongs to the guest, so no readiness line is written: failures are
+//! In `Exec` and `ExecStream` mode stdout belongs to the guest, so no readiness line is written: failures are
 //! reported as `error: ...` on stderr, exit code [`EXIT_FAILURE`] and the exit record.
 //! The runner's own stderr is a debug log the daemon provides (warnings such as an unusable
 //! precompiled artifact go there).
@@ -166,7 +166,7 @@ fn run_loaded(
                     .into(),
             },
         },
-        RunMode::Command | RunMode::Exec { .. } => {
+        RunMode::Command | RunMode::Exec { .. } | RunMode::ExecStream => {
             guest::run_command(engine, loaded, spec, output, stop)
         }
     }
@@ -188,7 +188,7 @@ fn record(exit_code: i32, message: String, started_at: i64) -> ExitRecord {
 }
 
 fn open_output(spec: &RunnerSpec) -> Result<Output, String> {
-    if matches!(spec.mode, RunMode::Exec { .. }) {
+    if matches!(spec.mode, RunMode::Exec { .. } | RunMode::ExecStream) {
         return Ok(Output::Inherit);
     }
     match &spec.log_path {
@@ -281,8 +281,9 @@ pub fn run(spec_path: &Path) -> ! {
 /// 4 ms of a 2-core VM's 10 ms start). It builds the engine (no threads, no sockets: the
 /// process must still be able to join any netns), then blocks on one line from stdin: the
 /// path of its spec. End of file instead (the daemon exited or shrank its pool) ends it with
-/// 0 and nothing written anywhere. After the line: stdin becomes `/dev/null`, stderr the
-/// spec's `debug_log`, and it goes on exactly as [`run`].
+/// 0 and nothing written anywhere. After the line: stdin becomes `/dev/null` (except for an
+/// interactive exec, [`RunMode::ExecStream`] with `stdin`, whose guest reads on), stderr the
+/// spec's `debug_log` (if it names one), and it goes on exactly as [`run`].
 ///
 /// Until it has its spec it lives in the daemon's cgroup: the few pages it touched before
 /// joining the container's cgroup stay charged to the daemon (cgroup v1 and v2 both charge
@@ -294,11 +295,17 @@ pub fn standby() -> ! {
         Ok(n) if n > 0 && line.ends_with('\n') => {}
         _ => std::process::exit(0),
     }
-    if let Err(e) = setup::detach_stdin() {
+    let spec: Result<RunnerSpec, String> =
+        serde_json::from_str(&line).map_err(|e| format!("invalid spec from the daemon: {e}"));
+    // An interactive exec keeps stdin: what follows the spec line is the guest's input. It
+    // reads on through the same process-wide buffered stdin, so bytes that arrived with the
+    // spec line are not lost.
+    let keep_stdin = spec
+        .as_ref()
+        .is_ok_and(|s| s.mode == RunMode::ExecStream && s.stdin);
+    if !keep_stdin && let Err(e) = setup::detach_stdin() {
         eprintln!("runner: cannot detach stdin: {e}");
     }
-    let spec =
-        serde_json::from_str(&line).map_err(|e| format!("invalid spec from the daemon: {e}"));
     run_spec(spec, Some(engine))
 }
 
@@ -320,7 +327,7 @@ fn run_spec(
     {
         eprintln!("runner: cannot open {}: {e}", log.display());
     }
-    let is_exec = matches!(spec.mode, RunMode::Exec { .. });
+    let is_exec = matches!(spec.mode, RunMode::Exec { .. } | RunMode::ExecStream);
     let fail = |m: String| -> ! {
         ready_line(Err(&m), !is_exec);
         let finisher = Finisher {
@@ -349,7 +356,7 @@ fn run_spec(
         fail(m);
     }
     let engine = match (&spec.mode, standby_engine) {
-        (RunMode::Command | RunMode::Exec { .. }, Some(prebuilt)) => prebuilt,
+        (RunMode::Command | RunMode::Exec { .. } | RunMode::ExecStream, Some(prebuilt)) => prebuilt,
         (mode, _) => engine_for(mode).map_err(|e| e.to_string()),
     };
     let engine = match engine {
@@ -410,7 +417,7 @@ fn run_spec(
 fn engine_for(mode: &RunMode) -> Result<wasmtime::Engine, crate::wasm::WasmError> {
     match mode {
         RunMode::Http { .. } => crate::wasm::serving_engine(),
-        RunMode::Command | RunMode::Exec { .. } => crate::wasm::engine(),
+        RunMode::Command | RunMode::Exec { .. } | RunMode::ExecStream => crate::wasm::engine(),
     }
 }
 

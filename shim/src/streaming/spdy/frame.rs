@@ -437,6 +437,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The underlying reader (a partly read frame is abandoned).
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+
     /// The next frame; `None` at a clean end of the connection (between frames).
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         if let Some((stream_id, flags, left)) = self.pending.take() {

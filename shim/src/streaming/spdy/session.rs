@@ -7,9 +7,12 @@
 //! windows, while other SPDY/3.1 implementations (node's spdy-transport) do and reset a
 //! stream that overruns them. So windows are enforced on what we send, and WINDOW_UPDATEs
 //! sent for what we receive, only once the peer has shown it does flow control (a
-//! WINDOW_UPDATE, or SETTINGS with an initial window size). Against a peer that does not,
-//! TCP is the back-pressure: a stream's inbound queue is bounded and the reader waits for
-//! room, which stalls the connection, as spdystream does.
+//! WINDOW_UPDATE, or SETTINGS with an initial window size). Such a peer gets session credit
+//! back as soon as data arrives and stream credit as the application consumes it, so it
+//! never has more than a window outstanding per stream (and a stream that overruns its
+//! window is reset). Against a peer that does not, TCP is the back-pressure: a stream holds
+//! at most [`MAX_BUFFERED`] unread bytes and the reader waits for room, stalling the
+//! connection, as spdystream does.
 //!
 //! # Bounds
 //! Frames and header blocks are bounded by [`Limits`]; at most [`SessionLimits::max_streams`]
@@ -21,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::frame::{
@@ -33,8 +36,18 @@ use super::frame::{
 const DEFAULT_WINDOW: i64 = 64 * 1024;
 /// Largest data frame we send.
 const MAX_SEND_FRAME: usize = 32 * 1024;
-/// Chunks queued per inbound stream before the reader waits.
-const INBOUND_QUEUE: usize = 8;
+/// Unread bytes a stream may hold from a peer without flow control before the reader waits.
+const MAX_BUFFERED: usize = 256 * 1024;
+/// Unread bytes a stream may hold from a flow-controlling peer (twice the window we grant,
+/// for slack): more is a flow-control violation.
+const MAX_BUFFERED_FLOW_CONTROLLED: usize = 2 * DEFAULT_WINDOW as usize;
+/// RST_STREAM status for a stream that overran its window.
+const FLOW_CONTROL_ERROR: u32 = 7;
+/// How long a closed session waits for the peer to close its side.
+const LINGER: Duration = Duration::from_secs(5);
+/// How far below the highest stream id a new stream may be (ids of the last this many
+/// streams are remembered, so none is accepted twice).
+const REORDER_WINDOW: u32 = 1024;
 
 /// Session-wide bounds.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +101,8 @@ struct Flow {
 
 struct Shared {
     out: mpsc::Sender<Out>,
+    /// Highest stream id accepted, for GOAWAY (a peer fails streams above it).
+    last_accepted: std::sync::atomic::AtomicU32,
     flow: Mutex<Flow>,
     notify: Notify,
     closed_tx: watch::Sender<bool>,
@@ -129,9 +144,53 @@ pub struct Stream {
     pub headers: Headers,
     /// Data from the client; ends when the client half-closes or resets the stream, or the
     /// session ends.
-    pub data: mpsc::Receiver<Bytes>,
+    pub data: Inbound,
     /// Our direction of the stream.
     pub writer: StreamWriter,
+}
+
+/// How much unread data a stream holds, shared by the reader and the [`Inbound`] end.
+#[derive(Default)]
+struct Buffered {
+    bytes: std::sync::atomic::AtomicUsize,
+    space: Notify,
+}
+
+/// The client's direction of one stream.
+pub struct Inbound {
+    id: u32,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    buffered: Arc<Buffered>,
+    shared: Arc<Shared>,
+}
+
+impl Inbound {
+    /// The next chunk of data; `None` once the client half-closed or reset the stream, or
+    /// the session ended. Consuming it grants the peer stream credit (see the module docs).
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let b = self.rx.recv().await?;
+        self.buffered
+            .bytes
+            .fetch_sub(b.len(), std::sync::atomic::Ordering::SeqCst);
+        self.buffered.space.notify_waiters();
+        if !b.is_empty() && self.shared.flow.lock().expect("flow lock").enabled {
+            let _ = self
+                .shared
+                .out
+                .send(Out::Frame(Frame::WindowUpdate {
+                    stream_id: self.id,
+                    delta: b.len() as u32,
+                }))
+                .await;
+        }
+        Some(b)
+    }
+}
+
+/// The reader's end of one stream's inbound data (`tx` gone once the client half-closed).
+struct InboundTx {
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    buffered: Arc<Buffered>,
 }
 
 /// Our direction of one stream (cheap to clone).
@@ -248,6 +307,7 @@ impl Session {
         let (out_tx, out_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             out: out_tx,
+            last_accepted: Default::default(),
             flow: Mutex::new(Flow {
                 initial: DEFAULT_WINDOW,
                 session: DEFAULT_WINDOW,
@@ -288,7 +348,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             Out::Shutdown(code) => {
                 Frame::GoAway {
-                    last_good_stream_id: 0,
+                    last_good_stream_id: shared
+                        .last_accepted
+                        .load(std::sync::atomic::Ordering::SeqCst),
                     status: code,
                 }
                 .encode(&mut enc, &mut buf);
@@ -307,7 +369,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     }
                     buf.clear();
                     Frame::GoAway {
-                        last_good_stream_id: 0,
+                        last_good_stream_id: shared
+                            .last_accepted
+                            .load(std::sync::atomic::Ordering::SeqCst),
                         status: code,
                     }
                     .encode(&mut enc, &mut buf);
@@ -337,13 +401,27 @@ async fn read_loop<R: AsyncRead + Unpin>(
     streams_tx: mpsc::Sender<Stream>,
 ) {
     let mut reader = FrameReader::new(r, limits.frame);
-    let mut inbound: HashMap<u32, Option<mpsc::Sender<Bytes>>> = HashMap::new();
+    let mut inbound: HashMap<u32, InboundTx> = HashMap::new();
     let mut last_id = 0u32;
+    let mut recent: HashSet<u32> = HashSet::new();
+    let mut recent_order: std::collections::VecDeque<u32> = Default::default();
     let mut closed = shared.closed_tx.subscribe();
     let result: Result<(), FrameError> = loop {
         let next = tokio::select! {
             n = tokio::time::timeout(limits.idle_timeout, reader.next()) => n,
-            () = crate::streaming::flipped(&mut closed) => break Ok(()),
+            () = crate::streaming::flipped(&mut closed) => {
+                // We sent GOAWAY and closed our side. Read on (discarding) until the peer
+                // closes too: closing with its frames unread would make the kernel answer
+                // them with a reset, which can destroy what we sent before it is read.
+                let mut r = reader.into_inner();
+                let mut sink = vec![0u8; 16 * 1024];
+                let _ = tokio::time::timeout(LINGER, async {
+                    while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                shared.close();
+                return;
+            }
         };
         let frame = match next {
             Err(_) => {
@@ -365,14 +443,33 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 headers,
                 ..
             } => {
-                // Client streams are odd and increasing.
-                if stream_id % 2 == 0 || stream_id <= last_id {
-                    break Err(FrameError::Malformed {
-                        what: "SYN_STREAM stream id",
-                    });
+                // Client streams are odd and new. SPDY wants them increasing, but node's
+                // spdy-transport sends the SYN_STREAMs of streams it opened together out of
+                // order, so a recent unused id is accepted; anything else is refused with
+                // RST_STREAM, as Go's spdystream does.
+                if stream_id % 2 == 0
+                    || recent.contains(&stream_id)
+                    || stream_id.saturating_add(REORDER_WINDOW) <= last_id
+                {
+                    send(Frame::RstStream {
+                        stream_id,
+                        status: status::PROTOCOL_ERROR,
+                    })
+                    .await;
+                    continue;
                 }
-                last_id = stream_id;
-                inbound.retain(|_, tx| tx.as_ref().is_some_and(|t| !t.is_closed()));
+                last_id = last_id.max(stream_id);
+                shared
+                    .last_accepted
+                    .store(last_id, std::sync::atomic::Ordering::SeqCst);
+                recent.insert(stream_id);
+                recent_order.push_back(stream_id);
+                if recent_order.len() > REORDER_WINDOW as usize
+                    && let Some(old) = recent_order.pop_front()
+                {
+                    recent.remove(&old);
+                }
+                inbound.retain(|_, i| i.tx.as_ref().is_some_and(|t| !t.is_closed()));
                 if inbound.len() >= limits.max_streams {
                     send(Frame::RstStream {
                         stream_id,
@@ -381,18 +478,36 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     .await;
                     continue;
                 }
-                let (tx, data) = mpsc::channel(INBOUND_QUEUE);
+                let (tx, rx) = mpsc::unbounded_channel();
+                let buffered = Arc::new(Buffered::default());
                 let tx = if flags & FLAG_FIN != 0 {
                     None
                 } else {
                     Some(tx)
                 };
-                // A half-closed stream still counts until the application drops it.
-                inbound.insert(stream_id, tx);
+                inbound.insert(
+                    stream_id,
+                    InboundTx {
+                        tx,
+                        buffered: buffered.clone(),
+                    },
+                );
+                let data = Inbound {
+                    id: stream_id,
+                    rx,
+                    buffered,
+                    shared: shared.clone(),
+                };
+                // Go's spdystream replies with no headers and its clients ignore them; peers
+                // that map SPDY onto HTTP (node's spdy-transport) reset a reply without the
+                // SPDY/3 response pseudo-headers.
                 if !send(Frame::SynReply {
                     stream_id,
                     flags: 0,
-                    headers: Headers::default(),
+                    headers: Headers(vec![
+                        (":status".into(), "200".into()),
+                        (":version".into(), "HTTP/1.1".into()),
+                    ]),
                 })
                 .await
                 {
@@ -421,36 +536,66 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 flags,
                 data,
             } => {
-                let len = data.len() as u32;
-                match inbound.get_mut(&stream_id) {
-                    Some(Some(tx)) => {
-                        if !data.is_empty() && tx.send(data).await.is_err() {
-                            // The application no longer reads this stream: drop its data.
-                            inbound.insert(stream_id, None);
-                        }
-                        if flags & FLAG_FIN != 0 {
-                            inbound.insert(stream_id, None);
-                        }
-                    }
-                    _ => {
-                        send(Frame::RstStream {
-                            stream_id,
-                            status: status::INVALID_STREAM,
-                        })
-                        .await;
-                    }
-                }
-                if len > 0 && shared.flow.lock().expect("flow lock").enabled {
-                    send(Frame::WindowUpdate {
-                        stream_id,
-                        delta: len,
-                    })
-                    .await;
+                let len = data.len();
+                let flow_controlled = shared.flow.lock().expect("flow lock").enabled;
+                if flow_controlled && len > 0 {
+                    // Session credit at once: one unread stream must not starve the others.
                     send(Frame::WindowUpdate {
                         stream_id: 0,
-                        delta: len,
+                        delta: len as u32,
                     })
                     .await;
+                }
+                let Some(entry) = inbound.get_mut(&stream_id).filter(|e| e.tx.is_some()) else {
+                    send(Frame::RstStream {
+                        stream_id,
+                        status: status::INVALID_STREAM,
+                    })
+                    .await;
+                    continue;
+                };
+                if len > 0 {
+                    let limit = if flow_controlled {
+                        MAX_BUFFERED_FLOW_CONTROLLED
+                    } else {
+                        MAX_BUFFERED
+                    };
+                    let fits = |e: &InboundTx| {
+                        e.buffered.bytes.load(std::sync::atomic::Ordering::SeqCst) + len <= limit
+                    };
+                    if flow_controlled && !fits(entry) {
+                        entry.tx = None;
+                        send(Frame::RstStream {
+                            stream_id,
+                            status: FLOW_CONTROL_ERROR,
+                        })
+                        .await;
+                        continue;
+                    }
+                    // Without flow control: wait for the application to read (TCP pushes back).
+                    while !fits(entry) && entry.tx.as_ref().is_some_and(|t| !t.is_closed()) {
+                        let space = entry.buffered.space.notified();
+                        tokio::pin!(space);
+                        space.as_mut().enable();
+                        if fits(entry) {
+                            break;
+                        }
+                        tokio::select! {
+                            () = space => {}
+                            () = crate::streaming::flipped(&mut closed) => break,
+                        }
+                    }
+                    entry
+                        .buffered
+                        .bytes
+                        .fetch_add(len, std::sync::atomic::Ordering::SeqCst);
+                    if entry.tx.as_ref().is_some_and(|t| t.send(data).is_err()) {
+                        // The application no longer reads this stream: drop its data.
+                        entry.tx = None;
+                    }
+                }
+                if flags & FLAG_FIN != 0 {
+                    entry.tx = None;
                 }
             }
             Frame::RstStream { stream_id, .. } => {
@@ -489,9 +634,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 stream_id, flags, ..
             } => {
                 if flags & FLAG_FIN != 0
-                    && let Some(tx) = inbound.get_mut(&stream_id)
+                    && let Some(entry) = inbound.get_mut(&stream_id)
                 {
-                    *tx = None;
+                    entry.tx = None;
                 }
             }
             Frame::WindowUpdate { stream_id, delta } => {
@@ -674,6 +819,19 @@ mod tests {
             data: Bytes::from_static(b"12345"),
         })
         .await;
+        // Session credit comes at once, stream credit once the data is read.
+        assert_eq!(
+            p2.recv().await,
+            Some(Frame::WindowUpdate {
+                stream_id: 0,
+                delta: 5
+            })
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), p2.reader.next())
+                .await
+                .is_err()
+        );
         st2.data.recv().await.unwrap();
         assert_eq!(
             p2.recv().await,
@@ -681,6 +839,24 @@ mod tests {
                 stream_id: 1,
                 delta: 5
             })
+        );
+        // A stream that overruns the window it was granted is reset.
+        p2.send(Frame::Data {
+            stream_id: 1,
+            flags: 0,
+            data: Bytes::from(vec![0u8; MAX_BUFFERED_FLOW_CONTROLLED + 1]),
+        })
+        .await;
+        let mut frames = Vec::new();
+        while !frames.iter().any(|f| matches!(f, Frame::RstStream { .. })) {
+            frames.push(p2.recv().await.unwrap());
+        }
+        assert!(
+            frames.contains(&Frame::RstStream {
+                stream_id: 1,
+                status: FLOW_CONTROL_ERROR
+            }),
+            "{frames:?}"
         );
     }
 
@@ -710,12 +886,31 @@ mod tests {
             })
         );
         let _a = s.streams.recv().await.unwrap();
-        // A stream id that goes backwards is a protocol error: GOAWAY, then the end.
+        // Out of order is fine (node does it); reused or even ids are refused.
+        p.open(9, "data", false).await;
+        p.open(7, "data", false).await;
         p.open(3, "data", false).await;
+        p.open(4, "data", false).await;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(p.recv().await.unwrap());
+        }
+        assert!(seen.contains(&Frame::RstStream {
+            stream_id: 3,
+            status: status::PROTOCOL_ERROR
+        }));
+        assert!(seen.contains(&Frame::RstStream {
+            stream_id: 4,
+            status: status::PROTOCOL_ERROR
+        }));
+        // A malformed frame is a session error: GOAWAY, then the end.
+        p.w.write_all(&[0x80, 3, 0, 6, 0, 0, 0, 3, 1, 2, 3])
+            .await
+            .unwrap();
         assert_eq!(
             p.recv().await,
             Some(Frame::GoAway {
-                last_good_stream_id: 0,
+                last_good_stream_id: 9,
                 status: status::PROTOCOL_ERROR
             })
         );
