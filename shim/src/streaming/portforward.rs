@@ -23,6 +23,8 @@ use crate::runtime::Runtime;
 
 /// How long a connect inside the pod may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams waiting for their partner, at most.
+const MAX_UNPAIRED: usize = 128;
 /// How long the second direction of a connection may go on after the first ended.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -58,6 +60,12 @@ pub(super) async fn serve(
             None if kind == "data" => s.id.saturating_sub(2).to_string(),
             None => s.id.to_string(),
         };
+        // Half-closed streams do not count against the session's stream limit: bound the
+        // unpaired ones here.
+        if !pending.contains_key(&request_id) && pending.len() >= MAX_UNPAIRED {
+            s.writer.reset(status::REFUSED_STREAM).await;
+            continue;
+        }
         let entry = pending.entry(request_id.clone()).or_default();
         let slot = match kind.as_str() {
             "error" => &mut entry.0,

@@ -224,28 +224,34 @@ impl StreamWriter {
 
     /// Half-closes our direction (an empty data frame with FIN).
     pub async fn close(&self) -> Result<(), StreamError> {
-        self.send(Frame::Data {
-            stream_id: self.id,
-            flags: FLAG_FIN,
-            data: Bytes::new(),
-        })
-        .await
+        let r = self
+            .send(Frame::Data {
+                stream_id: self.id,
+                flags: FLAG_FIN,
+                data: Bytes::new(),
+            })
+            .await;
+        self.forget();
+        r
+    }
+
+    /// Drops this stream's flow-control state: our direction is over, and a long session
+    /// (one port-forward, many connections) must not accumulate it.
+    fn forget(&self) {
+        let mut f = self.shared.flow.lock().expect("flow lock");
+        f.windows.remove(&self.id);
+        f.reset.remove(&self.id);
     }
 
     /// Resets the stream.
     pub async fn reset(&self, status: u32) {
-        self.shared
-            .flow
-            .lock()
-            .expect("flow lock")
-            .reset
-            .insert(self.id);
         let _ = self
             .send(Frame::RstStream {
                 stream_id: self.id,
                 status,
             })
             .await;
+        self.forget();
     }
 
     async fn send(&self, f: Frame) -> Result<(), StreamError> {
@@ -644,9 +650,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 f.enabled = true;
                 if stream_id == 0 {
                     f.session += i64::from(delta);
-                } else {
-                    let initial = f.initial;
-                    *f.windows.entry(stream_id).or_insert(initial) += i64::from(delta);
+                } else if let Some(w) = f.windows.get_mut(&stream_id) {
+                    // Only streams we are sending on: credit for others would only pile up.
+                    *w += i64::from(delta);
                 }
                 drop(f);
                 shared.notify.notify_waiters();
@@ -915,6 +921,38 @@ mod tests {
             })
         );
         s.handle.closed().await;
+    }
+
+    #[tokio::test]
+    async fn finished_streams_leave_no_flow_state_behind() {
+        let (mut s, mut p) = pair(SessionLimits::default());
+        p.send(Frame::Settings {
+            entries: vec![(0, SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20)],
+        })
+        .await;
+        for id in [1, 3, 5] {
+            p.open(id, "data", false).await;
+            p.recv().await;
+            let st = s.streams.recv().await.unwrap();
+            st.writer.write(b"x").await.unwrap();
+            st.writer.close().await.unwrap();
+            // Credit for a stream we finished, or never wrote on, is not kept.
+            p.send(Frame::WindowUpdate {
+                stream_id: id,
+                delta: 1,
+            })
+            .await;
+            p.send(Frame::WindowUpdate {
+                stream_id: id + 100,
+                delta: 1,
+            })
+            .await;
+        }
+        p.send(Frame::Ping { id: 1 }).await;
+        while p.recv().await != Some(Frame::Ping { id: 1 }) {}
+        let f = s.handle.shared.flow.lock().unwrap();
+        assert!(f.windows.is_empty(), "{:?}", f.windows);
+        assert!(f.reset.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
