@@ -744,3 +744,142 @@ async fn a_third_party_spdy_client_runs_an_exec() {
     assert!(out["status"].as_str().unwrap().contains("403"), "{out}");
     d.shutdown().await;
 }
+
+/// Opens a WebSocket to a streaming URL with `protocol`; the HTTP status if it is refused.
+async fn websocket(
+    url: &str,
+    protocol: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::http::StatusCode,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let host = url["http://".len()..].split('/').next().unwrap().to_owned();
+    let tcp = TcpStream::connect(host).await.unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, resp)) => {
+            let chosen = resp.headers().get("Sec-WebSocket-Protocol").unwrap();
+            assert_eq!(chosen, protocol);
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+/// Reads channel messages until the server closes: bytes per channel.
+async fn ws_drain(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    base64: bool,
+    until: impl Fn(&HashMap<u8, Vec<u8>>) -> bool,
+) -> HashMap<u8, Vec<u8>> {
+    use base64::Engine as _;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got: HashMap<u8, Vec<u8>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !until(&got) {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("websocket session ends in time");
+        let (ch, data) = match m {
+            Some(Ok(Message::Binary(b))) if !base64 => (b[0], b[1..].to_vec()),
+            Some(Ok(Message::Text(t))) if base64 => (
+                t.as_bytes()[0] - b'0',
+                base64::engine::general_purpose::STANDARD
+                    .decode(&t.as_bytes()[1..])
+                    .unwrap(),
+            ),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        };
+        got.entry(ch).or_default().extend_from_slice(&data);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_port_forward_over_websocket() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let d = Daemon::start().await;
+    let mut rt = d.rt().await;
+    let c = exec_fixture(&d, &mut rt).await;
+
+    // v5 binary: stdin on channel 0, closed with channel 255; output on 1, status on 3.
+    let url = exec_url(&mut rt, &c, &["/cat.wasm"], true).await;
+    let mut ws = websocket(&url, "v5.channel.k8s.io").await.unwrap();
+    ws.send(Message::binary(b"\x00line one\n".to_vec()))
+        .await
+        .unwrap();
+    ws.send(Message::binary(vec![255, 0])).await.unwrap();
+    let got = ws_drain(&mut ws, false, |_| false).await;
+    assert_eq!(got.get(&1).map(|v| &v[..]), Some(&b"line one\n"[..]));
+    let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
+    assert_eq!(status["status"], "Success");
+
+    // base64 text flavour: output and the NonZeroExitCode status.
+    let url = exec_url(&mut rt, &c, &["/exit3.wasm"], false).await;
+    let mut ws = websocket(&url, "v4.base64.channel.k8s.io").await.unwrap();
+    let got = ws_drain(&mut ws, true, |_| false).await;
+    assert!(String::from_utf8_lossy(&got[&1]).contains("exiting with 3"));
+    let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
+    assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
+
+    // Nothing in common: 403; the token is spent either way.
+    let url = exec_url(&mut rt, &c, &["/hello.wasm"], false).await;
+    assert_eq!(websocket(&url, "v9.bogus").await.unwrap_err(), 403);
+    assert_eq!(websocket(&url, "v4.channel.k8s.io").await.unwrap_err(), 404);
+
+    // Port-forward: the port first on both channels, then the bytes of the connection.
+    import_http_hello(&d);
+    let (web, addr) = serve_http_hello(&d, &mut rt, "wspf").await;
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let pod_id = rt
+        .list_containers(pb::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .find(|x| x.id == web)
+        .unwrap()
+        .pod_sandbox_id;
+    let url = rt
+        .port_forward(pb::PortForwardRequest {
+            pod_sandbox_id: pod_id,
+            port: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = websocket(&format!("{url}?port={port}"), "v4.channel.k8s.io")
+        .await
+        .unwrap();
+    let mut req = vec![0u8];
+    req.extend_from_slice(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    ws.send(Message::binary(req)).await.unwrap();
+    let got = ws_drain(&mut ws, false, |g| {
+        g.get(&0)
+            .is_some_and(|d| String::from_utf8_lossy(d).contains("hello"))
+    })
+    .await;
+    let data = &got[&0];
+    assert_eq!(&data[..2], &port.to_le_bytes(), "port prefix");
+    assert!(
+        String::from_utf8_lossy(&data[2..]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
+    assert_eq!(
+        got[&1],
+        port.to_le_bytes().to_vec(),
+        "no error, only the port"
+    );
+    d.shutdown().await;
+}

@@ -105,6 +105,8 @@ pub async fn port_forward(
         streaming,
         Pending::PortForward(PortForwardRequest {
             pod_id: pod.meta.id.clone(),
+            // Checked above to be 1..=65535.
+            ports: r.port.iter().map(|p| *p as u16).collect(),
         }),
     )?;
     Ok(pb::PortForwardResponse { url })

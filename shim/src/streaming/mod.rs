@@ -12,14 +12,17 @@
 //!   stream), over [`crate::runtime::ExecProcess`].
 //! - `portforward`: a `portforward.k8s.io` session, dialing inside the pod's network
 //!   namespace.
+//! - `websocket`: the same sessions over WebSocket (`v5`/`v4`/`v3`/`v2.channel.k8s.io`,
+//!   `channel.k8s.io`, the `base64.` flavours), for clients that come straight here.
 //!
-//! Not yet: TTY (exec with `tty` is refused at the RPC), Attach, and the WebSocket flavours.
+//! Not yet: TTY (exec with `tty` is refused at the RPC) and Attach.
 
 mod exec;
 mod portforward;
 mod server;
 pub mod spdy;
 pub mod tokens;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +73,9 @@ pub struct ExecRequest {
 pub struct PortForwardRequest {
     /// Full pod sandbox ID.
     pub pod_id: String,
+    /// The ports the CRI request named (WebSocket clients that give none in the URL get
+    /// these).
+    pub ports: Vec<u16>,
 }
 
 /// What a token stands for.

@@ -159,7 +159,10 @@ async fn forward(netns: Option<PathBuf>, pod_id: String, error: Stream, mut data
 }
 
 /// Connects to `127.0.0.1:port` in the network namespace `netns` (the host's if `None`).
-async fn dial(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+pub(super) async fn dial(
+    netns: Option<PathBuf>,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Some(netns) = netns else {
         return tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr))

@@ -2,7 +2,8 @@
 //! handshake Kubernetes clients expect (subprotocol negotiation first, then the SPDY
 //! upgrade), and the hand-over of the upgraded connection to a session task.
 //!
-//! Answers, as the Go streaming server gives them: an unknown, used or expired token is 404;
+//! A WebSocket upgrade goes to `websocket` instead. SPDY answers, as the Go streaming server
+//! gives them: an unknown, used or expired token is 404;
 //! a request without `X-Stream-Protocol-Version` is 400; no protocol in common is 403 with
 //! `X-Accepted-Stream-Protocol-Versions` listing ours; missing or other upgrade headers are
 //! 400; success is `101 Switching Protocols` with `Upgrade: SPDY/3.1` and the chosen
@@ -127,6 +128,9 @@ fn handle(
             );
         }
     };
+    if super::websocket::is_upgrade(req.headers()) {
+        return super::websocket::accept(srv, req, pending, shutdown);
+    }
     let server_protocols = match pending {
         Pending::Exec(_) => EXEC_PROTOCOLS,
         Pending::PortForward(_) => PORT_FORWARD_PROTOCOLS,
