@@ -101,6 +101,10 @@ pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec};
 use crate::logs::CriLogWriter;
 use guest::{Loaded, Output, StopState};
 
+/// Set in the environment of an interactive exec runner whose stdin is a terminal: its spec
+/// then arrives on fd 3 (a pipe), not on stdin.
+pub const SPEC_ON_FD3_ENV: &str = "WASMCRI_SPEC_ON_FD3";
+
 /// Exit code for a trap or a guest that cannot be loaded or set up.
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code when an exec's deadline passed (as `timeout(1)`).
@@ -282,7 +286,8 @@ pub fn run(spec_path: &Path) -> ! {
 /// process must still be able to join any netns), then blocks on one line from stdin: the
 /// path of its spec. End of file instead (the daemon exited or shrank its pool) ends it with
 /// 0 and nothing written anywhere. After the line: stdin becomes `/dev/null` (except for an
-/// interactive exec, [`RunMode::ExecStream`] with `stdin`, whose guest reads on), stderr the
+/// interactive exec, [`RunMode::ExecStream`] with `stdin`, whose guest reads on; with a
+/// terminal, the spec comes on fd 3 instead, see [`SPEC_ON_FD3_ENV`]), stderr the
 /// spec's `debug_log` (if it names one), and it goes on exactly as [`run`].
 ///
 /// Until it has its spec it lives in the daemon's cgroup: the few pages it touched before
@@ -291,7 +296,15 @@ pub fn run(spec_path: &Path) -> ! {
 pub fn standby() -> ! {
     let engine = crate::wasm::engine().map_err(|e| e.to_string());
     let mut line = String::new();
-    match io::stdin().lock().read_line(&mut line) {
+    let read = if std::env::var_os(SPEC_ON_FD3_ENV).is_some() {
+        // SAFETY: the daemon set fd 3 up (dup2 before exec) for this process alone, and
+        // nothing else in it takes ownership of fd 3.
+        let f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(3) };
+        io::BufReader::new(f).read_line(&mut line)
+    } else {
+        io::stdin().lock().read_line(&mut line)
+    };
+    match read {
         Ok(n) if n > 0 && line.ends_with('\n') => {}
         _ => std::process::exit(0),
     }

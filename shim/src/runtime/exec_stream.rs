@@ -9,27 +9,37 @@
 //! or is removed, when the caller gives up (the client went away), and when the handle is
 //! dropped.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::process::Child;
 
 use super::containers::wasm_in_rootfs;
 use super::{Result, Runtime, RuntimeError};
 use crate::container::ContainerPhase;
 use crate::runner::RunMode;
 
+/// A readable end of the command's output.
+pub type ExecReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writable end of the command's input.
+pub type ExecWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A running interactive exec.
 pub struct ExecProcess {
     child: Child,
-    /// The guest's stdin (`None` if the exec has no stdin; dropping it is end of input).
-    pub stdin: Option<ChildStdin>,
-    /// The guest's stdout.
-    pub stdout: Option<ChildStdout>,
-    /// The guest's stderr (runner errors, such as a module that cannot load, land here too).
-    pub stderr: Option<ChildStderr>,
+    /// The guest's stdin (`None` if the exec has no stdin; dropping it is end of input,
+    /// except on a terminal).
+    pub stdin: Option<ExecWriter>,
+    /// The guest's stdout (with a terminal: everything the guest writes).
+    pub stdout: Option<ExecReader>,
+    /// The guest's stderr (runner errors, such as a module that cannot load, land here too);
+    /// `None` with a terminal.
+    pub stderr: Option<ExecReader>,
+    /// The terminal's master side, for resizes.
+    pty: Option<Arc<OwnedFd>>,
     exited: tokio::sync::watch::Receiver<bool>,
     container_id: String,
 }
@@ -45,7 +55,37 @@ pub enum ExecEnd {
     Cancelled,
 }
 
+/// Resizes an exec's terminal (a no-op without one); usable while the exec is awaited.
+#[derive(Clone)]
+pub struct Resizer(Option<Arc<OwnedFd>>);
+
+impl Resizer {
+    /// A resizer for the terminal whose master side is `master`.
+    pub fn for_master(master: OwnedFd) -> Self {
+        Self(Some(Arc::new(master)))
+    }
+
+    /// Sets the terminal's size; the kernel tells the guest's process group with SIGWINCH.
+    pub fn resize(&self, width: u16, height: u16) {
+        if let Some(master) = &self.0 {
+            let ws = libc::winsize {
+                ws_row: height,
+                ws_col: width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is ours.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
+    }
+}
+
 impl ExecProcess {
+    /// A handle that resizes this exec's terminal.
+    pub fn resizer(&self) -> Resizer {
+        Resizer(self.pty.clone())
+    }
+
     /// Waits for the command, killing it if the container exits first or `cancel` resolves
     /// first.
     pub async fn wait(&mut self, cancel: impl std::future::Future<Output = ()>) -> Result<ExecEnd> {
@@ -87,12 +127,15 @@ impl Runtime {
         Ok(c.meta.id.clone())
     }
 
-    /// Starts `cmd` in container `id` with live stdio (stdin only if `stdin`).
+    /// Starts `cmd` in container `id` with live stdio (stdin only if `stdin`); with `tty`,
+    /// the guest's stdin, stdout and stderr are one pseudo-terminal (so WASI's terminal
+    /// queries say it is one) and its spec travels on a pipe at fd 3.
     pub async fn exec_stream(
         self: &Arc<Self>,
         id: &str,
         cmd: Vec<String>,
         stdin: bool,
+        tty: bool,
     ) -> Result<ExecProcess> {
         if cmd.is_empty() {
             return Err(RuntimeError::InvalidArgument("exec cmd is empty".into()));
@@ -121,15 +164,22 @@ impl Runtime {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        let mut child = tokio::process::Command::new(&self.runner_exe)
+        let mut command = tokio::process::Command::new(&self.runner_exe);
+        command
             .arg("runner")
             .arg("--standby")
+            .kill_on_drop(true)
+            // Own process group: a signal to the daemon's group never reaches the runner.
+            .process_group(0);
+        if tty {
+            return self
+                .spawn_with_tty(command, &line, &c.meta.id, exited)
+                .await;
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            // Own process group: a signal to the daemon's group never reaches the runner.
-            .process_group(0)
             .spawn()
             .map_err(RuntimeError::io("spawn exec runner"))?;
         let mut pipe = child.stdin.take().expect("piped");
@@ -140,12 +190,93 @@ impl Runtime {
         }
         tracing::debug!(container = %c.meta.id, pid = child.id(), "exec runner started");
         Ok(ExecProcess {
-            stdin: stdin.then_some(pipe),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
+            stdin: stdin.then_some(Box::new(pipe) as ExecWriter),
+            stdout: child.stdout.take().map(|p| Box::new(p) as ExecReader),
+            stderr: child.stderr.take().map(|p| Box::new(p) as ExecReader),
+            pty: None,
             child,
             exited,
             container_id: c.meta.id.clone(),
+        })
+    }
+
+    /// Spawns an exec runner on a new pseudo-terminal, its spec `line` on a pipe at fd 3.
+    async fn spawn_with_tty(
+        &self,
+        mut command: tokio::process::Command,
+        line: &[u8],
+        container_id: &str,
+        exited: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<ExecProcess> {
+        let io_err = |what: &'static str| move |e: nix::Error| RuntimeError::io(what)(e.into());
+        let pty = nix::pty::openpty(None, None).map_err(io_err("open a pseudo-terminal"))?;
+        let (spec_r, spec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(io_err("make the spec pipe"))?;
+        let slave = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .map_err(RuntimeError::io("duplicate the terminal"))
+        };
+        command
+            .stdin(slave(&pty.slave)?)
+            .stdout(slave(&pty.slave)?)
+            .stderr(slave(&pty.slave)?)
+            .env(crate::runner::SPEC_ON_FD3_ENV, "1");
+        let spec_fd = spec_r.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls: dup2 (and fcntl when
+        // the pipe already is fd 3, where dup2 would leave close-on-exec set).
+        unsafe {
+            command.pre_exec(move || {
+                let rc = if spec_fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(spec_fd, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(RuntimeError::io("spawn exec runner"))?;
+        // Only the runner may hold the slave and the pipe's read end: the master then reads
+        // end of file (EIO) once the runner is gone.
+        drop(command);
+        drop(pty.slave);
+        drop(spec_r);
+        let mut spec_pipe = tokio::fs::File::from_std(std::fs::File::from(spec_w));
+        let written = async {
+            spec_pipe.write_all(line).await?;
+            spec_pipe.flush().await
+        };
+        if let Err(e) = written.await {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(RuntimeError::io("hand the exec runner its spec")(e));
+        }
+        drop(spec_pipe);
+        let master = pty.master;
+        let reader = master
+            .try_clone()
+            .map_err(RuntimeError::io("duplicate the terminal"))?;
+        let writer = master
+            .try_clone()
+            .map_err(RuntimeError::io("duplicate the terminal"))?;
+        tracing::debug!(container = %container_id, pid = child.id(), "exec runner started on a terminal");
+        Ok(ExecProcess {
+            stdin: Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
+                writer,
+            )))),
+            stdout: Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
+                reader,
+            )))),
+            stderr: None,
+            pty: Some(Arc::new(master)),
+            child,
+            exited,
+            container_id: container_id.to_owned(),
         })
     }
 }

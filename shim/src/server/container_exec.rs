@@ -54,11 +54,6 @@ pub async fn exec(
             "one of stdin, stdout, or stderr must be set".into(),
         ));
     }
-    if r.tty {
-        return Err(RuntimeError::Unimplemented(
-            "exec with a terminal (tty) is not supported by wasmcri yet; run without -t".into(),
-        ));
-    }
     let streaming = server(streaming)?;
     let container_id = rt.check_exec(&r.container_id)?;
     let url = url(
@@ -69,6 +64,7 @@ pub async fn exec(
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
+            tty: r.tty,
         }),
     )?;
     Ok(pb::ExecResponse { url })

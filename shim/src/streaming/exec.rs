@@ -27,14 +27,60 @@ struct Streams {
     stdin: Option<Stream>,
     stdout: Option<Stream>,
     stderr: Option<Stream>,
+    resize: Option<Stream>,
 }
 
 impl Streams {
-    fn complete(&self, req: &ExecRequest) -> bool {
+    /// Whether every stream the request implies is open: with a terminal, v3 and later
+    /// clients add a resize stream (and stderr is merged into stdout).
+    fn complete(&self, req: &ExecRequest, protocol: &str) -> bool {
+        let wants_resize = req.tty && !matches!(protocol, "v2.channel.k8s.io" | "channel.k8s.io");
         self.error.is_some()
             && (!req.stdin || self.stdin.is_some())
             && (!req.stdout || self.stdout.is_some())
             && (!req.stderr || self.stderr.is_some())
+            && (!wants_resize || self.resize.is_some())
+    }
+}
+
+/// Applies the terminal sizes a client sends: JSON objects `{"Width":..,"Height":..}`, one
+/// after another, possibly split across data frames.
+pub(super) async fn apply_resizes(
+    mut sizes: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    resizer: crate::runtime::Resizer,
+) {
+    #[derive(serde::Deserialize)]
+    struct Size {
+        #[serde(rename = "Width")]
+        width: u16,
+        #[serde(rename = "Height")]
+        height: u16,
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = sizes.recv().await {
+        buf.extend_from_slice(&chunk);
+        let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Size>();
+        let mut used = 0;
+        loop {
+            match it.next() {
+                Some(Ok(size)) => {
+                    resizer.resize(size.width, size.height);
+                    used = it.byte_offset();
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    // Not a size: drop what we have and resynchronise on the next message.
+                    used = buf.len();
+                    break;
+                }
+                None => break,
+            }
+        }
+        buf.drain(..used);
+        // A client that sends an endless object gets nowhere.
+        if buf.len() > 4096 {
+            buf.clear();
+        }
     }
 }
 
@@ -91,7 +137,7 @@ pub(super) async fn serve(
     let mut streams = Streams::default();
     let deadline = tokio::time::sleep(STREAM_CREATION_TIMEOUT);
     tokio::pin!(deadline);
-    while !streams.complete(&req) {
+    while !streams.complete(&req, protocol) {
         let s = tokio::select! {
             s = session.streams.recv() => s,
             () = &mut deadline => {
@@ -110,6 +156,7 @@ pub(super) async fn serve(
             "stdin" if req.stdin => &mut streams.stdin,
             "stdout" if req.stdout => &mut streams.stdout,
             "stderr" if req.stderr => &mut streams.stderr,
+            "resize" if req.tty => &mut streams.resize,
             _ => {
                 tracing::debug!(stream_type = %kind, "unexpected exec stream refused");
                 s.writer.reset(status::REFUSED_STREAM).await;
@@ -144,7 +191,7 @@ async fn run(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Outcome> {
     let mut proc = match rt
-        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin)
+        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
         .await
     {
         Ok(p) => p,
@@ -154,7 +201,7 @@ async fn run(
     if let (Some(mut stdin_stream), Some(mut pipe)) = (streams.stdin.take(), proc.stdin.take()) {
         stdin_task = Some(tokio::spawn(async move {
             while let Some(chunk) = stdin_stream.data.recv().await {
-                if pipe.write_all(&chunk).await.is_err() {
+                if pipe.write_all(&chunk).await.is_err() || pipe.flush().await.is_err() {
                     break;
                 }
             }
@@ -164,8 +211,23 @@ async fn run(
         }));
     }
     let mut pumps = tokio::task::JoinSet::new();
-    let stdout = proc.stdout.take().map(|p| Box::new(p) as Pipe);
-    let stderr = proc.stderr.take().map(|p| Box::new(p) as Pipe);
+    let mut resize_task = None;
+    if let Some(mut resize) = streams.resize.take() {
+        let resizer = proc.resizer();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        resize_task = Some(tokio::spawn(async move {
+            let apply = tokio::spawn(apply_resizes(rx, resizer));
+            while let Some(b) = resize.data.recv().await {
+                if tx.send(b.to_vec()).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = apply.await;
+        }));
+    }
+    let stdout = proc.stdout.take();
+    let stderr = proc.stderr.take();
     let outputs = [
         (streams.stdout.take(), stdout),
         (streams.stderr.take(), stderr),
@@ -188,7 +250,7 @@ async fn run(
     let end = proc.wait(cancel).await;
     // The runner is gone, so its pipes reach end of file and the output pumps finish;
     // stdin's pump may still wait on the client, which no longer matters.
-    if let Some(t) = stdin_task {
+    for t in [stdin_task, resize_task].into_iter().flatten() {
         t.abort();
     }
     let outputs_done = async {
@@ -212,7 +274,7 @@ async fn run(
 }
 
 /// One of the command's output pipes.
-type Pipe = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Pipe = crate::runtime::ExecReader;
 
 /// Copies one output pipe to its stream (or, if the client did not ask for it, discards it
 /// so the guest never blocks on a full pipe), then half-closes the stream.
@@ -239,6 +301,38 @@ async fn pump_out(mut pipe: Pipe, writer: Option<StreamWriter>, stream: Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn resize_messages_reach_the_terminal_even_when_split() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(apply_resizes(
+            rx,
+            // A copy: the terminal must outlive the resizer for the check below.
+            crate::runtime::Resizer::for_master(pty.master.try_clone().unwrap()),
+        ));
+        for chunk in [
+            &br#"{"Width":100,"#[..],
+            br#""Height":40}{"Width":132,"Height":43}"#,
+            b"not json",
+            br#"{"Width":90,"Height":30}"#,
+        ] {
+            tx.send(chunk.to_vec()).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes one winsize into a valid pointer.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&pty.slave),
+                libc::TIOCGWINSZ,
+                &mut ws,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!((ws.ws_col, ws.ws_row), (90, 30));
+    }
 
     #[test]
     fn v4_status_is_the_json_client_go_decodes() {

@@ -15,7 +15,7 @@
 //! - `websocket`: the same sessions over WebSocket (`v5`/`v4`/`v3`/`v2.channel.k8s.io`,
 //!   `channel.k8s.io`, the `base64.` flavours), for clients that come straight here.
 //!
-//! Not yet: TTY (exec with `tty` is refused at the RPC) and Attach.
+//! Not yet: Attach.
 
 mod exec;
 mod portforward;
@@ -66,6 +66,8 @@ pub struct ExecRequest {
     pub stdout: bool,
     /// Stream stderr.
     pub stderr: bool,
+    /// Run on a pseudo-terminal (stdout and stderr are then one stream).
+    pub tty: bool,
 }
 
 /// A port-forward the kubelet asked for.

@@ -3,8 +3,8 @@
 //!
 //! Every message carries one channel: its first byte (binary protocols) or its first
 //! character `'0'`..`'9'` followed by base64 (the `base64.` protocols). Exec uses channels
-//! 0 stdin, 1 stdout, 2 stderr, 3 error (the same status as over SPDY), 4 resize (ignored:
-//! no TTY yet); `v5.channel.k8s.io` adds channel 255, whose message `[0]` closes stdin.
+//! 0 stdin, 1 stdout, 2 stderr, 3 error (the same status as over SPDY), 4 resize (a
+//! terminal's size, as JSON); `v5.channel.k8s.io` adds channel 255, whose message `[0]` closes stdin.
 //! Port-forward uses channels 2i (data) and 2i+1 (error) for the i-th port of the `port`
 //! query parameters (else the ports of the CRI request), and the server's first message on
 //! each channel is that port, two bytes little-endian.
@@ -56,6 +56,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -282,7 +283,7 @@ async fn exec(
     let (sink, mut source) = ws.split();
     let (tx, writer) = spawn_writer(sink, base64);
     let mut proc = match rt
-        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin)
+        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
         .await
     {
         Ok(p) => p,
@@ -302,7 +303,9 @@ async fn exec(
         outputs.spawn(pump(p, STDERR, tx.clone()));
     }
     let (gone_tx, mut gone) = watch::channel(false);
-    let mut stdin = proc.stdin.take();
+    let mut stdin = proc.stdin.take().filter(|_| req.stdin);
+    let (resize_tx, resize_rx) = mpsc::channel::<Vec<u8>>(4);
+    let resizes = tokio::spawn(super::exec::apply_resizes(resize_rx, proc.resizer()));
     let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             if msg.is_close() {
@@ -311,10 +314,13 @@ async fn exec(
             match decode(base64, msg) {
                 Some((STDIN, data)) => {
                     if let Some(pipe) = stdin.as_mut()
-                        && pipe.write_all(&data).await.is_err()
+                        && (pipe.write_all(&data).await.is_err() || pipe.flush().await.is_err())
                     {
                         stdin = None;
                     }
+                }
+                Some((RESIZE, data)) => {
+                    let _ = resize_tx.try_send(data);
                 }
                 Some((CLOSE, data)) if data.first() == Some(&STDIN) => stdin = None,
                 _ => {}
@@ -353,6 +359,7 @@ async fn exec(
     drop(tx);
     let _ = writer.await;
     reader.abort();
+    resizes.abort();
 }
 
 async fn port_forward(
