@@ -220,7 +220,8 @@ async fn exec_url(
     url
 }
 
-/// A running container of an image holding sleeper (its entrypoint), hello, exit3 and cat.
+/// A running container of an image holding sleeper (its entrypoint), hello, exit3, cat and
+/// spin.
 async fn exec_fixture(
     d: &Daemon,
     rt: &mut cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
@@ -234,6 +235,7 @@ async fn exec_fixture(
             ("/hello.wasm", g("hello")),
             ("/exit3.wasm", g("exit3")),
             ("/cat.wasm", wat::parse_str(CAT_WAT).unwrap()),
+            ("/spin.wasm", g("spin")),
         ],
         &["/sleeper.wasm"],
         &[],
@@ -495,6 +497,35 @@ async fn exec_commands_die_with_their_client_and_their_container() {
     })
     .await
     .unwrap();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_commands_die_with_the_daemon() {
+    let mut d = Daemon::start().await;
+    let mut rt = d.rt().await;
+    let c = exec_fixture(&d, &mut rt).await;
+    // A command that reads no input and writes nothing after its first line: only a kill
+    // ends it.
+    let url = exec_url(&mut rt, &c, &["/spin.wasm"], false).await;
+    let mut cl = Client::new(upgrade(&url, Some("v4.channel.k8s.io"), true).await);
+    cl.open(&[("streamType", "error")], false).await;
+    cl.open(&[("streamType", "stdout")], false).await;
+    cl.open(&[("streamType", "stderr")], false).await;
+    let exec_pid = wait_exec_runner(&d, &mut rt, &c).await;
+    let main_pid = runner_pid(&mut rt, &c).await;
+    let st = d.terminate();
+    assert!(st.success(), "daemon exit {st}: {}", d.log());
+    // The exec is gone with its daemon; the container itself keeps running.
+    wait_gone(exec_pid, 10).await;
+    assert!(std::path::Path::new(&format!("/proc/{main_pid}")).exists());
+    drop(cl);
+    d.spawn().await;
+    let mut rt = d.rt().await;
+    assert_eq!(
+        status_of(&mut rt, &c).await,
+        pb::ContainerState::ContainerRunning as i32
+    );
     d.shutdown().await;
 }
 
