@@ -10,7 +10,7 @@
 //! each channel is that port, two bytes little-endian.
 //!
 //! Messages are bounded ([`MAX_MESSAGE`]); the session ends when the client closes the
-//! socket, which also kills the exec command.
+//! socket or stays silent for the session idle timeout, which also kills the exec command.
 
 use std::sync::Arc;
 
@@ -162,6 +162,8 @@ pub(super) fn accept(
         Pending::Exec(_) => Vec::new(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // As for SPDY sessions: a client silent this long is gone.
+    let idle = srv.limits.idle_timeout;
     tokio::spawn(async move {
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
@@ -175,9 +177,9 @@ pub(super) fn accept(
             .max_frame_size(Some(MAX_MESSAGE));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match pending {
-            Pending::Exec(r) => exec(srv.rt.clone(), r, protocol, ws, shutdown).await,
+            Pending::Exec(r) => exec(srv.rt.clone(), r, protocol, ws, idle, shutdown).await,
             Pending::PortForward(r) => {
-                port_forward(srv.rt.clone(), r, ports, protocol, ws, shutdown).await
+                port_forward(srv.rt.clone(), r, ports, protocol, ws, idle, shutdown).await
             }
         }
     });
@@ -272,6 +274,7 @@ async fn exec(
     req: ExecRequest,
     protocol: &'static str,
     ws: Ws,
+    idle: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let base64 = protocol.contains("base64");
@@ -307,7 +310,7 @@ async fn exec(
     let (resize_tx, resize_rx) = mpsc::channel::<Vec<u8>>(4);
     let resizes = tokio::spawn(super::exec::apply_resizes(resize_rx, proc.resizer()));
     let reader = tokio::spawn(async move {
-        while let Some(Ok(msg)) = source.next().await {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(idle, source.next()).await {
             if msg.is_close() {
                 break;
             }
@@ -368,6 +371,7 @@ async fn port_forward(
     ports: Vec<u16>,
     protocol: &'static str,
     ws: Ws,
+    idle: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let base64 = protocol.contains("base64");
@@ -405,7 +409,7 @@ async fn port_forward(
     }
     loop {
         let msg = tokio::select! {
-            m = source.next() => m,
+            m = tokio::time::timeout(idle, source.next()) => m.ok().flatten(),
             () = crate::streaming::flipped(&mut shutdown) => None,
         };
         let Some(Ok(msg)) = msg else { break };
