@@ -24,6 +24,8 @@ pub const FLAG_UNIDIRECTIONAL: u8 = 0x02;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u32 = 7;
 /// The most a data frame payload is handed out at once (see the module docs).
 pub const DATA_CHUNK: usize = 64 * 1024;
+/// Read buffer of a [`FrameReader`].
+const READ_BUFFER: usize = 64 * 1024;
 
 /// RST_STREAM / GOAWAY status codes used here.
 pub mod status {
@@ -417,9 +419,10 @@ impl Frame {
     }
 }
 
-/// Reads frames from one direction of a session.
+/// Reads frames from one direction of a session (buffered: a frame header is eight bytes,
+/// and reading it straight from a socket would cost a system call or two per frame).
 pub struct FrameReader<R> {
-    r: R,
+    r: tokio::io::BufReader<R>,
     dec: HeaderDecoder,
     limits: Limits,
     /// The data frame being handed out in chunks: (stream, flags, bytes left).
@@ -430,16 +433,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads from `r` within `limits`.
     pub fn new(r: R, limits: Limits) -> Self {
         Self {
-            r,
+            r: tokio::io::BufReader::with_capacity(READ_BUFFER, r),
             dec: HeaderDecoder::new(),
             limits,
             pending: None,
         }
     }
 
-    /// The underlying reader (a partly read frame is abandoned).
+    /// The underlying reader (a partly read frame and buffered bytes are abandoned).
     pub fn into_inner(self) -> R {
-        self.r
+        self.r.into_inner()
     }
 
     /// The next frame; `None` at a clean end of the connection (between frames).
