@@ -15,6 +15,10 @@
 //!
 //! [registry]                       # see images::RegistryConfig
 //! insecure = ["registry.local:5000"]
+//!
+//! [streaming]                      # exec / port-forward URLs the kubelet proxies to
+//! address = "127.0.0.1"
+//! port = 0                         # 0: a random free port
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +59,28 @@ pub struct Config {
     pub cni: CniConfig,
     /// Registry settings (mirrors, credentials, insecure registries, CA bundle).
     pub registry: crate::images::RegistryConfig,
+    /// The streaming server (exec, port-forward).
+    pub streaming: StreamingConfig,
+}
+
+/// Where the streaming server listens. The defaults are containerd's: loopback (the kubelet
+/// on the same node proxies to it) and a random port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// IP address to bind (a wildcard address is advertised as loopback).
+    pub address: String,
+    /// TCP port; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
 }
 
 /// CNI plugin and configuration locations.
@@ -90,6 +116,7 @@ impl Default for Config {
             standby_runners: 2,
             cni: CniConfig::default(),
             registry: Default::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -182,6 +209,11 @@ mod tests {
         assert_eq!(c.cni.conf_dir, PathBuf::from("/c"));
         assert_eq!(c.cni.bin_dirs, CniConfig::default().bin_dirs);
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let c: Config = toml::from_str("[streaming]\nport = 10010\n").unwrap();
+        assert_eq!(c.streaming.port, 10010);
+        assert_eq!(c.streaming.address, "127.0.0.1");
+        assert!(toml::from_str::<Config>("[streaming]\nport = 70000\n").is_err());
+        assert!(toml::from_str::<Config>("[streaming]\nbogus = 1\n").is_err());
     }
 
     #[test]

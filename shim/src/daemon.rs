@@ -60,16 +60,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("open runtime")?;
     let listener = bind(&socket)?;
-    tracing::info!(socket = %socket.display(), "wasmcri serving CRI runtime.v1");
-    let cri = Cri::new(rt.clone());
+    // Fail on a bad streaming address before serving anything.
+    let streaming = crate::streaming::StreamingServer::bind(
+        &rt.config.streaming.address,
+        rt.config.streaming.port,
+        rt.clone(),
+    )
+    .await?;
+    let (streaming_stop, streaming_stopped) = tokio::sync::watch::channel(false);
+    let streaming_stop = std::sync::Arc::new(streaming_stop);
+    let streaming_task = tokio::spawn(streaming.clone().serve(streaming_stopped));
+    tracing::info!(socket = %socket.display(), streaming = %streaming.addr(), "wasmcri serving CRI runtime.v1");
+    let cri = Cri::new(rt.clone()).with_streaming(streaming);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
     let shutdown = {
         let rt = rt.clone();
+        let streaming_stop = streaming_stop.clone();
         async move {
             shutdown_signal().await;
             // Open event streams would otherwise hold the graceful shutdown forever.
             rt.close_events();
+            // Streaming sessions end too; their exec commands are killed.
+            streaming_stop.send_replace(true);
             let _ = signalled_tx.send(());
         }
     };
@@ -100,6 +113,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&socket);
+    streaming_stop.send_replace(true);
+    let _ = streaming_task.await;
     rt.shutdown().await;
     res.context("gRPC server")?;
     Ok(())

@@ -12,6 +12,7 @@
 //! - [`logs`]: the kubelet's CRI log format writer.
 //! - [`cgroups`]: cgroup v1/v2 limits and stats.
 //! - [`network`]: network namespaces and CNI.
+//! - [`streaming`]: the exec / port-forward streaming server (SPDY/3.1).
 
 pub mod cgroups;
 pub mod config;
@@ -32,5 +33,7 @@ pub mod runtime;
 #[cfg(feature = "runtime")]
 pub mod server;
 pub mod store;
+#[cfg(feature = "runtime")]
+pub mod streaming;
 #[cfg(feature = "runtime")]
 pub mod wasm;

@@ -16,3 +16,4 @@ mod lifecycle;
 mod network;
 mod resources;
 mod restart;
+mod streaming;

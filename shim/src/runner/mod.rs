@@ -36,7 +36,7 @@
 //! - `error: <one line>` — setup or loading failed; the runner has written an [`ExitRecord`]
 //!   (if it got as far as reading the spec) and exits with [`EXIT_FAILURE`].
 //!
-//! In `Exec` mode stdout belongs to the guest, so no readiness line is written: failures are
+//! In `Exec` and `ExecStream` mode stdout belongs to the guest, so no readiness line is written: failures are
 //! reported as `error: ...` on stderr, exit code [`EXIT_FAILURE`] and the exit record.
 //! The runner's own stderr is a debug log the daemon provides (warnings such as an unusable
 //! precompiled artifact go there).
@@ -105,6 +105,10 @@ pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec};
 use crate::logs::CriLogWriter;
 use guest::{Loaded, Output, StopState};
 
+/// Set in the environment of an interactive exec runner whose stdin is a terminal: its spec
+/// then arrives on fd 3 (a pipe), not on stdin.
+pub const SPEC_ON_FD3_ENV: &str = "WASMCRI_SPEC_ON_FD3";
+
 /// Exit code for a trap or a guest that cannot be loaded or set up.
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code when an exec's deadline passed (as `timeout(1)`).
@@ -170,7 +174,7 @@ fn run_loaded(
                     .into(),
             },
         },
-        RunMode::Command | RunMode::Exec { .. } => {
+        RunMode::Command | RunMode::Exec { .. } | RunMode::ExecStream => {
             guest::run_command(engine, loaded, spec, output, stop)
         }
     }
@@ -192,7 +196,7 @@ fn record(exit_code: i32, message: String, started_at: i64) -> ExitRecord {
 }
 
 fn open_output(spec: &RunnerSpec) -> Result<Output, String> {
-    if matches!(spec.mode, RunMode::Exec { .. }) {
+    if matches!(spec.mode, RunMode::Exec { .. } | RunMode::ExecStream) {
         return Ok(Output::Inherit);
     }
     match &spec.log_path {
@@ -299,9 +303,12 @@ fn back_to_host(jail: &Result<jail::Prepared, String>) -> Result<(), String> {
 /// 4 ms of a 2-core VM's 10 ms start). It builds the engine (no threads, no sockets: the
 /// process must still be able to join any netns and go back to the host's mount namespace)
 /// and the spec-independent half of its jail ([`jail::prepare`]: its own mount namespace,
-/// old root detached), then blocks on one line from stdin: its spec. End of file instead (the daemon exited or shrank its pool) ends it with
-/// 0 and nothing written anywhere. After the line: stdin becomes `/dev/null`, stderr the
-/// spec's `debug_log`, and it goes on exactly as [`run`].
+/// old root detached), then blocks on one line from stdin: its spec. End of file instead
+/// (the daemon exited or shrank its pool) ends it with 0 and nothing written anywhere.
+/// After the line: stdin becomes `/dev/null` (except for an interactive exec,
+/// [`RunMode::ExecStream`] with `stdin`, whose guest reads on; with a terminal, the spec
+/// comes on fd 3 instead, see [`SPEC_ON_FD3_ENV`]), stderr the spec's `debug_log` (if it
+/// names one), and it goes on exactly as [`run`].
 ///
 /// Until it has its spec it lives in the daemon's cgroup: the few pages it touched before
 /// joining the container's cgroup stay charged to the daemon (cgroup v1 and v2 both charge
@@ -312,14 +319,28 @@ pub fn standby() -> ! {
     // error only matters if the spec asks for a jail.
     let jail = jail::prepare();
     let mut line = String::new();
-    match io::stdin().lock().read_line(&mut line) {
+    let read = if std::env::var_os(SPEC_ON_FD3_ENV).is_some() {
+        // SAFETY: the daemon set fd 3 up (dup2 before exec) for this process alone, and
+        // nothing else in it takes ownership of fd 3.
+        let f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(3) };
+        io::BufReader::new(f).read_line(&mut line)
+    } else {
+        io::stdin().lock().read_line(&mut line)
+    };
+    match read {
         Ok(n) if n > 0 && line.ends_with('\n') => {}
         _ => std::process::exit(0),
     }
-    let spec = back_to_host(&jail).and_then(|()| {
+    let spec: Result<RunnerSpec, String> = back_to_host(&jail).and_then(|()| {
         serde_json::from_str(&line).map_err(|e| format!("invalid spec from the daemon: {e}"))
     });
-    if let Err(e) = setup::detach_stdin() {
+    // An interactive exec keeps stdin: what follows the spec line is the guest's input. It
+    // reads on through the same process-wide buffered stdin, so bytes that arrived with the
+    // spec line are not lost.
+    let keep_stdin = spec
+        .as_ref()
+        .is_ok_and(|s| s.mode == RunMode::ExecStream && s.stdin);
+    if !keep_stdin && let Err(e) = setup::detach_stdin() {
         eprintln!("runner: cannot detach stdin: {e}");
     }
     run_spec(spec, Some(engine), jail)
@@ -344,7 +365,7 @@ fn run_spec(
     {
         eprintln!("runner: cannot open {}: {e}", log.display());
     }
-    let is_exec = matches!(spec.mode, RunMode::Exec { .. });
+    let is_exec = matches!(spec.mode, RunMode::Exec { .. } | RunMode::ExecStream);
     let fail = |m: String| -> ! {
         ready_line(Err(&m), !is_exec);
         let finisher = Finisher {
@@ -373,7 +394,7 @@ fn run_spec(
         fail(m);
     }
     let engine = match (&spec.mode, standby_engine) {
-        (RunMode::Command | RunMode::Exec { .. }, Some(prebuilt)) => prebuilt,
+        (RunMode::Command | RunMode::Exec { .. } | RunMode::ExecStream, Some(prebuilt)) => prebuilt,
         (mode, _) => engine_for(mode).map_err(|e| e.to_string()),
     };
     let engine = match engine {
@@ -434,7 +455,7 @@ fn run_spec(
 fn engine_for(mode: &RunMode) -> Result<wasmtime::Engine, crate::wasm::WasmError> {
     match mode {
         RunMode::Http { .. } => crate::wasm::serving_engine(),
-        RunMode::Command | RunMode::Exec { .. } => crate::wasm::engine(),
+        RunMode::Command | RunMode::Exec { .. } | RunMode::ExecStream => crate::wasm::engine(),
     }
 }
 

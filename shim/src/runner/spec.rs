@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Everything a runner needs to run one container (or one ExecSync command). Paths are host
-/// paths. The daemon sends it as one line of JSON on a container runner's stdin, and writes
-/// it to a file for an ExecSync runner.
+/// paths. The daemon sends it as one line of JSON on a container runner's (and an interactive
+/// exec runner's) stdin, and writes it to a file for an ExecSync runner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunnerSpec {
     /// The container ID (64 hex), for logging.
@@ -88,6 +88,11 @@ pub enum RunMode {
         /// Deadline in milliseconds.
         timeout_ms: u64,
     },
+    /// Interactive exec (CRI `Exec` over the streaming server): run once, the guest's stdin,
+    /// stdout and stderr being the runner's own pipes, streamed live by the daemon. Started as
+    /// `wasmcri runner --standby`: the spec is the first line on stdin, and whatever follows
+    /// it on stdin is the guest's (when [`RunnerSpec::stdin`] is set). No deadline.
+    ExecStream,
 }
 
 /// A directory preopened for the guest.

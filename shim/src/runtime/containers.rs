@@ -68,7 +68,7 @@ pub struct NewContainer {
 /// The `.wasm` file a guest path (argv[0], exec `cmd[0]`) names in an image rootfs: resolved
 /// inside it, `..` stopping at its root and symlinks followed chroot-style, so a command can
 /// never name a file of the host.
-fn wasm_in_rootfs(rootfs: &Path, guest_path: &str) -> Option<PathBuf> {
+pub(super) fn wasm_in_rootfs(rootfs: &Path, guest_path: &str) -> Option<PathBuf> {
     if !guest_path.ends_with(".wasm") {
         return None;
     }
@@ -254,7 +254,7 @@ impl Runtime {
     /// The precompiled artifact for a module, compiling it (once) if the cache has none.
     /// A failure is not fatal here: the runner compiles for itself and reports a broken
     /// module as the container's exit reason.
-    async fn precompiled_for(&self, wasm: &Path) -> Option<PathBuf> {
+    pub(super) async fn precompiled_for(&self, wasm: &Path) -> Option<PathBuf> {
         if let Some(p) = self.precompiled.lock().expect("precompiled lock").get(wasm)
             && p.exists()
         {
@@ -289,7 +289,12 @@ impl Runtime {
     }
 
     /// Builds the runner spec for a container (or an exec in it).
-    fn runner_spec(&self, c: &Container, mode: RunMode, exit_file: PathBuf) -> Result<RunnerSpec> {
+    pub(super) fn runner_spec(
+        &self,
+        c: &Container,
+        mode: RunMode,
+        exit_file: PathBuf,
+    ) -> Result<RunnerSpec> {
         let m = &c.meta;
         let pod = self.pod(&m.pod_id)?;
         let preopens = match c.preopens.get() {

@@ -8,6 +8,7 @@
 
 mod containers;
 mod events;
+mod exec_stream;
 mod images;
 mod mounts;
 mod pods;
@@ -27,6 +28,7 @@ use crate::pod::{PodRecord, PodState};
 
 pub use containers::{ExecOutput, NewContainer};
 pub use events::{ContainerEvent, ContainerEventKind, EventsEnded, Subscription};
+pub use exec_stream::{ExecEnd, ExecProcess, ExecReader, ExecWriter, Resizer};
 pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
 pub use stats::Usage;

@@ -1,10 +1,13 @@
-//! ExecSync (what the kubelet's exec probes call).
+//! ExecSync (what the kubelet's exec probes call), and the streaming RPCs `Exec`, `Attach`
+//! and `PortForward`, which validate the request and answer with a single-use URL on the
+//! streaming server ([`crate::streaming`]) that the kubelet then proxies the client to.
 
 use std::sync::Arc;
 
 use cri::v1 as pb;
 
-use crate::runtime::{Result, Runtime};
+use crate::runtime::{Result, Runtime, RuntimeError};
+use crate::streaming::{ExecRequest, Pending, PortForwardRequest, StreamingServer};
 
 /// ExecSync.
 pub async fn exec_sync(rt: &Arc<Runtime>, r: pb::ExecSyncRequest) -> Result<pb::ExecSyncResponse> {
@@ -14,4 +17,93 @@ pub async fn exec_sync(rt: &Arc<Runtime>, r: pb::ExecSyncRequest) -> Result<pb::
         stderr: out.stderr,
         exit_code: out.exit_code,
     })
+}
+
+fn server(streaming: Option<&Arc<StreamingServer>>) -> Result<&Arc<StreamingServer>> {
+    streaming.ok_or_else(|| {
+        RuntimeError::FailedPrecondition("the streaming server is not running".into())
+    })
+}
+
+fn url(streaming: &StreamingServer, req: Pending) -> Result<String> {
+    // A full cache is a transient overload; FailedPrecondition is the nearest code the
+    // domain error has.
+    streaming
+        .url_for(req)
+        .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))
+}
+
+/// Exec: checks the request as the kubelet expects (a command; at least one of stdin,
+/// stdout, stderr; not tty with stderr, since a terminal merges them) and that the container
+/// is running, and returns the URL of the session.
+pub async fn exec(
+    rt: &Arc<Runtime>,
+    streaming: Option<&Arc<StreamingServer>>,
+    r: pb::ExecRequest,
+) -> Result<pb::ExecResponse> {
+    if r.cmd.is_empty() {
+        return Err(RuntimeError::InvalidArgument("exec cmd is empty".into()));
+    }
+    if r.tty && r.stderr {
+        return Err(RuntimeError::InvalidArgument(
+            "tty and stderr cannot both be true".into(),
+        ));
+    }
+    if !r.stdin && !r.stdout && !r.stderr {
+        return Err(RuntimeError::InvalidArgument(
+            "one of stdin, stdout, or stderr must be set".into(),
+        ));
+    }
+    let streaming = server(streaming)?;
+    let container_id = rt.check_exec(&r.container_id)?;
+    let url = url(
+        streaming,
+        Pending::Exec(ExecRequest {
+            container_id,
+            cmd: r.cmd,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            tty: r.tty,
+        }),
+    )?;
+    Ok(pb::ExecResponse { url })
+}
+
+/// Attach: not supported yet (the running guest's stdio is not reachable from outside its
+/// runner).
+pub async fn attach(_rt: &Arc<Runtime>, r: pb::AttachRequest) -> Result<pb::AttachResponse> {
+    Err(RuntimeError::Unimplemented(format!(
+        "attach to container {} is not supported by wasmcri yet: the guest's output is in its \
+         log (kubectl logs), and exec starts a new instance",
+        r.container_id
+    )))
+}
+
+/// PortForward: checks that the pod exists and is ready, and returns the URL of the session.
+pub async fn port_forward(
+    rt: &Arc<Runtime>,
+    streaming: Option<&Arc<StreamingServer>>,
+    r: pb::PortForwardRequest,
+) -> Result<pb::PortForwardResponse> {
+    let pod = rt.pod(&r.pod_sandbox_id)?;
+    if !crate::runtime::pod_ready(&pod.state()) {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            pod.meta.id
+        )));
+    }
+    if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
+        return Err(RuntimeError::InvalidArgument(format!("invalid port {p}")));
+    }
+    let streaming = server(streaming)?;
+    let url = url(
+        streaming,
+        Pending::PortForward(PortForwardRequest {
+            pod_id: pod.meta.id.clone(),
+            // Checked above to be 1..=65535.
+            ports: r.port.iter().map(|p| *p as u16).collect(),
+        }),
+    )?;
+    Ok(pb::PortForwardResponse { url })
 }

@@ -47,12 +47,22 @@ use list_stream::RpcStream;
 #[derive(Clone)]
 pub struct Cri {
     rt: Arc<Runtime>,
+    streaming: Option<Arc<crate::streaming::StreamingServer>>,
 }
 
 impl Cri {
     /// Serves `rt`.
     pub fn new(rt: Arc<Runtime>) -> Self {
-        Self { rt }
+        Self {
+            rt,
+            streaming: None,
+        }
+    }
+
+    /// Answers `Exec` and `PortForward` with URLs on `streaming`.
+    pub fn with_streaming(mut self, streaming: Arc<crate::streaming::StreamingServer>) -> Self {
+        self.streaming = Some(streaming);
+        self
     }
 }
 
@@ -324,21 +334,34 @@ impl RuntimeService for Cri {
     }
     async fn exec(
         &self,
-        _r: Request<pb::ExecRequest>,
+        r: Request<pb::ExecRequest>,
     ) -> Result<Response<pb::ExecResponse>, Status> {
-        unimplemented("Exec (streaming; use ExecSync)")
+        let r = r.into_inner();
+        let id = r.container_id.clone();
+        let streaming = self.streaming.as_ref();
+        rpc("Exec", &id, container_exec::exec(&self.rt, streaming, r)).await
     }
     async fn attach(
         &self,
-        _r: Request<pb::AttachRequest>,
+        r: Request<pb::AttachRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
-        unimplemented("Attach")
+        let r = r.into_inner();
+        let id = r.container_id.clone();
+        rpc("Attach", &id, container_exec::attach(&self.rt, r)).await
     }
     async fn port_forward(
         &self,
-        _r: Request<pb::PortForwardRequest>,
+        r: Request<pb::PortForwardRequest>,
     ) -> Result<Response<pb::PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let r = r.into_inner();
+        let id = r.pod_sandbox_id.clone();
+        let streaming = self.streaming.as_ref();
+        rpc(
+            "PortForward",
+            &id,
+            container_exec::port_forward(&self.rt, streaming, r),
+        )
+        .await
     }
     async fn container_stats(
         &self,

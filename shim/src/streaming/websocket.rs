@@ -1,0 +1,474 @@
+//! The WebSocket flavours of the streaming protocols, for clients that come straight to the
+//! runtime (the kubelet itself translates WebSocket clients to SPDY).
+//!
+//! Every message carries one channel: its first byte (binary protocols) or its first
+//! character `'0'`..`'9'` followed by base64 (the `base64.` protocols). Exec uses channels
+//! 0 stdin, 1 stdout, 2 stderr, 3 error (the same status as over SPDY), 4 resize (a
+//! terminal's size, as JSON); `v5.channel.k8s.io` adds channel 255, whose message `[0]` closes stdin.
+//! Port-forward uses channels 2i (data) and 2i+1 (error) for the i-th port of the `port`
+//! query parameters (else the ports of the CRI request), and the server's first message on
+//! each channel is that port, two bytes little-endian.
+//!
+//! Messages are bounded ([`MAX_MESSAGE`]); the session ends when the client closes the
+//! socket or stays silent for the session idle timeout, which also kills the exec command.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::exec::{Outcome, status_bytes};
+use super::{ExecRequest, Pending, PortForwardRequest, StreamingServer};
+use crate::runtime::{ExecEnd, Runtime};
+
+/// Largest message or frame accepted from a client.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// Exec subprotocols served over WebSocket, preferred first.
+pub const EXEC_WS_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
+/// Port-forward subprotocols served over WebSocket.
+pub const PORT_FORWARD_WS_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// What the writer task is fed: a channel message, or `None` to close.
+type Outbox = mpsc::Sender<Option<(u8, Vec<u8>)>>;
+
+fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the request asks for a WebSocket.
+pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
+    has_token(h, header::UPGRADE, "websocket") && has_token(h, header::CONNECTION, "upgrade")
+}
+
+/// The subprotocol to speak: the client's first that we serve; `Some("")` (plain binary
+/// channels, `channel.k8s.io` semantics) when the client names none.
+pub fn choose(h: &HeaderMap, server: &[&'static str]) -> Option<&'static str> {
+    let offered: Vec<&str> = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Some("");
+    }
+    offered
+        .iter()
+        .find_map(|p| server.iter().find(|s| *s == p).copied())
+}
+
+/// Encodes one channel message.
+pub fn encode(base64: bool, channel: u8, data: &[u8]) -> Message {
+    if base64 {
+        let mut s = String::with_capacity(1 + data.len().div_ceil(3) * 4);
+        s.push(char::from(b'0' + channel.min(9)));
+        base64::engine::general_purpose::STANDARD.encode_string(data, &mut s);
+        Message::text(s)
+    } else {
+        let mut v = Vec::with_capacity(1 + data.len());
+        v.push(channel);
+        v.extend_from_slice(data);
+        Message::binary(v)
+    }
+}
+
+/// Decodes one channel message; `None` for messages that carry no channel data.
+pub fn decode(base64: bool, msg: Message) -> Option<(u8, Vec<u8>)> {
+    match msg {
+        Message::Binary(b) if !base64 && !b.is_empty() => Some((b[0], b[1..].to_vec())),
+        Message::Text(t) if base64 && !t.is_empty() => {
+            let s = t.as_str();
+            let channel = s.as_bytes()[0].checked_sub(b'0').filter(|c| *c <= 9)?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&s[1..])
+                .ok()?;
+            Some((channel, data))
+        }
+        _ => None,
+    }
+}
+
+fn reply(code: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *r.status_mut() = code;
+    r
+}
+
+/// Answers a WebSocket upgrade for `pending` and starts its session.
+pub(super) fn accept(
+    srv: Arc<StreamingServer>,
+    mut req: Request<Incoming>,
+    pending: Pending,
+    shutdown: watch::Receiver<bool>,
+) -> Response<Full<Bytes>> {
+    let server_protocols = match pending {
+        Pending::Exec(_) => EXEC_WS_PROTOCOLS,
+        Pending::PortForward(_) => PORT_FORWARD_WS_PROTOCOLS,
+    };
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let Some(protocol) = choose(req.headers(), server_protocols) else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "unable to negotiate a WebSocket protocol: server accepts {server_protocols:?}"
+            ),
+        );
+    };
+    let ports = match &pending {
+        Pending::PortForward(pf) => match ports_of(req.uri().query(), &pf.ports) {
+            Ok(p) => p,
+            Err(m) => return reply(StatusCode::BAD_REQUEST, &m),
+        },
+        Pending::Exec(_) => Vec::new(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // As for SPDY sessions: a client silent this long is gone.
+    let idle = srv.limits.idle_timeout;
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        match pending {
+            Pending::Exec(r) => exec(srv.rt.clone(), r, protocol, ws, idle, shutdown).await,
+            Pending::PortForward(r) => {
+                port_forward(srv.rt.clone(), r, ports, protocol, ws, idle, shutdown).await
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if !protocol.is_empty() {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
+    }
+    r
+}
+
+/// The ports of a WebSocket port-forward: `port` query parameters (each may list several,
+/// comma-separated), else those of the CRI request.
+fn ports_of(query: Option<&str>, requested: &[u16]) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for pair in query.unwrap_or("").split('&') {
+        let Some(v) = pair.strip_prefix("port=") else {
+            continue;
+        };
+        for p in v.split("%2C").flat_map(|p| p.split(',')) {
+            let port = p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("invalid port {p:?}"))?;
+            ports.push(port);
+        }
+    }
+    if ports.is_empty() {
+        ports = requested.to_vec();
+    }
+    if ports.is_empty() {
+        return Err("at least one port must be specified".into());
+    }
+    // Channel numbers are one byte: 2 per port.
+    if ports.len() > 127 {
+        return Err("too many ports".into());
+    }
+    Ok(ports)
+}
+
+/// The writer half: a task that owns the sink, fed (channel, bytes) messages; `None` sends
+/// a close frame and ends it.
+fn spawn_writer(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    base64: bool,
+) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Option<(u8, Vec<u8>)>>(16);
+    let task = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let msg = match m {
+                Some((ch, data)) => encode(base64, ch, &data),
+                None => Message::Close(None),
+            };
+            let last = msg.is_close();
+            if sink.send(msg).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (tx, task)
+}
+
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, channel: u8, tx: Outbox) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send(Some((channel, buf[..n].to_vec()))).await.is_err() {
+                    // Client gone: keep draining so the command never blocks on a full pipe.
+                    continue;
+                }
+            }
+        }
+    }
+}
+
+async fn exec(
+    rt: Arc<Runtime>,
+    req: ExecRequest,
+    protocol: &'static str,
+    ws: Ws,
+    idle: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let base64 = protocol.contains("base64");
+    let status_protocol = if protocol.starts_with("v4.") || protocol.starts_with("v5.") {
+        "v4.channel.k8s.io"
+    } else {
+        protocol
+    };
+    let (sink, mut source) = ws.split();
+    let (tx, writer) = spawn_writer(sink, base64);
+    let mut proc = match rt
+        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let status = status_bytes(status_protocol, &Outcome::Failed(e.to_string()));
+            let _ = tx.send(Some((ERROR, status))).await;
+            let _ = tx.send(None).await;
+            let _ = writer.await;
+            return;
+        }
+    };
+    let mut outputs = tokio::task::JoinSet::new();
+    if let Some(p) = proc.stdout.take() {
+        outputs.spawn(pump(p, STDOUT, tx.clone()));
+    }
+    if let Some(p) = proc.stderr.take() {
+        outputs.spawn(pump(p, STDERR, tx.clone()));
+    }
+    let (gone_tx, mut gone) = watch::channel(false);
+    let mut stdin = proc.stdin.take().filter(|_| req.stdin);
+    let (resize_tx, resize_rx) = mpsc::channel::<Vec<u8>>(4);
+    let resizes = tokio::spawn(super::exec::apply_resizes(resize_rx, proc.resizer()));
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(idle, source.next()).await {
+            if msg.is_close() {
+                break;
+            }
+            match decode(base64, msg) {
+                Some((STDIN, data)) => {
+                    if let Some(pipe) = stdin.as_mut()
+                        && (pipe.write_all(&data).await.is_err() || pipe.flush().await.is_err())
+                    {
+                        stdin = None;
+                    }
+                }
+                Some((RESIZE, data)) => {
+                    let _ = resize_tx.try_send(data);
+                }
+                Some((CLOSE, data)) if data.first() == Some(&STDIN) => stdin = None,
+                _ => {}
+            }
+        }
+        gone_tx.send_replace(true);
+    });
+    let cancel = async move {
+        tokio::select! {
+            () = crate::streaming::flipped(&mut gone) => {}
+            () = crate::streaming::flipped(&mut shutdown) => {}
+        }
+    };
+    let end = proc.wait(cancel).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while outputs.join_next().await.is_some() {}
+    })
+    .await;
+    outputs.abort_all();
+    let outcome = match end {
+        Ok(ExecEnd::Exited(code)) => Some(Outcome::Exited(code)),
+        Ok(ExecEnd::ContainerExited) => Some(Outcome::Failed(format!(
+            "container {} exited; the command was killed",
+            req.container_id
+        ))),
+        Ok(ExecEnd::Cancelled) => None,
+        Err(e) => Some(Outcome::Failed(e.to_string())),
+    };
+    if let Some(outcome) = outcome {
+        let status = status_bytes(status_protocol, &outcome);
+        if !status.is_empty() {
+            let _ = tx.send(Some((ERROR, status))).await;
+        }
+    }
+    let _ = tx.send(None).await;
+    drop(tx);
+    let _ = writer.await;
+    reader.abort();
+    resizes.abort();
+}
+
+async fn port_forward(
+    rt: Arc<Runtime>,
+    req: PortForwardRequest,
+    ports: Vec<u16>,
+    protocol: &'static str,
+    ws: Ws,
+    idle: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let base64 = protocol.contains("base64");
+    let (sink, mut source) = ws.split();
+    let (tx, writer) = spawn_writer(sink, base64);
+    let netns = match rt.pod(&req.pod_id) {
+        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta.netns.clone(),
+        _ => {
+            let _ = tx.send(None).await;
+            let _ = writer.await;
+            return;
+        }
+    };
+    let mut to_pod: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
+    let mut pumps = tokio::task::JoinSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let _ = tx.send(Some((data_ch, port.to_le_bytes().to_vec()))).await;
+        let _ = tx.send(Some((err_ch, port.to_le_bytes().to_vec()))).await;
+        match super::portforward::dial(netns.clone(), *port).await {
+            Ok(conn) => {
+                let (rd, wr) = conn.into_split();
+                to_pod.push(Some(wr));
+                pumps.spawn(pump(rd, data_ch, tx.clone()));
+            }
+            Err(e) => {
+                let msg = format!(
+                    "error forwarding port {port} to pod {}, uid : {e}",
+                    req.pod_id
+                );
+                let _ = tx.send(Some((err_ch, msg.into_bytes()))).await;
+                to_pod.push(None);
+            }
+        }
+    }
+    loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(idle, source.next()) => m.ok().flatten(),
+            () = crate::streaming::flipped(&mut shutdown) => None,
+        };
+        let Some(Ok(msg)) = msg else { break };
+        if msg.is_close() {
+            break;
+        }
+        if let Some((ch, data)) = decode(base64, msg)
+            && ch % 2 == 0
+            && let Some(slot) = to_pod.get_mut(usize::from(ch / 2))
+            && let Some(wr) = slot.as_mut()
+            && wr.write_all(&data).await.is_err()
+        {
+            *slot = None;
+        }
+    }
+    pumps.abort_all();
+    let _ = tx.send(None).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_round_trip_in_both_encodings() {
+        for b64 in [false, true] {
+            let m = encode(b64, STDERR, b"hi\x00there");
+            assert_eq!(m.is_text(), b64);
+            assert_eq!(decode(b64, m), Some((STDERR, b"hi\x00there".to_vec())));
+        }
+        assert_eq!(encode(true, 1, b"ab"), Message::text("1YWI="));
+        // Malformed: wrong kind, no channel, bad base64, channel past 9.
+        assert_eq!(decode(true, Message::binary(vec![1, 2])), None);
+        assert_eq!(decode(false, Message::binary(Vec::<u8>::new())), None);
+        assert_eq!(decode(true, Message::text("1***")), None);
+        assert_eq!(decode(true, Message::text("xYWI=")), None);
+    }
+
+    #[test]
+    fn protocols_and_ports_are_negotiated() {
+        let mut h = HeaderMap::new();
+        assert_eq!(choose(&h, EXEC_WS_PROTOCOLS), Some(""));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bogus, base64.channel.k8s.io, v4.channel.k8s.io"),
+        );
+        assert_eq!(choose(&h, EXEC_WS_PROTOCOLS), Some("base64.channel.k8s.io"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v9.x"),
+        );
+        assert_eq!(choose(&h, EXEC_WS_PROTOCOLS), None);
+        assert_eq!(ports_of(Some("port=80&port=443"), &[]), Ok(vec![80, 443]));
+        assert_eq!(ports_of(Some("port=80,81"), &[]), Ok(vec![80, 81]));
+        assert_eq!(ports_of(None, &[8080]), Ok(vec![8080]));
+        assert!(ports_of(None, &[]).is_err());
+        assert!(ports_of(Some("port=0"), &[]).is_err());
+        assert!(ports_of(Some("port=99999"), &[]).is_err());
+    }
+}
