@@ -303,3 +303,35 @@ async fn log_path_cannot_leave_the_log_directory() {
     remove_pod(&mut rt, &pod).await;
     d.shutdown().await;
 }
+
+/// A request over the daemon's 16 MiB message limit is refused while it is decoded (the
+/// daemon never holds more than the limit), creates nothing, and the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_requests_are_refused_and_leave_nothing() {
+    let d = Daemon::start().await;
+    let mut rt = d
+        .rt()
+        .await
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+    let logs = d.dir.path().join("logs");
+    let mut cfg = pod_config(&unique("huge"), &logs);
+    cfg.annotations.insert("huge".into(), "x".repeat(17 << 20));
+    let e = rt
+        .run_pod_sandbox(pb::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let pods = rt
+        .list_pod_sandbox(pb::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    rt.version(pb::VersionRequest::default()).await.unwrap();
+    d.shutdown().await;
+}
