@@ -533,21 +533,34 @@ impl Runtime {
             )));
         }
         let timeout_ms = (timeout_s.max(0) as u64) * 1000;
-        let mut spec = self.runner_spec(&c, RunMode::Exec { timeout_ms }, PathBuf::new())?;
+        let spec = self
+            .exec_spec(&c, RunMode::Exec { timeout_ms }, cmd)
+            .await?;
+        self.run_exec(&c, &spec, timeout_ms).await
+    }
+
+    /// The runner spec of an exec (ExecSync or a streaming exec) of `cmd` in `c`: the
+    /// container's context, with the `.wasm` in its rootfs that `cmd[0]` names if it names
+    /// one, no CRI log and no debug log (the exec's output and errors are the caller's).
+    pub(super) async fn exec_spec(
+        &self,
+        c: &Container,
+        mode: RunMode,
+        cmd: Vec<String>,
+    ) -> Result<RunnerSpec> {
+        let mut spec = self.runner_spec(c, mode, PathBuf::new())?;
         spec.log_path = None;
-        if cmd[0].ends_with(".wasm") {
-            spec.wasm = wasm_in_rootfs(&c.meta.rootfs, &cmd[0]).ok_or_else(|| {
+        spec.debug_log = None;
+        if let Some(cmd0) = cmd.first().filter(|c| c.ends_with(".wasm")) {
+            spec.wasm = wasm_in_rootfs(&c.meta.rootfs, cmd0).ok_or_else(|| {
                 RuntimeError::InvalidArgument(format!(
-                    "exec cmd[0] {:?} names no .wasm file in the container's image",
-                    cmd[0]
+                    "exec cmd[0] {cmd0:?} names no .wasm file in the container's image"
                 ))
             })?;
             spec.precompiled = self.precompiled_for(&spec.wasm).await;
         }
         spec.args = cmd;
-        // Exec output is the caller's: no runner debug log.
-        spec.debug_log = None;
-        self.run_exec(&c, &spec, timeout_ms).await
+        Ok(spec)
     }
 }
 

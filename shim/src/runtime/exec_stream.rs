@@ -10,14 +10,12 @@
 //! dropped.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::Child;
 
-use super::containers::wasm_in_rootfs;
 use super::{Result, Runtime, RuntimeError};
 use crate::container::ContainerPhase;
 use crate::runner::RunMode;
@@ -144,21 +142,8 @@ impl Runtime {
         let c = self.container(id)?;
         // Subscribed before the spawn so an exit in between is not missed.
         let exited = c.exited.subscribe();
-        let mut spec = self.runner_spec(&c, RunMode::ExecStream, PathBuf::new())?;
-        spec.log_path = None;
-        // Runner errors go to the exec's stderr, as for ExecSync.
-        spec.debug_log = None;
+        let mut spec = self.exec_spec(&c, RunMode::ExecStream, cmd).await?;
         spec.stdin = stdin;
-        if cmd[0].ends_with(".wasm") {
-            spec.wasm = wasm_in_rootfs(&c.meta.rootfs, &cmd[0]).ok_or_else(|| {
-                RuntimeError::InvalidArgument(format!(
-                    "exec cmd[0] {:?} names no .wasm file in the container's image",
-                    cmd[0]
-                ))
-            })?;
-            spec.precompiled = self.precompiled_for(&spec.wasm).await;
-        }
-        spec.args = cmd;
         let mut line = serde_json::to_vec(&spec).map_err(|e| RuntimeError::Io {
             what: "encode exec runner spec".into(),
             source: std::io::Error::other(e),
