@@ -45,6 +45,8 @@ pub struct Daemon {
     /// Network namespace the daemon runs in (its CNI plugins, bridge and iptables rules
     /// too); `None` = the test's own.
     pub netns: Option<PathBuf>,
+    /// The umask the daemon process starts with; `None` = the test's own.
+    pub umask: Option<u32>,
     child: Option<Child>,
 }
 
@@ -64,6 +66,14 @@ impl Daemon {
     pub async fn start_in_netns(extra_config: &str, netns: &Path) -> Daemon {
         let mut d = Self::configure(extra_config);
         d.netns = Some(netns.to_owned());
+        d.spawn().await;
+        d
+    }
+
+    /// [`Daemon::start_with`], with the daemon process started under `umask`.
+    pub async fn start_with_umask(extra_config: &str, umask: u32) -> Daemon {
+        let mut d = Self::configure(extra_config);
+        d.umask = Some(umask);
         d.spawn().await;
         d
     }
@@ -99,6 +109,7 @@ impl Daemon {
             cgroup_parent,
             config_path,
             netns: None,
+            umask: None,
             child: None,
         }
     }
@@ -134,6 +145,16 @@ impl Daemon {
                 cmd.pre_exec(move || {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(std::io::Error::from)
+                });
+            }
+        }
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and only changes the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+                    Ok(())
                 });
             }
         }

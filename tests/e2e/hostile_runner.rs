@@ -266,3 +266,38 @@ async fn standby_runner_idles_jailed_and_started_runner_keeps_no_host_fd() {
     remove_pod(&mut rt, &pod).await;
     d.shutdown().await;
 }
+
+/// A guest's files get the container umask 0022 whatever the daemon runs under: with the
+/// daemon's restrictive umask inherited, a file written into a shared volume was 0600 and
+/// unreadable to the pod's other containers (users).
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_files_get_the_container_umask_not_the_daemons() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start_with_umask("", 0o077).await;
+    import_guest(&d, P1, "writefile", "localhost/writefile:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let pod_cfg = pod_config(&unique("umask"), &logs);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let vol = d.dir.path().join("shared");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cfg = container_config("writer", "localhost/writefile:v1");
+    cfg.args = vec!["/shared/out.txt".into()];
+    cfg.mounts = vec![pb::Mount {
+        container_path: "/shared".into(),
+        host_path: vol.display().to_string(),
+        ..Default::default()
+    }];
+    let c = create(&mut rt, &pod, &pod_cfg, cfg).await;
+    start(&mut rt, &c).await;
+    let st = wait_exited(&mut rt, &c, 30).await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    let mode = std::fs::metadata(vol.join("out.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644, "guest file mode {mode:o}");
+    remove_pod(&mut rt, &pod).await;
+    d.shutdown().await;
+}

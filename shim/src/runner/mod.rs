@@ -482,8 +482,16 @@ fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Res
     if spec.jail.is_some() {
         jail?.enter(spec)?;
     }
+    // The guest's files get the usual container umask (runc's default), not whatever the
+    // daemon was started with or narrowed its own to (0177 while it binds its socket): a
+    // file a guest writes into a shared volume must be readable by the pod's other
+    // containers.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(GUEST_UMASK));
     Ok(())
 }
+
+/// The umask guests run with.
+const GUEST_UMASK: u32 = 0o022;
 
 /// Writes the readiness line (`ok` / `error: ...`) to stdout, or, when stdout belongs to the
 /// guest (`to_stdout == false`), errors to stderr only.
