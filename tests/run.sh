@@ -15,9 +15,13 @@ fi
 rustup target add wasm32-wasip1 wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip1 wasm32-wasip2
 
 # Guests (examples/guests) are built for wasm; the e2e tests find them via WASMCRI_GUESTS.
-cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip1
-cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip2
-cargo build --release --manifest-path examples/http-hello/Cargo.toml --target wasm32-wasip2
+# Their target dirs are explicit: a CARGO_TARGET_DIR from the environment must not move them.
+cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip1 \
+    --target-dir examples/guests/target
+cargo build --release --manifest-path examples/guests/Cargo.toml --target wasm32-wasip2 \
+    --target-dir examples/guests/target
+cargo build --release --manifest-path examples/http-hello/Cargo.toml --target wasm32-wasip2 \
+    --target-dir examples/http-hello/target
 export WASMCRI_GUESTS="$PWD/examples/guests/target"
 
 # Reuse a build cache outside the checkout when there is one (a fresh clone then only
