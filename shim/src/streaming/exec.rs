@@ -262,11 +262,18 @@ async fn run(
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), outputs_done).await;
     pumps.abort_all();
+    outcome_of(end, &req.container_id)
+}
+
+/// What the client is told of how an exec ended; `None` when it went away first.
+pub(super) fn outcome_of(
+    end: crate::runtime::Result<ExecEnd>,
+    container_id: &str,
+) -> Option<Outcome> {
     match end {
         Ok(ExecEnd::Exited(code)) => Some(Outcome::Exited(code)),
         Ok(ExecEnd::ContainerExited) => Some(Outcome::Failed(format!(
-            "container {} exited; the command was killed",
-            req.container_id
+            "container {container_id} exited; the command was killed"
         ))),
         Ok(ExecEnd::Cancelled) => None,
         Err(e) => Some(Outcome::Failed(e.to_string())),

@@ -27,9 +27,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::exec::{Outcome, status_bytes};
+use super::exec::{Outcome, outcome_of, status_bytes};
 use super::{ExecRequest, Pending, PortForwardRequest, StreamingServer};
-use crate::runtime::{ExecEnd, Runtime};
+use crate::runtime::Runtime;
 
 /// Largest message or frame accepted from a client.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -343,15 +343,7 @@ async fn exec(
     })
     .await;
     outputs.abort_all();
-    let outcome = match end {
-        Ok(ExecEnd::Exited(code)) => Some(Outcome::Exited(code)),
-        Ok(ExecEnd::ContainerExited) => Some(Outcome::Failed(format!(
-            "container {} exited; the command was killed",
-            req.container_id
-        ))),
-        Ok(ExecEnd::Cancelled) => None,
-        Err(e) => Some(Outcome::Failed(e.to_string())),
-    };
+    let outcome = outcome_of(end, &req.container_id);
     if let Some(outcome) = outcome {
         let status = status_bytes(status_protocol, &outcome);
         if !status.is_empty() {
