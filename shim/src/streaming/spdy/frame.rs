@@ -332,6 +332,11 @@ fn parse_nv(raw: &[u8]) -> Result<Headers, FrameError> {
     Ok(Headers(out))
 }
 
+/// Appends a 31-bit field (stream IDs, window deltas): the top bit is reserved and sent as 0.
+fn put_u31(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&(v & 0x7fff_ffff).to_be_bytes());
+}
+
 impl Frame {
     /// Appends the wire form of this frame to `out`, compressing headers with `enc`.
     pub fn encode(&self, enc: &mut HeaderEncoder, out: &mut Vec<u8>) {
@@ -351,8 +356,8 @@ impl Frame {
                 flags,
                 headers,
             } => {
-                body.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
-                body.extend_from_slice(&(associated_to & 0x7fff_ffff).to_be_bytes());
+                put_u31(&mut body, *stream_id);
+                put_u31(&mut body, *associated_to);
                 body.push((priority & 0x7) << 5);
                 body.push(0);
                 enc.encode(headers, &mut body);
@@ -363,12 +368,12 @@ impl Frame {
                 flags,
                 headers,
             } => {
-                body.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+                put_u31(&mut body, *stream_id);
                 enc.encode(headers, &mut body);
                 control(out, TYPE_SYN_REPLY, *flags, &body);
             }
             Frame::RstStream { stream_id, status } => {
-                body.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+                put_u31(&mut body, *stream_id);
                 body.extend_from_slice(&status.to_be_bytes());
                 control(out, TYPE_RST_STREAM, 0, &body);
             }
@@ -386,7 +391,7 @@ impl Frame {
                 last_good_stream_id,
                 status,
             } => {
-                body.extend_from_slice(&(last_good_stream_id & 0x7fff_ffff).to_be_bytes());
+                put_u31(&mut body, *last_good_stream_id);
                 body.extend_from_slice(&status.to_be_bytes());
                 control(out, TYPE_GOAWAY, 0, &body);
             }
@@ -395,13 +400,13 @@ impl Frame {
                 flags,
                 headers,
             } => {
-                body.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+                put_u31(&mut body, *stream_id);
                 enc.encode(headers, &mut body);
                 control(out, TYPE_HEADERS, *flags, &body);
             }
             Frame::WindowUpdate { stream_id, delta } => {
-                body.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
-                body.extend_from_slice(&(delta & 0x7fff_ffff).to_be_bytes());
+                put_u31(&mut body, *stream_id);
+                put_u31(&mut body, *delta);
                 control(out, TYPE_WINDOW_UPDATE, 0, &body);
             }
             Frame::Data {
@@ -409,7 +414,7 @@ impl Frame {
                 flags,
                 data,
             } => {
-                out.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+                put_u31(out, *stream_id);
                 out.push(*flags);
                 out.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
                 out.extend_from_slice(data);

@@ -109,6 +109,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// The GOAWAY that ends the session with `status`, naming the last stream accepted.
+    fn go_away(&self, status: u32) -> Frame {
+        Frame::GoAway {
+            last_good_stream_id: self.last_accepted.load(std::sync::atomic::Ordering::SeqCst),
+            status,
+        }
+    }
+
     fn close(&self) {
         self.flow.lock().expect("flow lock").closed = true;
         self.notify.notify_waiters();
@@ -353,13 +361,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 false
             }
             Out::Shutdown(code) => {
-                Frame::GoAway {
-                    last_good_stream_id: shared
-                        .last_accepted
-                        .load(std::sync::atomic::Ordering::SeqCst),
-                    status: code,
-                }
-                .encode(&mut enc, &mut buf);
+                shared.go_away(code).encode(&mut enc, &mut buf);
                 true
             }
         };
@@ -374,13 +376,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         return;
                     }
                     buf.clear();
-                    Frame::GoAway {
-                        last_good_stream_id: shared
-                            .last_accepted
-                            .load(std::sync::atomic::Ordering::SeqCst),
-                        status: code,
-                    }
-                    .encode(&mut enc, &mut buf);
+                    shared.go_away(code).encode(&mut enc, &mut buf);
                     let _ = w.write_all(&buf).await;
                     let _ = w.shutdown().await;
                     shared.close();
