@@ -642,6 +642,18 @@ async fn import_one(
         .map(|mut v| v.remove(0))
 }
 
+/// Imports, under `name`, a manifest of `config` and `layers` as given (see
+/// [`Layout::raw_manifest`]).
+async fn import_raw(
+    store: &ImageStore,
+    config_mt: &str,
+    config: &serde_json::Value,
+    layers: &[(&str, Vec<u8>)],
+    name: &str,
+) -> Result<Image> {
+    import_one(store, |l| l.raw_manifest(config_mt, config, layers), name).await
+}
+
 fn oci_config(diff_ids: &[String]) -> serde_json::Value {
     json!({
         "architecture": "wasm", "os": "wasip1",
@@ -663,15 +675,11 @@ async fn oci_config_collision_never_aliases() {
     let good = app_layer(CORE_MODULE);
     let config = oci_config(&[sha256_digest(&good)]);
     let evil = app_layer(EVIL_MODULE);
-    let err = import_one(
+    let err = import_raw(
         &store,
-        |l| {
-            l.raw_manifest(
-                manifest::MT_OCI_CONFIG,
-                &config,
-                &[(MT_TAR, evil.clone()), (MT_TAR, evil.clone())],
-            )
-        },
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, evil.clone()), (MT_TAR, evil.clone())],
         "example.com/attacker:1",
     )
     .await
@@ -688,9 +696,11 @@ async fn oci_config_collision_never_aliases() {
     }
     assert_empty(&store);
     // Same count, wrong content: the diff ID check rejects it.
-    let err = import_one(
+    let err = import_raw(
         &store,
-        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, evil.clone())]),
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, evil.clone())],
         "example.com/attacker:2",
     )
     .await
@@ -698,9 +708,11 @@ async fn oci_config_collision_never_aliases() {
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert_empty(&store);
 
-    let victim = import_one(
+    let victim = import_raw(
         &store,
-        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, good.clone())],
         "example.com/victim:1",
     )
     .await
@@ -770,15 +782,11 @@ async fn artifact_layer_digests_mismatch_is_rejected() {
         "architecture": "wasm", "os": "wasip1",
         "layerDigests": [sha256_digest(CORE_MODULE)],
     });
-    let err = import_one(
+    let err = import_raw(
         &store,
-        |l| {
-            l.raw_manifest(
-                manifest::MT_WASM_CONFIG,
-                &config,
-                &[(manifest::MT_WASM_LAYER, EVIL_MODULE.to_vec())],
-            )
-        },
+        manifest::MT_WASM_CONFIG,
+        &config,
+        &[(manifest::MT_WASM_LAYER, EVIL_MODULE.to_vec())],
         "example.com/attacker:1",
     )
     .await
@@ -797,15 +805,11 @@ async fn artifact_layer_digests_mismatch_is_rejected() {
 async fn oci_config_without_diff_ids_is_rejected() {
     let (_d, store) = open_store();
     let config = json!({"architecture": "wasm", "os": "wasip1"});
-    let err = import_one(
+    let err = import_raw(
         &store,
-        |l| {
-            l.raw_manifest(
-                manifest::MT_OCI_CONFIG,
-                &config,
-                &[(MT_TAR, app_layer(CORE_MODULE))],
-            )
-        },
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, app_layer(CORE_MODULE))],
         "example.com/x:1",
     )
     .await
@@ -821,22 +825,20 @@ async fn same_config_other_blobs_verified_then_shared() {
     let (_d, store) = open_store();
     let good = app_layer(CORE_MODULE);
     let config = oci_config(&[sha256_digest(&good)]);
-    let first = import_one(
+    let first = import_raw(
         &store,
-        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, good.clone())],
         "example.com/a:1",
     )
     .await
     .unwrap();
-    let second = import_one(
+    let second = import_raw(
         &store,
-        |l| {
-            l.raw_manifest(
-                manifest::MT_OCI_CONFIG,
-                &config,
-                &[(MT_TAR_ZSTD, zstd(&good))],
-            )
-        },
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR_ZSTD, zstd(&good))],
         "example.com/b:1",
     )
     .await
@@ -849,15 +851,11 @@ async fn same_config_other_blobs_verified_then_shared() {
     // The same config with a zstd layer that is not the diff ID is rejected, names unchanged,
     // and its blobs do not stay.
     let blobs_before = count(&store.root().join("blobs/sha256"));
-    let err = import_one(
+    let err = import_raw(
         &store,
-        |l| {
-            l.raw_manifest(
-                manifest::MT_OCI_CONFIG,
-                &config,
-                &[(MT_TAR_ZSTD, zstd(&app_layer(EVIL_MODULE)))],
-            )
-        },
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR_ZSTD, zstd(&app_layer(EVIL_MODULE)))],
         "example.com/b:1",
     )
     .await
@@ -878,9 +876,11 @@ async fn unverified_record_is_never_trusted_by_id() {
     let (_d, store) = open_store();
     let good = app_layer(CORE_MODULE);
     let config = oci_config(&[sha256_digest(&good)]);
-    let img = import_one(
+    let img = import_raw(
         &store,
-        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, good.clone())],
         "example.com/a:1",
     )
     .await
@@ -903,15 +903,11 @@ async fn unverified_record_is_never_trusted_by_id() {
             .by_repo_digest("example.com/a", &img.manifest_digest)
             .is_none()
     );
-    let err = import_one(
+    let err = import_raw(
         &store,
-        |l| {
-            l.raw_manifest(
-                manifest::MT_OCI_CONFIG,
-                &config,
-                &[(MT_TAR_GZ, gzip(&good))],
-            )
-        },
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR_GZ, gzip(&good))],
         "example.com/b:1",
     )
     .await
@@ -923,9 +919,11 @@ async fn unverified_record_is_never_trusted_by_id() {
     );
     assert!(store.get("example.com/b:1").is_err());
     // Its own layers again: reused and now verified.
-    let again = import_one(
+    let again = import_raw(
         &store,
-        |l| l.raw_manifest(manifest::MT_OCI_CONFIG, &config, &[(MT_TAR, good.clone())]),
+        manifest::MT_OCI_CONFIG,
+        &config,
+        &[(MT_TAR, good.clone())],
         "example.com/c:1",
     )
     .await
