@@ -157,3 +157,54 @@ async fn exec_output_flood_is_capped_and_killed() {
     remove_pod(&mut rt, &pod).await;
     d.shutdown().await;
 }
+
+/// `examples/guests` `wbox`, the multi-call userland: commands such as `echo -n hello` or
+/// `sh -c "…"` (what critest and operators type) run as the image's module with that argv.
+#[tokio::test(flavor = "multi_thread")]
+async fn wbox_commands_run_as_the_images_module() {
+    let d = Daemon::start().await;
+    import_guest(&d, "wasm32-wasip1", "wbox", "localhost/wbox:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let pod_cfg = pod_config(&unique("wbox"), &logs);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let mut cfg = container_config("loop", "localhost/wbox:v1");
+    cfg.command = vec!["sh".into(), "-c".into()];
+    cfg.args = vec!["while true; do echo tick; sleep 0.2; done".into()];
+    let c = create(&mut rt, &pod, &pod_cfg, cfg).await;
+    start(&mut rt, &c).await;
+    wait_log(&logs.join("loop/0.log"), "tick", 10).await;
+
+    let exec = |cmd: &[&str]| pb::ExecSyncRequest {
+        container_id: c.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 10,
+    };
+    let out = rt
+        .exec_sync(exec(&["echo", "-n", "hello"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"hello"[..]));
+    let script = "echo one two | wc -w; false || echo fallback; nosuch; exit 7";
+    let out = rt
+        .exec_sync(exec(&["sh", "-c", script]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 7, "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\nfallback\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "nosuch: command not found\n"
+    );
+    // A syntax error is the shell's usage code, not a crash.
+    let out = rt
+        .exec_sync(exec(&["sh", "-c", "echo \"unterminated"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 2, "{out:?}");
+    remove_pod(&mut rt, &pod).await;
+    d.shutdown().await;
+}
