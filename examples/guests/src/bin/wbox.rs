@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 
-const HELP: &str = "wbox: commands: cat echo env exit false hostname ls mkdir pgrep pwd rm \
-sh sleep test [ top touch true uname wc";
+const HELP: &str = "wbox: commands: cat dd echo env exit false grep hostname ls mkdir pgrep \
+pwd rm sh sleep test [ top touch true uname wc";
 
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
@@ -486,11 +486,19 @@ impl Shell {
             }
             Node::And(a, b) => {
                 let c = self.eval(a, input, out, err);
-                if c == 0 { self.eval(b, input, out, err) } else { c }
+                if c == 0 {
+                    self.eval(b, input, out, err)
+                } else {
+                    c
+                }
             }
             Node::Or(a, b) => {
                 let c = self.eval(a, input, out, err);
-                if c != 0 { self.eval(b, input, out, err) } else { c }
+                if c != 0 {
+                    self.eval(b, input, out, err)
+                } else {
+                    c
+                }
             }
             Node::Not(n) => i32::from(self.eval(n, input, out, err) == 0),
             Node::Pipe(stages) => {
@@ -622,7 +630,10 @@ impl Shell {
         let r = match name {
             "sh" | "ash" | "bash" => return self.sh(args, input, out, err),
             "exit" => {
-                let code = args.first().and_then(|a| a.parse().ok()).unwrap_or(self.status);
+                let code = args
+                    .first()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(self.status);
                 self.exit = Some(code);
                 return code;
             }
@@ -652,7 +663,9 @@ impl Shell {
                     .try_for_each(|(k, v)| writeln!(out, "{k}={v}"))
                     .map(|()| 0)
             }
-            "pwd" => std::env::current_dir().and_then(|d| writeln!(out, "{}", d.display()).map(|()| 0)),
+            "pwd" => {
+                std::env::current_dir().and_then(|d| writeln!(out, "{}", d.display()).map(|()| 0))
+            }
             "hostname" => {
                 let h = std::env::var("HOSTNAME")
                     .ok()
@@ -690,6 +703,8 @@ impl Shell {
                 })
             }
             "wc" => wc(args, input, out),
+            "grep" => grep(args, input, out, err),
+            "dd" => dd(args, input, out),
             "test" => Ok(test(args)),
             "[" => match args.split_last() {
                 Some((last, rest)) if last == "]" => Ok(test(rest)),
@@ -988,4 +1003,119 @@ fn test(args: &[String]) -> i32 {
         }
     }
     i32::from(!holds(args))
+}
+
+/// `grep [-q] [-v] [-i] [-c] PATTERN [FILE...]`: fixed-string matching per line.
+fn grep(args: &[String], input: &mut Input, out: Sink, err: Sink) -> io::Result<i32> {
+    let flags: String = args
+        .iter()
+        .filter(|a| a.starts_with('-') && a.len() > 1)
+        .map(|a| &a[1..])
+        .collect();
+    let mut rest = args.iter().filter(|a| !(a.starts_with('-') && a.len() > 1));
+    let Some(pattern) = rest.next() else {
+        writeln!(err, "grep: usage: grep [-qvic] PATTERN [FILE...]")?;
+        return Ok(2);
+    };
+    let fold = flags.contains('i');
+    let pattern = if fold {
+        pattern.to_lowercase()
+    } else {
+        pattern.clone()
+    };
+    let mut data = Vec::new();
+    let files: Vec<&String> = rest.collect();
+    if files.is_empty() {
+        input.read_to_end(&mut data)?;
+    } else {
+        for f in files {
+            match std::fs::read(f) {
+                Ok(d) => data.extend(d),
+                Err(e) => {
+                    writeln!(err, "grep: {f}: {}", errno_text(&e))?;
+                    return Ok(2);
+                }
+            }
+        }
+    }
+    let mut count = 0;
+    for line in String::from_utf8_lossy(&data).lines() {
+        let hay = if fold {
+            line.to_lowercase()
+        } else {
+            line.to_string()
+        };
+        if hay.contains(&pattern) != flags.contains('v') {
+            count += 1;
+            if !flags.contains('q') && !flags.contains('c') {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    if flags.contains('c') {
+        writeln!(out, "{count}")?;
+    }
+    Ok(i32::from(count == 0))
+}
+
+/// `dd [if=F] [of=F] [bs=N[KMG]] [count=N]`: copies blocks of `bs` bytes. `/dev/zero` as input
+/// is a source of zeros and `/dev/null` as output discards, so `dd if=/dev/zero of=/dev/null
+/// bs=20M` holds a 20 MiB buffer forever (critest's OOM check).
+fn dd(args: &[String], input: &mut Input, out: Sink) -> io::Result<i32> {
+    let opt = |k: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    let size = |v: &str| -> io::Result<usize> {
+        let (num, mult) = match v.chars().last() {
+            Some('K' | 'k') => (&v[..v.len() - 1], 1 << 10),
+            Some('M') => (&v[..v.len() - 1], 1 << 20),
+            Some('G') => (&v[..v.len() - 1], 1 << 30),
+            _ => (v, 1),
+        };
+        num.parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("invalid number '{v}'"))
+            })
+    };
+    let bs = opt("bs").map(size).transpose()?.unwrap_or(512);
+    let count = opt("count").map(size).transpose()?;
+    let mut buf = vec![0u8; bs];
+    let zero = opt("if") == Some("/dev/zero");
+    let mut src: Option<Box<dyn Read>> = match opt("if") {
+        Some("/dev/zero") => None,
+        Some(f) => Some(Box::new(std::fs::File::open(f)?)),
+        None => None,
+    };
+    let null = opt("of") == Some("/dev/null");
+    let mut dst: Option<std::fs::File> = match opt("of") {
+        Some("/dev/null") | None => None,
+        Some(f) => Some(std::fs::File::create(f)?),
+    };
+    let mut blocks = 0usize;
+    while count.is_none_or(|c| blocks < c) {
+        let n = if zero {
+            // Touch every page, as reading from /dev/zero would.
+            buf.iter_mut().step_by(4096).for_each(|b| *b = 0);
+            std::hint::black_box(&mut buf);
+            bs
+        } else if let Some(r) = src.as_mut() {
+            r.read(&mut buf)?
+        } else {
+            input.read(&mut buf)?
+        };
+        if n == 0 {
+            break;
+        }
+        if !null {
+            match dst.as_mut() {
+                Some(f) => f.write_all(&buf[..n])?,
+                None => out.write_all(&buf[..n])?,
+            }
+        }
+        blocks += 1;
+    }
+    Ok(0)
 }
