@@ -127,8 +127,8 @@ impl Runtime {
     /// UpdateContainerResources: applies the limits `res` gives in place and persists the
     /// limits then in force. A zero or empty field is "not given" and keeps its limit (the
     /// static CPU manager sends cpusets only; see [`crate::cgroups::Resources::updated_with`]).
-    /// A cpuset the kernel refuses (bad syntax, CPUs or nodes outside the parent's) is an
-    /// invalid argument and changes nothing.
+    /// A cpuset the kernel refuses (bad syntax; `EINVAL`: outside the parent's; `ERANGE`:
+    /// beyond the node's CPUs) is an invalid argument and changes nothing.
     pub async fn update_resources(
         self: &Arc<Self>,
         id: &str,
@@ -146,7 +146,7 @@ impl Runtime {
                     ref path,
                     ref source,
                     ..
-                } if source.raw_os_error() == Some(libc::EINVAL)
+                } if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ERANGE))
                     && path
                         .file_name()
                         .is_some_and(|f| f.to_string_lossy().starts_with("cpuset.")) =>
