@@ -100,9 +100,9 @@ async fn image_present(d: &Daemon, image: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn image_volumes_mount_read_only_and_pin_their_image() {
+async fn image_volumes_mount_read_only_and_hold_their_image() {
     let Some(reg) = registry() else { return };
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     import_guest(&d, P1, "readfile", "localhost/readfile:v1");
     import_guest(&d, P1, "writefile", "localhost/writefile:v1");
     import_guest(&d, P1, "lsdir", "localhost/lsdir:v1");
@@ -349,8 +349,12 @@ async fn image_volumes_mount_read_only_and_pin_their_image() {
     let size = guest(P1, "writefile").len();
     assert!(log.contains(&format!("app.wasm {size}")), "{log}");
 
-    // RemoveImage refuses while a container mounts the image, naming it; after the pod's
+    // RemoveImage refuses while a container mounts the image, naming it — also after a
+    // daemon crash (the volume is part of the container's durable record); after the pod's
     // containers are gone it succeeds.
+    d.kill9();
+    d.spawn().await;
+    let mut rt = d.rt().await;
     let e = remove_image(&d, &data).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("image volume"), "{}", e.message());
