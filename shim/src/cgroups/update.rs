@@ -249,6 +249,46 @@ mod tests {
     }
 
     #[test]
+    fn v1_cpuset_only_update_keeps_the_other_limits() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["cpu", "cpuset", "memory"] {
+            std::fs::create_dir(t.path().join(d)).unwrap();
+            std::fs::write(t.path().join(d).join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(t.path().join("cpuset/cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(t.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        let cg = super::super::Cgroups::detect(t.path()).unwrap();
+        cg.create("/pod/ctr", &limits()).unwrap();
+        let cpu = t.path().join("cpu/pod/ctr");
+        let mem = t.path().join("memory/pod/ctr/memory.limit_in_bytes");
+        cg.update(
+            "/pod/ctr",
+            &Resources {
+                cpuset_cpus: "1".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(read(&t.path().join("cpuset/pod/ctr/cpuset.cpus")), "1");
+        assert_eq!(read(&t.path().join("cpuset/pod/ctr/cpuset.mems")), "0");
+        assert_eq!(read(&mem), (64u64 << 20).to_string());
+        assert_eq!(read(&cpu.join("cpu.shares")), "1024");
+        assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "50000");
+        // A malformed list is refused before anything is written.
+        assert!(
+            cg.update(
+                "/pod/ctr",
+                &Resources {
+                    cpuset_cpus: "1,".into(),
+                    ..Default::default()
+                },
+            )
+            .is_err()
+        );
+        assert_eq!(read(&t.path().join("cpuset/pod/ctr/cpuset.cpus")), "1");
+    }
+
+    #[test]
     fn refused_mems_put_the_cpus_back() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("cpuset.cpus"), "0-3\n").unwrap();
