@@ -16,6 +16,9 @@
 //! [registry]                       # see images::RegistryConfig
 //! insecure = ["registry.local:5000"]
 //!
+//! [images]                         # see ImagesConfig
+//! pinned = ["registry.k8s.io/pause:3.10"]
+//!
 //! [streaming]                      # exec / port-forward URLs the kubelet proxies to
 //! address = "127.0.0.1"
 //! port = 0                         # 0: a random free port
@@ -61,6 +64,20 @@ pub struct Config {
     pub registry: crate::images::RegistryConfig,
     /// The streaming server (exec, port-forward).
     pub streaming: StreamingConfig,
+    /// Image handling (pinned images).
+    pub images: ImagesConfig,
+}
+
+/// Image settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Images the node must keep (the pause/sandbox image, typically): tags
+    /// (`registry.k8s.io/pause:3.10`), repo digests (`name@sha256:…`) or full image IDs
+    /// (`sha256:<64 hex>`). ImageStatus and ListImages report the images they name, while
+    /// present, as `pinned`, which the kubelet's image garbage collector skips. RemoveImage
+    /// still removes them when asked, as the CRI requires.
+    pub pinned: Vec<String>,
 }
 
 /// Where the streaming server listens. The defaults are containerd's: loopback (the kubelet
@@ -117,6 +134,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             registry: Default::default(),
             streaming: StreamingConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -140,6 +158,16 @@ pub enum ConfigError {
         /// Why.
         source: toml::de::Error,
     },
+    /// An `[images] pinned` entry is neither an image reference nor a full image ID.
+    #[error("invalid config {path}: [images] pinned {reference:?}: {reason}")]
+    Pinned {
+        /// The file.
+        path: PathBuf,
+        /// The entry.
+        reference: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Config {
@@ -149,10 +177,20 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        for reference in &config.images.pinned {
+            if let Err(e) = crate::images::PinnedRef::parse(reference) {
+                return Err(ConfigError::Pinned {
+                    path: path.to_owned(),
+                    reference: reference.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(config)
     }
 
     /// Whether `handler` names a runtime handler this daemon serves.
@@ -222,6 +260,26 @@ mod tests {
         assert!(c.accepts_handler(""));
         assert!(c.accepts_handler("wasmtime"));
         assert!(!c.accepts_handler("runc"));
+    }
+
+    #[test]
+    fn pinned_images_are_checked_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let id = format!("sha256:{}", "a".repeat(64));
+        std::fs::write(
+            &p,
+            format!("[images]\npinned = [\"registry.k8s.io/pause:3.10\", {id:?}]\n"),
+        )
+        .unwrap();
+        assert_eq!(Config::load(&p).unwrap().images.pinned.len(), 2);
+        for bad in ["UPPER/case:x", "", "a b"] {
+            std::fs::write(&p, format!("[images]\npinned = [{bad:?}]\n")).unwrap();
+            let e = Config::load(&p).unwrap_err();
+            assert!(matches!(&e, ConfigError::Pinned { .. }), "{bad:?}: {e}");
+        }
+        std::fs::write(&p, "[images]\nbogus = 1\n").unwrap();
+        assert!(Config::load(&p).is_err());
     }
 
     #[test]

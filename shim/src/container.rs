@@ -17,10 +17,26 @@ use crate::runner::ExitRecord;
 pub struct MountSpec {
     /// Path in the container.
     pub container_path: String,
-    /// Path on the host.
+    /// Path on the host; for an image volume, the directory or file of the image's rootfs
+    /// it resolved to at creation.
     pub host_path: String,
     /// Read-only.
     pub read_only: bool,
+    /// Set for an image volume (CRI `Mount.image`): always read-only.
+    #[serde(default)]
+    pub image: Option<ImageVolume>,
+}
+
+/// An image volume: a stored image's rootfs (or a path inside it) mounted read-only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageVolume {
+    /// The image as the kubelet named it (the `image_ref` PullImage returned).
+    pub reference: String,
+    /// Its image ID, filled in when the container is created (RemoveImage refuses it while
+    /// the container exists).
+    pub image_id: String,
+    /// Path inside the image's rootfs (CRI `image_sub_path`; empty = the whole rootfs).
+    pub sub_path: String,
 }
 
 /// What the kubelet fixed when it created the container.

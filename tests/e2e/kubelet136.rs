@@ -249,16 +249,16 @@ async fn hostile_requests_are_refused_and_leave_nothing() {
             Code::InvalidArgument,
         ),
         (
-            "image volume",
+            "image volume of an image not on the node",
             mount(pb::Mount {
                 container_path: "/data".into(),
                 image: Some(pb::ImageSpec {
-                    image: "localhost/users:named".into(),
+                    image: "localhost/users:absent".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
-            Code::Unimplemented,
+            Code::NotFound,
         ),
         (
             "recursive read-only on a writable mount",

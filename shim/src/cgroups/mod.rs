@@ -21,9 +21,11 @@
 
 mod error;
 mod fs;
+mod update;
 mod v1;
 mod v2;
 
+pub use update::{MAX_CPUSET_ID, MAX_CPUSET_LEN, check_cpuset, check_cpusets};
 pub use v2::{shares_to_weight, swap_max};
 
 use std::collections::{BTreeSet, HashMap};

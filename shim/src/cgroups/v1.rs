@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::fs::{self, Files};
+use super::update;
 use super::{Backend, CgroupError, CgroupVersion, CpuThrottling, Resources, Result, Stats};
 
 /// Controllers whose hierarchies a container joins. Others (devices, freezer, blkio, the
@@ -115,16 +116,13 @@ impl V1 {
     }
 
     fn apply_cpuset(&self, rel: &Path, res: &Resources) -> Result<()> {
-        for (file, v) in [
-            ("cpuset.cpus", &res.cpuset_cpus),
-            ("cpuset.mems", &res.cpuset_mems),
-        ] {
-            if !v.is_empty() {
-                let dir = self.need("cpuset", rel, file)?;
-                self.files.write(&dir.join(file), v)?;
-            }
+        if res.cpuset_cpus.is_empty() && res.cpuset_mems.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // The cgroup's own cpus/mems were inherited from its parent when it was made
+        // (`after_mkdir`), so it can take tasks before and after this write.
+        let dir = self.need("cpuset", rel, "cpuset")?;
+        update::write_cpuset(self.files, &dir, &res.cpuset_cpus, &res.cpuset_mems)
     }
 
     fn apply_memory(&self, rel: &Path, res: &Resources) -> Result<()> {

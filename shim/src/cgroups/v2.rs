@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::fs::{self, Files};
+use super::update;
 use super::{Backend, CgroupError, CgroupVersion, CpuThrottling, Resources, Result, Stats};
 
 /// Controllers enabled for descendants when the root offers them.
@@ -159,14 +160,9 @@ impl Backend for V2 {
 
     fn apply(&self, rel: &Path, res: &Resources) -> Result<()> {
         let dir = self.root.join(rel);
-        for (file, v) in [
-            ("cpuset.cpus", &res.cpuset_cpus),
-            ("cpuset.mems", &res.cpuset_mems),
-        ] {
-            if !v.is_empty() {
-                self.need("cpuset", file)?;
-                self.write(&dir, file, v)?;
-            }
+        if !res.cpuset_cpus.is_empty() || !res.cpuset_mems.is_empty() {
+            self.need("cpuset", "cpuset")?;
+            update::write_cpuset(self.files, &dir, &res.cpuset_cpus, &res.cpuset_mems)?;
         }
         if res.cpu_shares != 0 {
             self.need("cpu", "cpu shares")?;

@@ -47,6 +47,7 @@ pub mod distribution;
 pub mod error;
 pub mod layout;
 pub mod manifest;
+pub mod pinned;
 pub mod reference;
 pub mod registry;
 pub mod unpack;
@@ -71,6 +72,7 @@ pub use detect::WasmKind;
 use error::IoContext;
 pub use error::{ImageError, Result};
 use manifest::{Descriptor, Manifest};
+pub use pinned::{Pinned, PinnedRef};
 pub use reference::{ImageRef, normalize_tag};
 pub use registry::{PullAuth, PushResult, RegistryConfig};
 pub use unpack::UnpackLimits;
@@ -1220,6 +1222,17 @@ fn find_wasm(root: &Path, config: &ImageConfig) -> Option<String> {
 /// Resolves a guest path to a regular file inside `root`, following symlinks chroot-style
 /// (never leaving `root`). Returns the resolved relative path.
 pub(crate) fn resolve_in_root(root: &Path, guest: &str) -> Option<PathBuf> {
+    resolve_entry_in_root(root, guest).filter(|rel| {
+        fs::symlink_metadata(root.join(rel))
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+    })
+}
+
+/// Resolves a guest path to whatever entry (file or directory, never a symlink) it names
+/// inside `root`, with [`resolve_in_root`]'s rules. Returns the resolved relative path
+/// (empty for `root` itself), or `None` if a component is missing or links loop.
+pub(crate) fn resolve_entry_in_root(root: &Path, guest: &str) -> Option<PathBuf> {
     let mut pending: Vec<String> = guest
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
@@ -1258,7 +1271,7 @@ pub(crate) fn resolve_in_root(root: &Path, guest: &str) -> Option<PathBuf> {
     }
     fs::symlink_metadata(root.join(&cur))
         .ok()
-        .filter(|m| m.is_file())
+        .filter(|m| m.is_file() || m.is_dir())
         .map(|_| cur)
 }
 

@@ -131,6 +131,8 @@ impl Runtime {
         req: NewContainer,
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
+        let mut req = req;
+        self.resolve_image_volumes(&mut req.mounts)?;
         let image = self.images.get(&req.image)?;
         let entry = image.wasm.clone().ok_or_else(|| {
             RuntimeError::FailedPrecondition(format!(

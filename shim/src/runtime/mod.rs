@@ -29,6 +29,7 @@ use crate::pod::{PodRecord, PodState};
 pub use containers::{ExecOutput, NewContainer};
 pub use events::{ContainerEvent, ContainerEventKind, EventsEnded, Subscription};
 pub use exec_stream::{ExecEnd, ExecProcess, ExecReader, ExecWriter, Resizer};
+pub use mounts::ImageVolumeError;
 pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
 pub use stats::Usage;
@@ -81,6 +82,9 @@ pub enum RuntimeError {
     /// cgroup failure.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    /// An image volume that cannot be mounted.
+    #[error(transparent)]
+    ImageVolume(#[from] ImageVolumeError),
     /// Network (netns/CNI) failure.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),

@@ -1,13 +1,132 @@
 //! The guest's filesystem as the runner is told to build it: which host directories and
 //! files it preopens, where, and with which permissions.
+//!
+//! # Image volumes
+//! A CRI mount with `image` set (Kubernetes `volumes: [{image: {reference: …}}]`) names an
+//! image the kubelet pulled just before (the CRI says it calls PullImage and passes the
+//! `image_ref` it got back), so it is looked up in the local store only: an absent image is
+//! `NOT_FOUND`, as in containerd, never pulled with credentials the runtime does not have.
+//! The mount's source is the image's unpacked rootfs, or the entry `image_sub_path` names in
+//! it, resolved at creation like a command's `.wasm` ([`crate::images::resolve_in_root`]:
+//! symlinks followed chroot-style, so no link leads out of the image). A sub path that is
+//! absolute or has a `..` component is refused outright. The source is then preopened
+//! read-only like any read-only mount, which the runner's jail makes read-only all the way
+//! down. A Wasm artifact has no Linux rootfs: its volume holds the one file the store unpacks
+//! it to, `app.wasm`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::{Container, Result, Runtime, RuntimeError};
+use crate::container::MountSpec;
 use crate::runner::{FileBind, Preopen};
 
+/// Why an image volume cannot be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageVolumeError {
+    /// The image is not in the local store.
+    #[error(
+        "image volume at {container_path}: image {reference:?} is not present on the node \
+         (the kubelet pulls it with PullImage before CreateContainer)"
+    )]
+    NotPresent {
+        /// Where it was to be mounted.
+        container_path: String,
+        /// The image as given.
+        reference: String,
+    },
+    /// The mount gives both a host path and an image.
+    #[error("mount {container_path}: host_path {host_path:?} and image are mutually exclusive")]
+    HostPathAndImage {
+        /// Where it was to be mounted.
+        container_path: String,
+        /// The host path given.
+        host_path: String,
+    },
+    /// `image_sub_path` would lead out of the image.
+    #[error(
+        "image volume at {container_path}: image_sub_path {sub_path:?} must be a relative path \
+         without `..` inside the image"
+    )]
+    SubPathEscapes {
+        /// Where it was to be mounted.
+        container_path: String,
+        /// The sub path as given.
+        sub_path: String,
+    },
+    /// `image_sub_path` names nothing in the image.
+    #[error(
+        "image volume at {container_path}: image_sub_path {sub_path:?} does not exist in image \
+         {image_id} (or is a link that loops or leads out of the image)"
+    )]
+    SubPathMissing {
+        /// Where it was to be mounted.
+        container_path: String,
+        /// The sub path as given.
+        sub_path: String,
+        /// The image.
+        image_id: String,
+    },
+}
+
+/// Refuses a sub path that is absolute or climbs with `..` (also NUL bytes, which no path
+/// can hold), before anything is looked up.
+fn check_sub_path(container_path: &str, sub_path: &str) -> Result<(), ImageVolumeError> {
+    let p = Path::new(sub_path);
+    let escapes = sub_path.contains('\0')
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if escapes {
+        return Err(ImageVolumeError::SubPathEscapes {
+            container_path: container_path.to_owned(),
+            sub_path: sub_path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 impl Runtime {
+    /// Resolves the image volumes among `mounts` in place: each gets its image ID and, as its
+    /// host path, the rootfs directory or file it mounts (see the module docs). Touches
+    /// nothing on disk, so a refusal leaves nothing behind.
+    pub(super) fn resolve_image_volumes(&self, mounts: &mut [MountSpec]) -> Result<()> {
+        for m in mounts.iter_mut() {
+            let Some(vol) = m.image.as_mut() else {
+                continue;
+            };
+            if !m.host_path.is_empty() {
+                return Err(ImageVolumeError::HostPathAndImage {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                }
+                .into());
+            }
+            check_sub_path(&m.container_path, &vol.sub_path)?;
+            let img = match self.images.get(&vol.reference) {
+                Ok(img) => img,
+                Err(crate::images::ImageError::NotFound(_)) => {
+                    return Err(ImageVolumeError::NotPresent {
+                        container_path: m.container_path.clone(),
+                        reference: vol.reference.clone(),
+                    }
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let rel = crate::images::resolve_entry_in_root(&img.rootfs, &vol.sub_path).ok_or_else(
+                || ImageVolumeError::SubPathMissing {
+                    container_path: m.container_path.clone(),
+                    sub_path: vol.sub_path.clone(),
+                    image_id: img.id.clone(),
+                },
+            )?;
+            vol.image_id = img.id.clone();
+            m.host_path = img.rootfs.join(rel).display().to_string();
+            m.read_only = true;
+        }
+        Ok(())
+    }
+
     /// The guest's filesystem: the image rootfs at `/`, then the pod's `/etc` files and the
     /// kubelet's mounts. WASI preopens are directories, so file mounts (`/etc/hosts`,
     /// `/dev/termination-log`) are gathered per parent directory into a [`Preopen`] with
@@ -115,5 +234,26 @@ impl Runtime {
             .map(|m| PathBuf::from(&m.host_path))
             .or_else(|| existing("/etc/hosts".into()));
         (resolv, hosts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_paths_stay_inside_the_image() {
+        for ok in ["", "data", "data/x.txt", "./data", "a/./b"] {
+            check_sub_path("/v", ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for bad in ["/etc", "..", "../..", "data/../../x", "a/..", "a\0b"] {
+            assert!(
+                matches!(
+                    check_sub_path("/v", bad),
+                    Err(ImageVolumeError::SubPathEscapes { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

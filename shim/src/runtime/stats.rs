@@ -124,7 +124,11 @@ impl Runtime {
         })
     }
 
-    /// UpdateContainerResources: applies new limits in place and persists them.
+    /// UpdateContainerResources: applies the limits `res` gives in place and persists the
+    /// limits then in force. A zero or empty field is "not given" and keeps its limit (the
+    /// static CPU manager sends cpusets only; see [`crate::cgroups::Resources::updated_with`]).
+    /// A cpuset the kernel refuses (bad syntax; `EINVAL`: outside the parent's; `ERANGE`:
+    /// beyond the node's CPUs) is an invalid argument and changes nothing.
     pub async fn update_resources(
         self: &Arc<Self>,
         id: &str,
@@ -132,10 +136,36 @@ impl Runtime {
     ) -> Result<()> {
         let c = self.container(id)?;
         let _op = c.op.lock().await;
+        let invalid = |e: crate::cgroups::CgroupError| {
+            RuntimeError::InvalidArgument(format!("container {}: {e}", c.meta.id))
+        };
+        crate::cgroups::check_cpusets(&res).map_err(invalid)?;
         if let Some(cg) = &self.cgroups {
-            cg.update(&c.meta.cgroup_path, &res)?;
+            cg.update(&c.meta.cgroup_path, &res).map_err(|e| match e {
+                crate::cgroups::CgroupError::Write {
+                    ref path,
+                    ref source,
+                    ..
+                } if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ERANGE))
+                    && path
+                        .file_name()
+                        .is_some_and(|f| f.to_string_lossy().starts_with("cpuset.")) =>
+                {
+                    invalid(e)
+                }
+                e => e.into(),
+            })?;
         }
-        *c.resources.lock().expect("resources lock") = res;
-        self.save_container(&c)
+        let merged = c
+            .resources
+            .lock()
+            .expect("resources lock")
+            .updated_with(&res);
+        let before = std::mem::replace(&mut *c.resources.lock().expect("resources lock"), merged);
+        if let Err(e) = self.save_container(&c) {
+            *c.resources.lock().expect("resources lock") = before;
+            return Err(e);
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::container::MountSpec;
+use crate::container::{ImageVolume, MountSpec};
 use crate::runtime::{GroupsPolicy, NewContainer, Result, Runtime, RuntimeError, UserRequest};
 
 /// CreateContainer.
@@ -37,6 +37,9 @@ pub async fn create(
     }
     let linux = cfg.linux.unwrap_or_default();
     let res = linux.resources.unwrap_or_default();
+    let resources = convert::resources(&res);
+    crate::cgroups::check_cpusets(&resources)
+        .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
     let sc = linux.security_context.unwrap_or_default();
     if !matches!(
         pb::Signal::try_from(cfg.stop_signal),
@@ -57,25 +60,7 @@ pub async fn create(
                 m.container_path
             )));
         }
-        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            return Err(RuntimeError::Unimplemented(format!(
-                "image volumes are not supported yet (mount {})",
-                m.container_path
-            )));
-        }
-        // wasmcri's read-only mounts are recursively read-only in the kernel already; asking
-        // for it on a writable mount is the contradiction the CRI says to reject.
-        if m.recursive_read_only && !m.readonly {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "mount {}: recursive_read_only needs readonly",
-                m.container_path
-            )));
-        }
-        mounts.push(MountSpec {
-            container_path: m.container_path,
-            host_path: m.host_path,
-            read_only: m.readonly,
-        });
+        mounts.push(mount_spec(m)?);
     }
     let req = NewContainer {
         pod_id: r.pod_sandbox_id,
@@ -91,12 +76,47 @@ pub async fn create(
         mounts,
         log_path: cfg.log_path,
         stdin: cfg.stdin,
-        resources: convert::resources(&res),
+        resources,
         oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
         user: user_request(&sc)?,
     };
     let id = rt.create_container(req).await?;
     Ok(pb::CreateContainerResponse { container_id: id })
+}
+
+/// One CRI mount in domain terms. An image volume (`image` set) is read-only by definition
+/// and is resolved against the image store when the container is created.
+fn mount_spec(m: pb::Mount) -> Result<MountSpec> {
+    let image = m
+        .image
+        .map(|i| i.image)
+        .filter(|i| !i.is_empty())
+        .map(|reference| ImageVolume {
+            reference,
+            image_id: String::new(),
+            sub_path: m.image_sub_path.clone(),
+        });
+    if image.is_none() && !m.image_sub_path.is_empty() {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "mount {}: image_sub_path is set but image is not",
+            m.container_path
+        )));
+    }
+    let read_only = m.readonly || image.is_some();
+    // wasmcri's read-only mounts are recursively read-only in the kernel already; asking
+    // for it on a writable mount is the contradiction the CRI says to reject.
+    if m.recursive_read_only && !read_only {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "mount {}: recursive_read_only needs readonly",
+            m.container_path
+        )));
+    }
+    Ok(MountSpec {
+        container_path: m.container_path,
+        host_path: m.host_path,
+        read_only,
+        image,
+    })
 }
 
 /// Env values arrive as bytes (CRI v1.36). wasmtime's WASI context takes strings (and WASI
@@ -197,6 +217,56 @@ mod tests {
         assert!(e.contains("SECRET") && e.contains("UTF-8"), "{e}");
         assert!(env(vec![kv("A=B", b"1")]).is_err());
         assert!(env(vec![kv("A", b"x\0y")]).is_err());
+    }
+
+    #[test]
+    fn image_volumes_are_read_only_and_exclusive() {
+        let m = mount_spec(pb::Mount {
+            container_path: "/data".into(),
+            image: Some(pb::ImageSpec {
+                image: "sha256:abc".into(),
+                ..Default::default()
+            }),
+            image_sub_path: "dir".into(),
+            recursive_read_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(m.read_only);
+        assert_eq!(
+            m.image,
+            Some(ImageVolume {
+                reference: "sha256:abc".into(),
+                image_id: String::new(),
+                sub_path: "dir".into(),
+            })
+        );
+        let plain = mount_spec(pb::Mount {
+            container_path: "/data".into(),
+            host_path: "/h".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!plain.read_only && plain.image.is_none());
+        for bad in [
+            pb::Mount {
+                container_path: "/data".into(),
+                host_path: "/h".into(),
+                image_sub_path: "dir".into(),
+                ..Default::default()
+            },
+            pb::Mount {
+                container_path: "/data".into(),
+                host_path: "/h".into(),
+                recursive_read_only: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                mount_spec(bad),
+                Err(RuntimeError::InvalidArgument(_))
+            ));
+        }
     }
 
     fn i64v(v: i64) -> Option<pb::Int64Value> {

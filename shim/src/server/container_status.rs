@@ -73,10 +73,23 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
             .iter()
             .map(|mt| pb::Mount {
                 container_path: mt.container_path.clone(),
-                host_path: mt.host_path.clone(),
+                // An image volume is reported as the kubelet gave it: by image, no host path.
+                host_path: match &mt.image {
+                    Some(_) => String::new(),
+                    None => mt.host_path.clone(),
+                },
                 readonly: mt.read_only,
                 // Read-only preopens are read-only all the way down.
                 recursive_read_only: mt.read_only,
+                image: mt.image.as_ref().map(|v| pb::ImageSpec {
+                    image: v.reference.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: mt
+                    .image
+                    .as_ref()
+                    .map(|v| v.sub_path.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .collect(),

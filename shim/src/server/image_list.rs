@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use cri::v1 as pb;
 
-use crate::images::{Image, ImageFilter};
+use crate::images::{Image, ImageFilter, Pinned};
 use crate::runtime::{Result, Runtime};
 
-/// The CRI view of an image.
-pub fn to_pb(img: &Image) -> pb::Image {
+/// The CRI view of an image; `pinned` when the configuration lists it (see
+/// [`crate::config::ImagesConfig::pinned`]).
+pub fn to_pb(img: &Image, pinned: &Pinned) -> pb::Image {
     pb::Image {
         id: img.id.clone(),
         repo_tags: img.repo_tags.clone(),
@@ -23,7 +24,7 @@ pub fn to_pb(img: &Image) -> pb::Image {
             image: img.id.clone(),
             ..Default::default()
         }),
-        pinned: false,
+        pinned: pinned.contains(img),
     }
 }
 
@@ -48,8 +49,9 @@ pub async fn list(rt: &Arc<Runtime>, r: pb::ListImagesRequest) -> Result<pb::Lis
     let images = rt.images.list(&ImageFilter {
         reference: (!filter.is_empty()).then_some(filter),
     })?;
+    let pinned = Pinned::new(&rt.config.images.pinned);
     Ok(pb::ListImagesResponse {
-        images: images.iter().map(to_pb).collect(),
+        images: images.iter().map(|i| to_pb(i, &pinned)).collect(),
     })
 }
 

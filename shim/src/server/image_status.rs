@@ -26,7 +26,10 @@ pub async fn status(
                 );
             }
             Ok(pb::ImageStatusResponse {
-                image: Some(super::image_list::to_pb(&img)),
+                image: Some(super::image_list::to_pb(
+                    &img,
+                    &crate::images::Pinned::new(&rt.config.images.pinned),
+                )),
                 info,
             })
         }

@@ -115,6 +115,7 @@ where
 /// The gRPC code of each domain error.
 fn code_of(e: &RuntimeError) -> Code {
     use crate::images::ImageError as I;
+    use crate::runtime::ImageVolumeError;
     match e {
         RuntimeError::NotFound { .. } => Code::NotFound,
         RuntimeError::Ambiguous { .. } | RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
@@ -137,6 +138,14 @@ fn code_of(e: &RuntimeError) -> Code {
             I::Registry { .. } | I::Distribution { .. } => Code::Unavailable,
             I::Config(_) => Code::InvalidArgument,
             I::Io { .. } | I::Internal(_) => Code::Internal,
+        },
+        RuntimeError::ImageVolume(v) => match v {
+            ImageVolumeError::NotPresent { .. } | ImageVolumeError::SubPathMissing { .. } => {
+                Code::NotFound
+            }
+            ImageVolumeError::HostPathAndImage { .. } | ImageVolumeError::SubPathEscapes { .. } => {
+                Code::InvalidArgument
+            }
         },
         RuntimeError::Cgroup(_)
         | RuntimeError::Network(_)
@@ -613,6 +622,7 @@ impl ImageService for Cri {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ImageVolumeError;
 
     #[test]
     fn codes_per_variant() {
@@ -652,6 +662,39 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (RuntimeError::Unimplemented("x".into()), Code::Unimplemented),
+            (
+                ImageVolumeError::NotPresent {
+                    container_path: "/v".into(),
+                    reference: "r".into(),
+                }
+                .into(),
+                Code::NotFound,
+            ),
+            (
+                ImageVolumeError::SubPathMissing {
+                    container_path: "/v".into(),
+                    sub_path: "s".into(),
+                    image_id: "i".into(),
+                }
+                .into(),
+                Code::NotFound,
+            ),
+            (
+                ImageVolumeError::SubPathEscapes {
+                    container_path: "/v".into(),
+                    sub_path: "..".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                ImageVolumeError::HostPathAndImage {
+                    container_path: "/v".into(),
+                    host_path: "/h".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
             (
                 RuntimeError::StartFailed {
                     id: "i".into(),
