@@ -111,6 +111,14 @@ fn mount_spec(m: pb::Mount) -> Result<MountSpec> {
             m.container_path
         )));
     }
+    // As runc and containerd do: a recursively read-only tree cannot also receive mounts
+    // propagated from the host (the CRI asks to reject the combination).
+    if m.recursive_read_only && m.propagation != pb::MountPropagation::PropagationPrivate as i32 {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "mount {}: recursive_read_only needs private propagation",
+            m.container_path
+        )));
+    }
     Ok(MountSpec {
         container_path: m.container_path,
         host_path: m.host_path,
@@ -259,6 +267,22 @@ mod tests {
                 container_path: "/data".into(),
                 host_path: "/h".into(),
                 recursive_read_only: true,
+                ..Default::default()
+            },
+            pb::Mount {
+                container_path: "/data".into(),
+                host_path: "/h".into(),
+                readonly: true,
+                recursive_read_only: true,
+                propagation: pb::MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            },
+            pb::Mount {
+                container_path: "/data".into(),
+                host_path: "/h".into(),
+                readonly: true,
+                recursive_read_only: true,
+                propagation: pb::MountPropagation::PropagationBidirectional as i32,
                 ..Default::default()
             },
         ] {
