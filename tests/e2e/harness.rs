@@ -580,6 +580,21 @@ pub fn tcp_mapping(container_port: i32, host_port: i32) -> pb::PortMapping {
     }
 }
 
+/// ContainerStats of one container.
+pub async fn container_stats(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> pb::ContainerStats {
+    rt.container_stats(pb::ContainerStatsRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .stats
+    .unwrap()
+}
+
 /// PodSandboxStats' Linux part.
 pub async fn pod_stats(
     rt: &mut RuntimeServiceClient<Channel>,

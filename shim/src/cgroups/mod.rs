@@ -21,6 +21,7 @@
 
 mod error;
 mod fs;
+mod usage;
 mod v1;
 mod v2;
 
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::CgroupError;
 use fs::Files;
+pub use usage::{DeviceIo, MAX_DEVICES, Pressure, Psi, PsiData};
 
 /// Result of cgroup operations.
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -86,12 +88,16 @@ pub struct CpuThrottling {
 }
 
 /// A point-in-time usage sample of one cgroup. Counters a host lacks read as zero.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// When the sample was taken, Unix nanoseconds.
     pub timestamp_ns: i64,
     /// Cumulative CPU time, nanoseconds.
     pub cpu_usage_ns: u64,
+    /// The user-mode part of it (v1 `cpuacct.usage_user`, v2 `user_usec`), nanoseconds.
+    pub cpu_user_ns: u64,
+    /// The kernel-mode part of it (v1 `cpuacct.usage_sys`, v2 `system_usec`), nanoseconds.
+    pub cpu_system_ns: u64,
     /// CFS throttling.
     pub cpu_throttling: CpuThrottling,
     /// Memory in use including page cache, bytes.
@@ -104,12 +110,30 @@ pub struct Stats {
     pub page_faults: u64,
     /// Major page faults.
     pub major_page_faults: u64,
+    /// Page cache (v1 `total_cache`, v2 `file`), bytes.
+    pub cache: u64,
+    /// Memory-mapped files (v1 `total_mapped_file`, v2 `file_mapped`), bytes.
+    pub mapped_file: u64,
+    /// Swap in use (v1 `total_swap`, v2 `memory.swap.current`), bytes.
+    pub swap: u64,
+    /// The highest memory usage seen (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`);
+    /// `None` where the kernel does not keep it.
+    pub max_usage: Option<u64>,
+    /// How often usage hit the limit (v1 `memory.failcnt`; v2 has no such counter: `None`).
+    pub failcnt: Option<u64>,
     /// The memory limit in force; `None` = unlimited.
     pub memory_limit: Option<u64>,
     /// How many times the OOM killer killed a task of this cgroup.
     pub oom_kills: u64,
-    /// Tasks currently in the cgroup.
+    /// Tasks (threads) currently in the cgroup.
     pub pids_current: u64,
+    /// Processes currently in the cgroup (lines of `cgroup.procs`).
+    pub processes: u64,
+    /// Block I/O per device; `None` without I/O accounting (no v1 `blkio` hierarchy, no v2
+    /// `io` controller in the cgroup).
+    pub io: Option<Vec<DeviceIo>>,
+    /// Pressure stall information (cgroup v2 with PSI only).
+    pub pressure: Pressure,
 }
 
 /// Which cgroup version a [`Cgroups`] drives.
@@ -147,6 +171,8 @@ trait Backend: std::fmt::Debug + Send + Sync {
     fn apply(&self, rel: &Path, res: &Resources) -> Result<()>;
     /// Read usage.
     fn stats(&self, rel: &Path) -> Result<Stats>;
+    /// Read pressure stall information.
+    fn pressure(&self, rel: &Path) -> Result<Pressure>;
     /// OOM kill counter.
     fn oom_kills(&self, rel: &Path) -> Result<u64>;
 }
@@ -347,8 +373,19 @@ impl Cgroups {
         let rel = rel_path(path)?;
         self.check_exists(&rel)?;
         let mut s = self.b().stats(&rel)?;
+        if let Some(f) = self.procs_files_rel(&rel).first() {
+            s.processes = fs::read_pids(f)?.len() as u64;
+        }
         s.timestamp_ns = now_ns();
         Ok(s)
+    }
+
+    /// Pressure stall information of any existing cgroup, ours or not (the pod-level figure
+    /// of PodSandboxStats comes from the kubelet's pod cgroup). Empty on cgroup v1.
+    pub fn pressure(&self, path: &str) -> Result<Pressure> {
+        let rel = rel_path(path)?;
+        self.check_exists(&rel)?;
+        self.b().pressure(&rel)
     }
 
     /// Record a handle from before a restart as ours, so [`Cgroups::remove`] removes it.

@@ -31,7 +31,7 @@ pub use events::{ContainerEvent, ContainerEventKind, EventsEnded, Subscription};
 pub use exec_stream::{ExecEnd, ExecProcess, ExecReader, ExecWriter, Resizer};
 pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
-pub use stats::Usage;
+pub use stats::{PodSample, Usage};
 pub use users::{Credentials, GroupsPolicy, UserRequest};
 
 /// Everything that can go wrong in a runtime operation, with the object it concerns.

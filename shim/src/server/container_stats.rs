@@ -11,27 +11,51 @@ fn u64v(v: u64) -> Option<pb::UInt64Value> {
     Some(pb::UInt64Value { value: v })
 }
 
+/// CRI PSI from the kernel's (`total` microseconds → nanoseconds).
+fn psi(p: Option<crate::cgroups::Psi>) -> Option<pb::PsiStats> {
+    let data = |d: crate::cgroups::PsiData| pb::PsiData {
+        total: d.total_us.saturating_mul(1000),
+        avg10: d.avg10,
+        avg60: d.avg60,
+        avg300: d.avg300,
+    };
+    p.map(|p| pb::PsiStats {
+        full: p.full.map(data),
+        some: Some(data(p.some)),
+    })
+}
+
 fn cpu(u: &Usage) -> pb::CpuUsage {
     pb::CpuUsage {
         timestamp: u.timestamp,
-        usage_core_nano_seconds: u64v(u.cpu_usage_ns),
+        usage_core_nano_seconds: u64v(u.cgroup.cpu_usage_ns),
         usage_nano_cores: u.nano_cores.and_then(u64v),
-        // PSI needs cgroup v2 pressure files; the v1 hosts tested here have none.
-        psi: None,
+        psi: psi(u.cgroup.pressure.cpu),
     }
 }
 
 fn memory(u: &Usage) -> pb::MemoryUsage {
+    let s = &u.cgroup;
     pb::MemoryUsage {
         timestamp: u.timestamp,
-        working_set_bytes: u64v(u.working_set),
+        working_set_bytes: u64v(s.working_set),
         available_bytes: u.available.and_then(u64v),
-        usage_bytes: u64v(u.memory_usage),
-        rss_bytes: u64v(u.rss),
-        page_faults: u64v(u.page_faults),
-        major_page_faults: u64v(u.major_page_faults),
-        psi: None,
+        usage_bytes: u64v(s.memory_usage),
+        rss_bytes: u64v(s.rss),
+        page_faults: u64v(s.page_faults),
+        major_page_faults: u64v(s.major_page_faults),
+        psi: psi(s.pressure.memory),
     }
+}
+
+/// Set where the cgroup has I/O accounting or I/O pressure; the CRI's `IoUsage` carries only
+/// the pressure (cgroup v1: none).
+fn io(u: &Usage) -> Option<pb::IoUsage> {
+    let s = &u.cgroup;
+    (s.io.is_some() || s.pressure.io.is_some()).then(|| pb::IoUsage {
+        timestamp: u.timestamp,
+        psi: psi(s.pressure.io),
+    })
 }
 
 fn container_stats_of(
@@ -58,7 +82,7 @@ fn container_stats_from(
         }),
         cpu: Some(cpu(u)),
         memory: Some(memory(u)),
-        io: None,
+        io: io(u),
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
             fs_id: Some(pb::FilesystemIdentifier {
@@ -137,7 +161,7 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
         linux: Some(pb::LinuxPodSandboxStats {
             cpu: Some(cpu(&u)),
             memory: Some(memory(&u)),
-            io: None,
+            io: io(&u),
             network: rt.pod_network(pod).map(|(timestamp, ifaces)| {
                 let usage = |i: crate::network::stats::InterfaceUsage| pb::NetworkInterfaceUsage {
                     name: i.name,
@@ -157,7 +181,7 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
             }),
             process: Some(pb::ProcessUsage {
                 timestamp: u.timestamp,
-                process_count: u64v(u.processes),
+                process_count: u64v(u.cgroup.pids_current),
             }),
             containers,
         }),
