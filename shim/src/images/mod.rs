@@ -124,8 +124,8 @@ pub struct WasmEntry {
     /// The same file as the guest sees it (`/app.wasm`).
     pub guest_path: String,
     pub kind: WasmKind,
-    /// `wasip1`, `wasi:cli/command` or `wasi:http/proxy` (see [`detect::world_of`]).
-    pub world: String,
+    /// The world it targets (see [`detect::world_of`]).
+    pub world: detect::World,
 }
 
 /// A layer as recorded.
@@ -895,7 +895,7 @@ impl ImageStore {
                     path: final_rootfs.join(rel),
                     guest_path: g.clone(),
                     kind,
-                    world: detect::world_of(kind, &bytes).to_string(),
+                    world: detect::world_of(kind, &bytes),
                 })
             }
             None => {

@@ -159,7 +159,7 @@ impl Runtime {
         } else {
             "/".into()
         };
-        let http_port = if entry.world == "wasi:http/proxy" {
+        let http_port = if entry.world == crate::images::detect::World::HttpProxy {
             Some(http_port(&req.annotations, &pod.spec.annotations, &env)?)
         } else {
             None
