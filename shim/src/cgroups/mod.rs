@@ -16,6 +16,9 @@
 //! All methods do blocking file I/O (microseconds each; `remove` may wait up to
 //! [`REMOVE_PATIENCE`] for exiting processes); call them from `spawn_blocking` in async code.
 //!
+//! Joining: [`Cgroups::membership`] says how a process enters a cgroup and
+//! [`Membership::join_self`] does it, so the runner knows nothing of the hierarchy layout.
+//!
 //! The root may also be a plain directory tree (a test fixture): writes then create files, and
 //! optional kernel files count as present.
 
@@ -155,6 +158,46 @@ pub struct CgroupHandle {
     pub procs_files: Vec<PathBuf>,
     /// The directories `create` made (ancestors before descendants).
     pub created: Vec<PathBuf>,
+}
+
+/// How a process joins one cgroup: its directory in every hierarchy and the version, which
+/// decides the file written. Built by [`Cgroups::membership`] and handed to the runner in its
+/// spec; the runner calls [`Membership::join_self`] and needs to know nothing of the layout
+/// (youki's `add_task`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    version: CgroupVersion,
+    dirs: Vec<PathBuf>,
+}
+
+impl Membership {
+    /// Moves the calling process into the cgroup; call it while the process is still
+    /// single-threaded (threads started later follow their creator).
+    ///
+    /// cgroup v1: `0` into each hierarchy's `tasks` file, which moves only the calling
+    /// thread and so lets the kernel skip the global threadgroup lock, whose write side waits
+    /// for an RCU grace period — that wait was most of the tail of StartContainer (10-25 ms at
+    /// p90-p99); with one thread, the thread is the process. cgroup v2 has no `tasks` file:
+    /// the PID goes to `cgroup.procs`.
+    pub fn join_self(&self) -> Result<()> {
+        let (file, value) = match self.version {
+            CgroupVersion::V1 => ("tasks", "0".to_string()),
+            CgroupVersion::V2 => ("cgroup.procs", std::process::id().to_string()),
+        };
+        for dir in &self.dirs {
+            let path = dir.join(file);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+                .map_err(|source| CgroupError::Write {
+                    path,
+                    value: value.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// The backend interface each cgroup version implements.
@@ -328,6 +371,14 @@ impl Cgroups {
     /// per v1 hierarchy (one in total on v2).
     pub fn procs_files(&self, path: &str) -> Result<Vec<PathBuf>> {
         Ok(self.procs_files_rel(&rel_path(path)?))
+    }
+
+    /// How a process joins the cgroup at `path` (see [`Membership::join_self`]).
+    pub fn membership(&self, path: &str) -> Result<Membership> {
+        Ok(Membership {
+            version: self.version(),
+            dirs: self.dirs(path)?,
+        })
     }
 
     /// PIDs in the cgroup (union over hierarchies, sorted).

@@ -605,6 +605,37 @@ fn v1_blkio_is_joined_and_counted_per_device() {
 }
 
 #[test]
+fn v1_joins_through_tasks_v2_through_cgroup_procs() {
+    let (t1, v1) = v1_fixture();
+    v1.create("/p/c", &Resources::default()).unwrap();
+    let m = v1.membership("/p/c").unwrap();
+    let dirs = v1.dirs("/p/c").unwrap();
+    assert_eq!(dirs.len(), 4);
+    for d in &dirs {
+        write(&d.join("tasks"), "");
+    }
+    m.join_self().unwrap();
+    for d in &dirs {
+        assert_eq!(read(&d.join("tasks")), "0", "{}", d.display());
+    }
+    drop(t1);
+    let (t2, v2) = v2_fixture("cpu memory pids");
+    v2.create("/p/c", &Resources::default()).unwrap();
+    let procs = t2.path().join("p/c/cgroup.procs");
+    write(&procs, "");
+    v2.membership("/p/c").unwrap().join_self().unwrap();
+    assert_eq!(read(&procs), std::process::id().to_string());
+    assert!(!t2.path().join("p/c/tasks").exists());
+    // A cgroup that is gone: an error naming the file.
+    fs::remove_file(&procs).unwrap();
+    let err = v2.membership("/p/c").unwrap().join_self().unwrap_err();
+    assert!(
+        matches!(&err, CgroupError::Write { path, .. } if path == &procs),
+        "{err}"
+    );
+}
+
+#[test]
 fn detect_without_hierarchies_fails() {
     let t = tempfile::tempdir().unwrap();
     assert!(matches!(

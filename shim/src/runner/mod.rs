@@ -12,7 +12,8 @@
 //!    Before that, in every mode, the runner has already entered a private mount namespace
 //!    whose root is the jail's empty tmpfs ([`jail::prepare`]), and goes back to the host's
 //!    view once the spec is here.
-//! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
+//! 2. Single-threaded, before any guest code: join the container's cgroup
+//!    ([`crate::cgroups::Membership::join_self`]);
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
 //!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
 //!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
@@ -472,7 +473,11 @@ fn read_spec(path: &Path) -> Result<RunnerSpec, String> {
 }
 
 fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Result<(), String> {
-    setup::join_cgroups(&spec.cgroup_procs)?;
+    if let Some(cgroup) = &spec.cgroup {
+        cgroup
+            .join_self()
+            .map_err(|e| format!("join cgroup: {e}"))?;
+    }
     if let Some(netns) = &spec.netns {
         setup::join_netns(netns)?;
     }

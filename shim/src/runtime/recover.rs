@@ -156,18 +156,15 @@ impl Runtime {
     /// Kills (SIGKILL, by PID) every process in `c`'s cgroup: only runners this daemon
     /// started are ever placed there.
     fn kill_unrecorded_runners(&self, c: &Container) {
-        let Some(h) = &c.meta.cgroup else { return };
-        for procs in &h.procs_files {
-            let Ok(text) = std::fs::read_to_string(procs) else {
-                continue;
-            };
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                tracing::warn!(container = %c.meta.id, pid, "killing a runner started before a crash");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        let (Some(cg), Some(h)) = (&self.cgroups, &c.meta.cgroup) else {
+            return;
+        };
+        for pid in cg.pids(&h.path).unwrap_or_default() {
+            tracing::warn!(container = %c.meta.id, pid, "killing a runner started before a crash");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Container, Pod, Result, Runtime, RuntimeError};
-use crate::cgroups::{Pressure, Stats};
+use crate::cgroups::{CgroupError, Cgroups, Pressure, Stats};
 use crate::container::ContainerPhase;
 use crate::network::stats::InterfaceUsage;
 
@@ -43,7 +43,24 @@ pub struct PodSample {
 }
 
 impl Runtime {
-    fn cgroups_or_fail(&self) -> Result<&crate::cgroups::Cgroups> {
+    /// Runs `f` on the host's cgroups on the blocking pool, as the cgroups module asks of
+    /// async code (its file I/O takes microseconds, but a removal waits up to
+    /// [`crate::cgroups::REMOVE_PATIENCE`] for exiting processes). `None` without cgroups.
+    pub(crate) async fn cgroups_blocking<T, F>(&self, f: F) -> Result<Option<T>>
+    where
+        F: FnOnce(&Cgroups) -> Result<T, CgroupError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(cg) = self.cgroups.clone() else {
+            return Ok(None);
+        };
+        match tokio::task::spawn_blocking(move || f(&cg)).await {
+            Ok(r) => Ok(Some(r?)),
+            Err(e) => Err(RuntimeError::io("cgroup task")(std::io::Error::other(e))),
+        }
+    }
+
+    fn cgroups_or_fail(&self) -> Result<&Cgroups> {
         self.cgroups.as_deref().ok_or_else(|| {
             RuntimeError::FailedPrecondition("no cgroups on this host: no stats".into())
         })
@@ -171,9 +188,9 @@ impl Runtime {
     ) -> Result<()> {
         let c = self.container(id)?;
         let _op = c.op.lock().await;
-        if let Some(cg) = &self.cgroups {
-            cg.update(&c.meta.cgroup_path, &res)?;
-        }
+        let (path, limits) = (c.meta.cgroup_path.clone(), res.clone());
+        self.cgroups_blocking(move |cg| cg.update(&path, &limits))
+            .await?;
         *c.resources.lock().expect("resources lock") = res;
         self.save_container(&c)
     }

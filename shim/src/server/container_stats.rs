@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::runtime::{Result, Runtime, Usage};
+use crate::runtime::{Result, Runtime, RuntimeError, Usage};
 
 fn u64v(v: u64) -> Option<pb::UInt64Value> {
     Some(pb::UInt64Value { value: v })
@@ -95,15 +95,26 @@ fn container_stats_from(
     }
 }
 
+/// Runs blocking stats reads (cgroup and proc files) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    rt: &Arc<Runtime>,
+    f: impl FnOnce(&Arc<Runtime>) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let rt = rt.clone();
+    match tokio::task::spawn_blocking(move || f(&rt)).await {
+        Ok(r) => r,
+        Err(e) => Err(RuntimeError::io("stats task")(std::io::Error::other(e))),
+    }
+}
+
 /// ContainerStats.
 pub async fn stats(
     rt: &Arc<Runtime>,
     r: pb::ContainerStatsRequest,
 ) -> Result<pb::ContainerStatsResponse> {
     let c = rt.container(&r.container_id)?;
-    Ok(pb::ContainerStatsResponse {
-        stats: Some(container_stats_of(rt, &c)?),
-    })
+    let stats = blocking(rt, move |rt| container_stats_of(rt, &c)).await?;
+    Ok(pb::ContainerStatsResponse { stats: Some(stats) })
 }
 
 /// ListContainerStats (running containers; id, pod and label filters). The cgroup reads are
@@ -195,9 +206,8 @@ pub async fn pod_stats(
     r: pb::PodSandboxStatsRequest,
 ) -> Result<pb::PodSandboxStatsResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
-    Ok(pb::PodSandboxStatsResponse {
-        stats: Some(pod_stats_of(rt, &pod)?),
-    })
+    let stats = blocking(rt, move |rt| pod_stats_of(rt, &pod)).await?;
+    Ok(pb::PodSandboxStatsResponse { stats: Some(stats) })
 }
 
 /// ListPodSandboxStats.
@@ -206,16 +216,20 @@ pub async fn list_pods(
     r: pb::ListPodSandboxStatsRequest,
 ) -> Result<pb::ListPodSandboxStatsResponse> {
     let f = r.filter.unwrap_or_default();
-    let mut stats = Vec::new();
-    for pod in rt.pods() {
-        if !convert::id_matches(&pod.meta.id, &f.id)
-            || !convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
-        {
-            continue;
-        }
-        if let Ok(s) = pod_stats_of(rt, &pod) {
-            stats.push(s);
-        }
-    }
+    let pods: Vec<_> = rt
+        .pods()
+        .into_iter()
+        .filter(|pod| {
+            convert::id_matches(&pod.meta.id, &f.id)
+                && convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
+        })
+        .collect();
+    let stats = blocking(rt, move |rt| {
+        Ok(pods
+            .iter()
+            .filter_map(|pod| pod_stats_of(rt, pod).ok())
+            .collect())
+    })
+    .await?;
     Ok(pb::ListPodSandboxStatsResponse { stats })
 }
