@@ -511,11 +511,7 @@ async fn v136_rpcs_stream_lists_and_record_pod_resources() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pods[2].clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pods[2]).await;
     let stopped = rt
         .update_pod_sandbox_resources(pb::UpdatePodSandboxResourcesRequest {
             pod_sandbox_id: pods[2].clone(),

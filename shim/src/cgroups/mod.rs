@@ -427,7 +427,7 @@ impl Cgroups {
         if let Some(f) = self.procs_files_rel(&rel).first() {
             s.processes = fs::read_pids(f)?.len() as u64;
         }
-        s.timestamp_ns = now_ns();
+        s.timestamp_ns = crate::ids::now_ns();
         Ok(s)
     }
 
@@ -517,13 +517,6 @@ fn has_subdirs(d: &Path) -> bool {
                 .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         })
         .unwrap_or(false)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Validate a cgroupfs-style path (`/kubepods/pod1/abc`) into a clean relative path.

@@ -1349,12 +1349,7 @@ fn sync_filesystem(path: &Path) -> Result<()> {
 
 /// Removes a file or directory tree (never following symlinks); absent is fine.
 fn remove_path(p: &Path) -> Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p).at(p),
-        Ok(_) => fs::remove_file(p).at(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ImageError::io(p, e)),
-    }
+    crate::store::remove_tree(p).map(drop).at(p)
 }
 
 /// Runs blocking filesystem work off the async runtime.

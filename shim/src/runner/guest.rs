@@ -94,7 +94,8 @@ pub(crate) struct Outcome {
     pub(crate) message: String,
 }
 
-/// Where guest output goes.
+/// Where guest output goes. Clones share the log writer.
+#[derive(Clone)]
 pub(crate) enum Output {
     /// The CRI log file.
     Log(Arc<CriLogWriter>),

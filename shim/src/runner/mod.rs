@@ -440,11 +440,7 @@ fn run_spec(
 
     let outcome = {
         // The finisher owns the output from here so the signal thread can flush it too.
-        let out_ref = match &output {
-            Output::Log(w) => Output::Log(w.clone()),
-            Output::Discard => Output::Discard,
-            Output::Inherit => Output::Inherit,
-        };
+        let out_ref = output.clone();
         *finisher.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
         run_loaded(&engine, &loaded, &spec, &out_ref, &stop)
     };

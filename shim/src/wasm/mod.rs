@@ -183,6 +183,19 @@ pub fn detect(bytes: &[u8]) -> Binary {
     }
 }
 
+/// The image store's precompile step, for the daemon and the `wasmcri image` CLI alike:
+/// compiles each imported or pulled module into `cache_dir`, so the first start costs no
+/// compilation. A module that does not compile is still stored (the container reports why
+/// it cannot run), so a failure is logged, not returned.
+pub fn precompile_hook(engine: Engine, cache_dir: PathBuf) -> crate::images::PrecompileHook {
+    std::sync::Arc::new(move |wasm: &Path| {
+        if let Err(e) = precompile_cached(&engine, &cache_dir, wasm) {
+            tracing::warn!(wasm = %wasm.display(), error = %e, "precompile failed");
+        }
+        Ok(())
+    })
+}
+
 /// The cache path the artifact of `wasm_bytes` has for `engine` (whether or not it exists).
 pub fn artifact_path(engine: &Engine, cache_dir: &Path, wasm_bytes: &[u8]) -> PathBuf {
     let sha = hex::encode(Sha256::digest(wasm_bytes));
