@@ -11,9 +11,8 @@
 //! - `wasmtime serve -S cli --addr 127.0.0.1:PORT FILE`: wasmtime-cli 48.0.8's defaults
 //!   (pooling allocator, a fresh instance per request, multi-threaded tokio); `-S cli` because
 //!   the component (Rust std) imports `wasi:cli/environment`, which wasmcri links for every
-//!   component and `serve` only on request. Taken from `WASMTIME_CLI`,
-//!   else `/work/tools/wasmtime-cli/bin/wasmtime`, else `wasmtime` on `PATH`; skipped (said so)
-//!   if none runs.
+//!   component and `serve` only on request. Taken from `WASMTIME_CLI`, else `wasmtime` on
+//!   `PATH`; skipped (said so) if none runs.
 //!
 //! Also prints each server's private memory (Private_Clean + Private_Dirty) idle and after the
 //! load.
@@ -144,7 +143,6 @@ impl Drop for WasmtimeServe {
 fn wasmtime_cli() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("WASMTIME_CLI").map(PathBuf::from),
-        Some(PathBuf::from("/work/tools/wasmtime-cli/bin/wasmtime")),
         Some(PathBuf::from("wasmtime")),
     ];
     candidates.into_iter().flatten().find(|p| {
@@ -262,8 +260,8 @@ async fn main() {
             );
         }
         None => println!(
-            "\nwasmcri runner: {}\nwasmtime serve comparison skipped: no wasmtime CLI (set WASMTIME_CLI, or install \
-             wasmtime-cli 48.0.8 to /work/tools/wasmtime-cli)",
+            "\nwasmcri runner: {}\nwasmtime serve comparison skipped: no wasmtime CLI (set WASMTIME_CLI, or put \
+             wasmtime-cli 48.0.8 on PATH)",
             memory(idle.0, loaded.0)
         ),
     }

@@ -4,7 +4,7 @@
 //! ```toml
 //! socket = "/run/wasmcri/wasmcri.sock"
 //! root = "/var/lib/wasmcri"        # images, precompiled artifacts (persistent)
-//! state = "/run/wasmcri/state"     # pods, containers, netns (survives daemon restarts)
+//! state = "/run/wasmcri"           # netns, CNI cache (survive daemon restarts, not reboots)
 //! cgroup_root = "/sys/fs/cgroup"
 //! default_cgroup_parent = "/wasmcri"
 //! runtime_handlers = ["wasmtime"]
@@ -43,7 +43,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Persistent root: images, metadata.
     pub root: PathBuf,
-    /// Volatile state: network namespaces, runner specs.
+    /// Runtime state that survives a daemon restart but not a reboot: network namespaces and
+    /// the CNI result cache.
     pub state: PathBuf,
     /// `tracing` filter, e.g. `info` or `wasmcri=debug`.
     pub log_level: String,
@@ -53,8 +54,6 @@ pub struct Config {
     pub default_cgroup_parent: String,
     /// Runtime handlers accepted besides the default `""` handler.
     pub runtime_handlers: Vec<String>,
-    /// Grace period given to wasi:http servers to drain on stop when the kubelet gives none.
-    pub default_stop_timeout_secs: u64,
     /// Runner processes kept started ahead of need, so StartContainer does not wait for
     /// fork/exec and engine setup (0 disables; about 1.5 MiB each).
     pub standby_runners: usize,
@@ -129,7 +128,6 @@ impl Default for Config {
             cgroup_root: "/sys/fs/cgroup".into(),
             default_cgroup_parent: "/wasmcri".into(),
             runtime_handlers: vec!["wasmtime".into()],
-            default_stop_timeout_secs: 10,
             standby_runners: 2,
             cni: CniConfig::default(),
             registry: Default::default(),

@@ -43,7 +43,7 @@ enum Cmd {
         /// The runner spec written by the daemon.
         #[arg(required_unless_present = "standby")]
         spec: Option<PathBuf>,
-        /// Start ahead of need and read the spec's path from stdin.
+        /// Start ahead of need and read the spec (one line of JSON) from stdin.
         #[arg(long, conflicts_with = "spec")]
         standby: bool,
     },
@@ -155,22 +155,20 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// The same precompile step the daemon runs on import/pull.
-fn precompile_hook(config: &Config) -> anyhow::Result<wasmcri::images::PrecompileHook> {
-    let engine = wasmcri::wasm::engine()?;
-    let cache = config.cache_dir();
-    Ok(std::sync::Arc::new(move |wasm: &std::path::Path| {
-        if let Err(e) = wasmcri::wasm::precompile_cached(&engine, &cache, wasm) {
-            eprintln!("warning: precompiling {}: {e}", wasm.display());
-        }
-        Ok(())
-    }))
+/// Registry credentials from the `--user`/`--password` flags.
+fn pull_auth(user: Option<String>, password: Option<String>) -> wasmcri::images::PullAuth {
+    wasmcri::images::PullAuth {
+        username: user.unwrap_or_default(),
+        password: password.unwrap_or_default(),
+        ..Default::default()
+    }
 }
 
 async fn image_cmd(config: Config, cmd: ImageCmd) -> anyhow::Result<()> {
-    use wasmcri::images::{ImageStore, PullAuth};
-    let store = ImageStore::open(config.images_dir(), Some(precompile_hook(&config)?))
-        .context("open image store")?;
+    use wasmcri::images::ImageStore;
+    // The same precompile step the daemon runs on import/pull.
+    let hook = wasmcri::wasm::precompile_hook(wasmcri::wasm::engine()?, config.cache_dir());
+    let store = ImageStore::open(config.images_dir(), Some(hook)).context("open image store")?;
     match cmd {
         ImageCmd::Import { path, name } => {
             for img in store.import_layout(&path, name.as_deref()).await? {
@@ -197,11 +195,7 @@ async fn image_cmd(config: Config, cmd: ImageCmd) -> anyhow::Result<()> {
             user,
             password,
         } => {
-            let auth = PullAuth {
-                username: user.unwrap_or_default(),
-                password: password.unwrap_or_default(),
-                ..Default::default()
-            };
+            let auth = pull_auth(user, password);
             let img = store.pull(&image, &auth, &config.registry).await?;
             println!("{}", img.id);
         }
@@ -212,11 +206,7 @@ async fn image_cmd(config: Config, cmd: ImageCmd) -> anyhow::Result<()> {
             password,
             insecure,
         } => {
-            let auth = PullAuth {
-                username: user.unwrap_or_default(),
-                password: password.unwrap_or_default(),
-                ..Default::default()
-            };
+            let auth = pull_auth(user, password);
             let mut registry = config.registry.clone();
             if insecure && let Some(host) = reference.split('/').next() {
                 registry.insecure.push(host.to_owned());

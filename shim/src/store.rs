@@ -99,9 +99,26 @@ impl From<StoreError> for std::io::Error {
 
 /// fsyncs a directory so a rename or unlink inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(dir))
+    fsync_dir(dir).map_err(io_err(dir))
+}
+
+/// [`sync_dir`] with the bare OS error, for callers with error types of their own (the
+/// image store).
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all())
+}
+
+/// Removes a file or a directory tree, never following a symlink (a link is removed, not
+/// its target); an absent path is success. Returns whether something was removed. The bare
+/// OS error, for callers with error types of their own; [`remove`] also queues the parent's
+/// fsync.
+pub fn remove_tree(path: &Path) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map(|()| true),
+        Ok(_) => std::fs::remove_file(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `value` as JSON via a temporary file and a rename — atomic for readers, but not
@@ -233,14 +250,9 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
 /// Removes a file or directory tree if it exists; the parent directory is fsynced in the
 /// background.
 pub fn remove(path: &Path) -> Result<(), StoreError> {
-    let res = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => Err(e),
-    };
-    res.map_err(io_err(path))?;
-    flusher::queue(path.to_owned());
+    if remove_tree(path).map_err(io_err(path))? {
+        flusher::queue(path.to_owned());
+    }
     Ok(())
 }
 

@@ -580,6 +580,21 @@ pub fn tcp_mapping(container_port: i32, host_port: i32) -> pb::PortMapping {
     }
 }
 
+/// ContainerStats of one container.
+pub async fn container_stats(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> pb::ContainerStats {
+    rt.container_stats(pb::ContainerStatsRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .stats
+    .unwrap()
+}
+
 /// PodSandboxStats' Linux part.
 pub async fn pod_stats(
     rt: &mut RuntimeServiceClient<Channel>,
@@ -668,18 +683,47 @@ pub async fn wait_log_every(path: &Path, needle: &str, secs: u64, poll: Duration
     }
 }
 
-/// StopPodSandbox then RemovePodSandbox.
-pub async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+/// StopPodSandbox, which must succeed.
+pub async fn stop_pod(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
         pod_sandbox_id: id.into(),
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e:?}"));
+}
+
+/// RemovePodSandbox alone (of a stopped pod, or again), which must succeed.
+pub async fn remove_stopped_pod(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
         pod_sandbox_id: id.into(),
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e:?}"));
+}
+
+/// StopPodSandbox then RemovePodSandbox.
+pub async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    stop_pod(rt, id).await;
+    remove_stopped_pod(rt, id).await;
+}
+
+/// StopContainer with `timeout` seconds of grace, which must succeed.
+pub async fn stop_container(rt: &mut RuntimeServiceClient<Channel>, id: &str, timeout: i64) {
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: id.into(),
+        timeout,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopContainer {id}: {e:?}"));
+}
+
+/// RemoveContainer, which must succeed.
+pub async fn remove_container(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e:?}"));
 }
 
 /// The wasi:http/proxy component from `examples/http-hello` (built by tests/run.sh).

@@ -116,11 +116,7 @@ async fn slow_cni_del_does_not_stall_listing_or_status() {
         let pod = pod.clone();
         tokio::spawn(async move {
             let t = Instant::now();
-            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await
-            .unwrap();
+            stop_pod(&mut rt, &pod).await;
             t.elapsed()
         })
     };

@@ -161,12 +161,7 @@ async fn exec_runners_die_with_their_container() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 2,
-    })
-    .await
-    .unwrap();
+    stop_container(&mut rt, &id, 2).await;
     for e in execs {
         let r = tokio::time::timeout(Duration::from_secs(10), e)
             .await

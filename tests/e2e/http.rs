@@ -65,12 +65,7 @@ async fn serves_wasi_http_component() {
 
     // Graceful stop: stops accepting, exits well within the timeout.
     let t0 = Instant::now();
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: c.clone(),
-        timeout: 10,
-    })
-    .await
-    .unwrap();
+    stop_container(&mut rt, &c, 10).await;
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     let st = status(&mut rt, &c).await;
     assert_eq!(st.state, pb::ContainerState::ContainerExited as i32);
@@ -115,12 +110,7 @@ async fn stop_drains_in_flight_requests_and_refuses_new_connections() {
         let mut rt = rt.clone();
         let c = c.clone();
         async move {
-            rt.stop_container(pb::StopContainerRequest {
-                container_id: c,
-                timeout: 10,
-            })
-            .await
-            .unwrap();
+            stop_container(&mut rt, &c, 10).await;
             t0.elapsed()
         }
     });
@@ -163,12 +153,7 @@ async fn stop_cuts_off_requests_slower_than_the_timeout() {
     )
     .await;
     let t0 = Instant::now();
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: c.clone(),
-        timeout: 1,
-    })
-    .await
-    .unwrap();
+    stop_container(&mut rt, &c, 1).await;
     let took = t0.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),

@@ -106,9 +106,7 @@ async fn push_pull_run_remove() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    rt.remove_container(pb::RemoveContainerRequest { container_id: c })
-        .await
-        .unwrap();
+    remove_container(&mut rt, &c).await;
     img.remove_image(pb::RemoveImageRequest {
         image: spec(&pulled.image_ref),
     })

@@ -81,11 +81,6 @@ async fn kubelet_defaults_port_list_and_zero_hugepage_limits() {
     assert_eq!(st.exit_code, 0, "{st:?}");
 
     // CNI DEL goes through the same portmap configuration.
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
     remove_pod(&mut rt, &pod).await;
     d.shutdown().await;
 }

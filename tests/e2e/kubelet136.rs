@@ -460,12 +460,18 @@ async fn v136_rpcs_stream_lists_and_record_pod_resources() {
         .collect::<Vec<_>>()
         .await;
     assert!(none.is_empty(), "{none:?}");
-    // Metrics are not there yet, and say so.
-    let err = rt
+    // Metrics stream like the lists: one entry per ready pod.
+    let metrics: usize = rt
         .stream_pod_sandbox_metrics(pb::StreamPodSandboxMetricsRequest {})
         .await
-        .expect_err("StreamPodSandboxMetrics");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .unwrap()
+        .into_inner()
+        .map(|m| m.unwrap().pod_sandbox_metrics.len())
+        .collect::<Vec<_>>()
+        .await
+        .iter()
+        .sum();
+    assert_eq!(metrics, 3);
 
     // UpdatePodSandboxResources: recorded for a ready pod, refused for others.
     let res = pb::LinuxContainerResources {
@@ -505,11 +511,7 @@ async fn v136_rpcs_stream_lists_and_record_pod_resources() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pods[2].clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pods[2]).await;
     let stopped = rt
         .update_pod_sandbox_resources(pb::UpdatePodSandboxResourcesRequest {
             pod_sandbox_id: pods[2].clone(),

@@ -128,22 +128,9 @@ async fn hello_runs_logs_and_completes() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        rt.stop_container(pb::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-        rt.remove_container(pb::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_container(pb::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        stop_container(&mut rt, &id, 1).await;
+        remove_container(&mut rt, &id).await;
+        remove_container(&mut rt, &id).await;
         let e = rt
             .container_status(pb::ContainerStatusRequest {
                 container_id: id.clone(),
@@ -153,27 +140,9 @@ async fn hello_runs_logs_and_completes() {
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         // Stopping what is gone succeeds too (critest's idempotence suite checks it).
-        rt.stop_container(pb::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-        rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        stop_container(&mut rt, &id, 0).await;
+        remove_pod(&mut rt, &pod).await;
+        remove_stopped_pod(&mut rt, &pod).await;
         d.shutdown().await;
     }
 }
@@ -367,12 +336,7 @@ async fn stop_honours_timeout_and_filters_work() {
 
     // Wasm cannot catch SIGTERM: the runner interrupts the guest at once and reports 143.
     let t0 = Instant::now();
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: a.clone(),
-        timeout: 10,
-    })
-    .await
-    .unwrap();
+    stop_container(&mut rt, &a, 10).await;
     assert!(
         t0.elapsed() < Duration::from_secs(5),
         "stop took {:?}",
@@ -384,11 +348,7 @@ async fn stop_honours_timeout_and_filters_work() {
 
     // StopPodSandbox stops the rest.
     start(&mut rt, &b).await;
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod).await;
     let st = status(&mut rt, &b).await;
     assert_eq!(st.state, pb::ContainerState::ContainerExited as i32);
     let pods = rt
@@ -417,11 +377,7 @@ async fn stop_honours_timeout_and_filters_work() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     // RemovePodSandbox removes its containers.
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    remove_stopped_pod(&mut rt, &pod).await;
     let all = rt
         .list_containers(pb::ListContainersRequest::default())
         .await
@@ -463,16 +419,7 @@ async fn names_are_reserved_and_handlers_checked() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod).await;
     // Freed by the removal.
     let again = run_pod(&mut rt, pod_cfg.clone()).await;
     assert_ne!(again, pod);

@@ -13,6 +13,7 @@ mod images;
 mod kubelet;
 mod kubelet136;
 mod lifecycle;
+mod metrics;
 mod network;
 mod resources;
 mod restart;

@@ -123,22 +123,10 @@ async fn pods_get_distinct_ips_and_release_them() {
             "two pods share an IP"
         );
         for pod in pods {
-            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
-            rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
+            stop_pod(&mut rt, &pod).await;
+            stop_pod(&mut rt, &pod).await;
             assert_eq!(pod_ip(&mut rt, &pod).await, "");
-            rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await
-            .unwrap();
+            remove_stopped_pod(&mut rt, &pod).await;
         }
     }
     // 100 pods later: every IP released, every namespace gone, no veth left on the bridge.
@@ -280,11 +268,7 @@ async fn host_port_reaches_the_pod_through_portmap() {
     };
     assert_eq!(code, 200, "{body}");
 
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod).await;
     let rules = ns.nat_rules();
     assert!(
         !rules.contains("18080") && !rules.contains(&ip),

@@ -217,17 +217,8 @@ async fn churn_leaves_no_cgroups() {
         cfg.metadata.as_mut().unwrap().attempt = i;
         let c = create(&mut rt, &pod, &pod_cfg, cfg).await;
         start(&mut rt, &c).await;
-        rt.stop_container(pb::StopContainerRequest {
-            container_id: c.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-        rt.remove_container(pb::RemoveContainerRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap();
+        stop_container(&mut rt, &c, 0).await;
+        remove_container(&mut rt, &c).await;
         assert!(
             !cg_file(&d, "memory", &c, "").exists(),
             "cgroup of {c} left behind"

@@ -95,12 +95,7 @@ async fn containers_survive_daemon_restart() {
     })
     .await
     .unwrap();
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: keep.clone(),
-        timeout: 5,
-    })
-    .await
-    .unwrap();
+    stop_container(&mut rt, &keep, 5).await;
     let st = status(&mut rt, &keep).await;
     assert_eq!(
         (st.state, st.exit_code),

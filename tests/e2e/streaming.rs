@@ -482,21 +482,12 @@ async fn exec_commands_die_with_their_client_and_their_container() {
     cl.open(&[("streamType", "stdout")], false).await;
     cl.open(&[("streamType", "stderr")], false).await;
     let pid = wait_exec_runner(&d, &mut rt, &c).await;
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: c.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
+    stop_container(&mut rt, &c, 0).await;
     wait_gone(pid, 10).await;
     let (data, _) = cl.drain(10).await;
     let err = String::from_utf8_lossy(data.get(&error).map_or(&[][..], |v| v)).into_owned();
     assert!(err.contains("exited"), "{err}");
-    rt.remove_container(pb::RemoveContainerRequest {
-        container_id: c.clone(),
-    })
-    .await
-    .unwrap();
+    remove_container(&mut rt, &c).await;
     d.shutdown().await;
 }
 

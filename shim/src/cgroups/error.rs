@@ -46,6 +46,14 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    /// A control file is larger than any the kernel writes (1 MiB).
+    #[error("read {path}: larger than {limit} bytes")]
+    TooLarge {
+        /// The control file.
+        path: PathBuf,
+        /// The most that is read.
+        limit: u64,
+    },
     /// A control file held something unexpected.
     #[error("parse {path}: {what}")]
     Parse {

@@ -99,18 +99,42 @@ fn remove_plain_files(dir: &Path) {
     }
 }
 
+/// The most a control file may hold. The kernel's files are a few KiB at most (`memory.stat`
+/// about 1.5 KiB, `io.stat` a line per device, `cgroup.procs` a line per process); a tree
+/// that is not a cgroupfs (a test fixture, a root pointed at the wrong place) may hold
+/// anything, and reading it whole must not exhaust the daemon's memory.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// Reads at most [`MAX_FILE`] bytes of `path`; a longer file is an error, not a prefix.
+fn read_bounded(path: &Path) -> io::Result<std::result::Result<String, u64>> {
+    use std::io::Read as _;
+    let mut s = String::new();
+    fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_string(&mut s)?;
+    Ok(if s.len() as u64 > MAX_FILE {
+        Err(MAX_FILE)
+    } else {
+        Ok(s)
+    })
+}
+
 /// Read a control file to a string.
 pub(super) fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    read_opt(path)?.ok_or_else(|| CgroupError::Read {
         path: path.to_path_buf(),
-        source,
+        source: io::ErrorKind::NotFound.into(),
     })
 }
 
 /// Read a control file if it exists.
 pub(super) fn read_opt(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
+    match read_bounded(path) {
+        Ok(Ok(s)) => Ok(Some(s)),
+        Ok(Err(limit)) => Err(CgroupError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CgroupError::Read {
             path: path.to_path_buf(),

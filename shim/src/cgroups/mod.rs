@@ -16,12 +16,16 @@
 //! All methods do blocking file I/O (microseconds each; `remove` may wait up to
 //! [`REMOVE_PATIENCE`] for exiting processes); call them from `spawn_blocking` in async code.
 //!
+//! Joining: [`Cgroups::membership`] says how a process enters a cgroup and
+//! [`Membership::join_self`] does it, so the runner knows nothing of the hierarchy layout.
+//!
 //! The root may also be a plain directory tree (a test fixture): writes then create files, and
 //! optional kernel files count as present.
 
 mod error;
 mod fs;
 mod update;
+mod usage;
 mod v1;
 mod v2;
 
@@ -38,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::CgroupError;
 use fs::Files;
+pub use usage::{DeviceIo, MAX_DEVICES, Pressure, Psi, PsiData};
 
 /// Result of cgroup operations.
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -88,12 +93,16 @@ pub struct CpuThrottling {
 }
 
 /// A point-in-time usage sample of one cgroup. Counters a host lacks read as zero.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// When the sample was taken, Unix nanoseconds.
     pub timestamp_ns: i64,
     /// Cumulative CPU time, nanoseconds.
     pub cpu_usage_ns: u64,
+    /// The user-mode part of it (v1 `cpuacct.usage_user`, v2 `user_usec`), nanoseconds.
+    pub cpu_user_ns: u64,
+    /// The kernel-mode part of it (v1 `cpuacct.usage_sys`, v2 `system_usec`), nanoseconds.
+    pub cpu_system_ns: u64,
     /// CFS throttling.
     pub cpu_throttling: CpuThrottling,
     /// Memory in use including page cache, bytes.
@@ -106,12 +115,30 @@ pub struct Stats {
     pub page_faults: u64,
     /// Major page faults.
     pub major_page_faults: u64,
+    /// Page cache (v1 `total_cache`, v2 `file`), bytes.
+    pub cache: u64,
+    /// Memory-mapped files (v1 `total_mapped_file`, v2 `file_mapped`), bytes.
+    pub mapped_file: u64,
+    /// Swap in use (v1 `total_swap`, v2 `memory.swap.current`), bytes.
+    pub swap: u64,
+    /// The highest memory usage seen (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`);
+    /// `None` where the kernel does not keep it.
+    pub max_usage: Option<u64>,
+    /// How often usage hit the limit (v1 `memory.failcnt`; v2 has no such counter: `None`).
+    pub failcnt: Option<u64>,
     /// The memory limit in force; `None` = unlimited.
     pub memory_limit: Option<u64>,
     /// How many times the OOM killer killed a task of this cgroup.
     pub oom_kills: u64,
-    /// Tasks currently in the cgroup.
+    /// Tasks (threads) currently in the cgroup.
     pub pids_current: u64,
+    /// Processes currently in the cgroup (lines of `cgroup.procs`).
+    pub processes: u64,
+    /// Block I/O per device; `None` without I/O accounting (no v1 `blkio` hierarchy, no v2
+    /// `io` controller in the cgroup).
+    pub io: Option<Vec<DeviceIo>>,
+    /// Pressure stall information (cgroup v2 with PSI only).
+    pub pressure: Pressure,
 }
 
 /// Which cgroup version a [`Cgroups`] drives.
@@ -135,6 +162,46 @@ pub struct CgroupHandle {
     pub created: Vec<PathBuf>,
 }
 
+/// How a process joins one cgroup: its directory in every hierarchy and the version, which
+/// decides the file written. Built by [`Cgroups::membership`] and handed to the runner in its
+/// spec; the runner calls [`Membership::join_self`] and needs to know nothing of the layout
+/// (youki's `add_task`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    version: CgroupVersion,
+    dirs: Vec<PathBuf>,
+}
+
+impl Membership {
+    /// Moves the calling process into the cgroup; call it while the process is still
+    /// single-threaded (threads started later follow their creator).
+    ///
+    /// cgroup v1: `0` into each hierarchy's `tasks` file, which moves only the calling
+    /// thread and so lets the kernel skip the global threadgroup lock, whose write side waits
+    /// for an RCU grace period — that wait was most of the tail of StartContainer (10-25 ms at
+    /// p90-p99); with one thread, the thread is the process. cgroup v2 has no `tasks` file:
+    /// the PID goes to `cgroup.procs`.
+    pub fn join_self(&self) -> Result<()> {
+        let (file, value) = match self.version {
+            CgroupVersion::V1 => ("tasks", "0".to_string()),
+            CgroupVersion::V2 => ("cgroup.procs", std::process::id().to_string()),
+        };
+        for dir in &self.dirs {
+            let path = dir.join(file);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+                .map_err(|source| CgroupError::Write {
+                    path,
+                    value: value.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
 /// The backend interface each cgroup version implements.
 trait Backend: std::fmt::Debug + Send + Sync {
     fn version(&self) -> CgroupVersion;
@@ -149,6 +216,8 @@ trait Backend: std::fmt::Debug + Send + Sync {
     fn apply(&self, rel: &Path, res: &Resources) -> Result<()>;
     /// Read usage.
     fn stats(&self, rel: &Path) -> Result<Stats>;
+    /// Read pressure stall information.
+    fn pressure(&self, rel: &Path) -> Result<Pressure>;
     /// OOM kill counter.
     fn oom_kills(&self, rel: &Path) -> Result<u64>;
 }
@@ -306,6 +375,14 @@ impl Cgroups {
         Ok(self.procs_files_rel(&rel_path(path)?))
     }
 
+    /// How a process joins the cgroup at `path` (see [`Membership::join_self`]).
+    pub fn membership(&self, path: &str) -> Result<Membership> {
+        Ok(Membership {
+            version: self.version(),
+            dirs: self.dirs(path)?,
+        })
+    }
+
     /// PIDs in the cgroup (union over hierarchies, sorted).
     pub fn pids(&self, path: &str) -> Result<Vec<i32>> {
         let rel = rel_path(path)?;
@@ -349,8 +426,19 @@ impl Cgroups {
         let rel = rel_path(path)?;
         self.check_exists(&rel)?;
         let mut s = self.b().stats(&rel)?;
-        s.timestamp_ns = now_ns();
+        if let Some(f) = self.procs_files_rel(&rel).first() {
+            s.processes = fs::read_pids(f)?.len() as u64;
+        }
+        s.timestamp_ns = crate::ids::now_ns();
         Ok(s)
+    }
+
+    /// Pressure stall information of any existing cgroup, ours or not (the pod-level figure
+    /// of PodSandboxStats comes from the kubelet's pod cgroup). Empty on cgroup v1.
+    pub fn pressure(&self, path: &str) -> Result<Pressure> {
+        let rel = rel_path(path)?;
+        self.check_exists(&rel)?;
+        self.b().pressure(&rel)
     }
 
     /// Record a handle from before a restart as ours, so [`Cgroups::remove`] removes it.
@@ -431,13 +519,6 @@ fn has_subdirs(d: &Path) -> bool {
                 .any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         })
         .unwrap_or(false)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Validate a cgroupfs-style path (`/kubepods/pod1/abc`) into a clean relative path.

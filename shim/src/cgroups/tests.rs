@@ -267,6 +267,104 @@ fn v2_stats_and_oom_from_fixture_files() {
     assert_eq!(cg.stats("/p/c").unwrap().memory_limit, Some(1 << 20));
     write(&d.join("cgroup.procs"), "12\n7\n");
     assert_eq!(cg.pids("/p/c").unwrap(), vec![7, 12]);
+    assert_eq!(cg.stats("/p/c").unwrap().processes, 2);
+    // Without io.stat and pressure files: no I/O accounting, no PSI.
+    let s = cg.stats("/p/c").unwrap();
+    assert_eq!(s.io, None);
+    assert_eq!(s.pressure, Pressure::default());
+}
+
+#[test]
+fn v2_io_pressure_and_memory_details_from_fixture_files() {
+    let (t, cg) = v2_fixture("cpu io memory pids");
+    cg.create("/p/c", &Resources::default()).unwrap();
+    let d = t.path().join("p/c");
+    write(
+        &d.join("cpu.stat"),
+        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+    );
+    write(
+        &d.join("memory.stat"),
+        "anon 4096\nfile 5000\nfile_mapped 1200\ninactive_file 3000\n",
+    );
+    write(&d.join("memory.swap.current"), "64\n");
+    write(&d.join("memory.peak"), "20000\n");
+    write(
+        &d.join("io.stat"),
+        "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
+    );
+    write(
+        &d.join("cpu.pressure"),
+        "some avg10=0.50 avg60=0.10 avg300=0.00 total=2500\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=100\n",
+    );
+    write(
+        &d.join("memory.pressure"),
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=3\n",
+    );
+    let s = cg.stats("/p/c").unwrap();
+    assert_eq!((s.cpu_user_ns, s.cpu_system_ns), (1_000_000, 500_000));
+    assert_eq!((s.cache, s.mapped_file, s.swap), (5000, 1200, 64));
+    assert_eq!(s.max_usage, Some(20_000));
+    assert_eq!(s.failcnt, None, "v2 has no failcnt");
+    assert_eq!(
+        s.io,
+        Some(vec![DeviceIo {
+            major: 8,
+            minor: 0,
+            read_bytes: 4096,
+            write_bytes: 8192,
+            reads: 1,
+            writes: 2,
+        }])
+    );
+    let cpu = s.pressure.cpu.unwrap();
+    assert_eq!(cpu.some.total_us, 2500);
+    assert_eq!(cpu.some.avg10, 0.5);
+    assert_eq!(cpu.full.unwrap().total_us, 100);
+    assert_eq!(s.pressure.memory.unwrap().full.unwrap().total_us, 3);
+    assert_eq!(s.pressure.io, None, "no io.pressure file");
+    assert_eq!(cg.pressure("/p/c").unwrap(), s.pressure);
+    // Pressure of a cgroup we did not create (the kubelet's pod cgroup) is readable too.
+    write(
+        &t.path().join("p/io.pressure"),
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=9\n",
+    );
+    assert_eq!(cg.pressure("/p").unwrap().io.unwrap().some.total_us, 9);
+    assert!(matches!(
+        cg.pressure("/nope"),
+        Err(CgroupError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn hostile_stats_files_are_bounded_errors() {
+    let (t, cg) = v2_fixture("cpu io memory pids");
+    cg.create("/p/c", &Resources::default()).unwrap();
+    let d = t.path().join("p/c");
+    // A control file far larger than any the kernel writes: an error naming it, read no
+    // further than the bound.
+    let big = d.join("io.stat");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(64 << 30).unwrap(); // sparse: 64 GiB that are never read
+    let err = cg.stats("/p/c").unwrap_err();
+    assert!(
+        matches!(&err, CgroupError::TooLarge { path, limit } if path == &big && *limit == 1 << 20),
+        "{err}"
+    );
+    std::fs::remove_file(&big).unwrap();
+    // A pressure file with a bogus average: an error naming the file, not a made-up figure.
+    let bad = d.join("memory.pressure");
+    write(&bad, "some avg10=NaN avg60=0 avg300=0 total=1\n");
+    let err = cg.stats("/p/c").unwrap_err();
+    assert!(
+        matches!(&err, CgroupError::Parse { path, .. } if path == &bad),
+        "{err}"
+    );
+    write(&bad, "some avg10=0 avg60=0 avg300=0 total=1\n");
+    // Not UTF-8: a read error, not a panic.
+    write(&d.join("memory.stat"), "");
+    std::fs::write(d.join("memory.stat"), [0xff, 0xfe, b'\n']).unwrap();
+    assert!(matches!(cg.stats("/p/c"), Err(CgroupError::Read { .. })));
 }
 
 #[test]
@@ -447,7 +545,18 @@ fn v1_stats_from_fixture_files() {
         "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
     );
     write(&r.join("pids/p/pids.current"), "4\n");
+    write(&r.join("cpuacct/p/cpuacct.usage_user"), "100000000\n");
+    write(&r.join("cpuacct/p/cpuacct.usage_sys"), "23456789\n");
+    write(&r.join("memory/p/memory.max_usage_in_bytes"), "60000\n");
+    write(&r.join("memory/p/memory.failcnt"), "3\n");
     let s = cg.stats("/p").unwrap();
+    assert_eq!((s.cpu_user_ns, s.cpu_system_ns), (100_000_000, 23_456_789));
+    assert_eq!(
+        (s.cache, s.max_usage, s.failcnt),
+        (100, Some(60_000), Some(3))
+    );
+    assert_eq!(s.io, None, "no blkio hierarchy in this fixture");
+    assert_eq!(s.pressure, Pressure::default(), "v1 has no PSI");
     assert_eq!(s.cpu_usage_ns, 123_456_789);
     assert_eq!(s.cpu_throttling.nr_throttled, 2);
     assert_eq!(s.cpu_throttling.throttled_time_ns, 999);
@@ -460,6 +569,70 @@ fn v1_stats_from_fixture_files() {
     assert_eq!(s.oom_kills, 2);
     assert_eq!(s.pids_current, 4);
     assert!(cg.oom_killed("/p").unwrap());
+}
+
+#[test]
+fn v1_blkio_is_joined_and_counted_per_device() {
+    let (t, _) = v1_fixture();
+    let r = t.path();
+    write(&r.join("blkio/cgroup.procs"), "");
+    let cg = Cgroups::detect(r).unwrap();
+    let h = cg.create("/p/c", &Resources::default()).unwrap();
+    let blkio = r.canonicalize().unwrap().join("blkio/p/c");
+    assert!(h.procs_files.contains(&blkio.join("cgroup.procs")));
+    write(
+        &blkio.join("blkio.throttle.io_service_bytes_recursive"),
+        "8:0 Read 100\n8:0 Write 200\n8:0 Total 300\nTotal 300\n",
+    );
+    write(
+        &blkio.join("blkio.throttle.io_serviced_recursive"),
+        "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\nTotal 3\n",
+    );
+    let io = cg.stats("/p/c").unwrap().io.unwrap();
+    assert_eq!(
+        io,
+        vec![DeviceIo {
+            major: 8,
+            minor: 0,
+            read_bytes: 100,
+            write_bytes: 200,
+            reads: 1,
+            writes: 2,
+        }]
+    );
+    cg.remove("/p/c").unwrap();
+    assert!(!r.join("blkio/p").exists());
+}
+
+#[test]
+fn v1_joins_through_tasks_v2_through_cgroup_procs() {
+    let (t1, v1) = v1_fixture();
+    v1.create("/p/c", &Resources::default()).unwrap();
+    let m = v1.membership("/p/c").unwrap();
+    let dirs = v1.dirs("/p/c").unwrap();
+    assert_eq!(dirs.len(), 4);
+    for d in &dirs {
+        write(&d.join("tasks"), "");
+    }
+    m.join_self().unwrap();
+    for d in &dirs {
+        assert_eq!(read(&d.join("tasks")), "0", "{}", d.display());
+    }
+    drop(t1);
+    let (t2, v2) = v2_fixture("cpu memory pids");
+    v2.create("/p/c", &Resources::default()).unwrap();
+    let procs = t2.path().join("p/c/cgroup.procs");
+    write(&procs, "");
+    v2.membership("/p/c").unwrap().join_self().unwrap();
+    assert_eq!(read(&procs), std::process::id().to_string());
+    assert!(!t2.path().join("p/c/tasks").exists());
+    // A cgroup that is gone: an error naming the file.
+    fs::remove_file(&procs).unwrap();
+    let err = v2.membership("/p/c").unwrap().join_self().unwrap_err();
+    assert!(
+        matches!(&err, CgroupError::Write { path, .. } if path == &procs),
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,11 +4,17 @@ use std::path::{Path, PathBuf};
 
 use super::fs::{self, Files};
 use super::update;
-use super::{Backend, CgroupError, CgroupVersion, CpuThrottling, Resources, Result, Stats};
+use super::usage::parse_blkio;
+use super::{
+    Backend, CgroupError, CgroupVersion, CpuThrottling, Pressure, Resources, Result, Stats,
+};
 
-/// Controllers whose hierarchies a container joins. Others (devices, freezer, blkio, the
-/// systemd named hierarchy) are left to the process's inherited membership.
-const MANAGED: [&str; 6] = ["cpu", "cpuacct", "cpuset", "memory", "pids", "hugetlb"];
+/// Controllers whose hierarchies a container joins. `blkio` sets no limit here but is
+/// joined so that block I/O is counted per container. Others (devices, freezer, the systemd
+/// named hierarchy) are left to the process's inherited membership.
+const MANAGED: [&str; 7] = [
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "hugetlb", "blkio",
+];
 
 /// The kernel's "no limit" for v1 memory is `PAGE_COUNTER_MAX * PAGE_SIZE`, just below
 /// `i64::MAX`; anything this large is unlimited.
@@ -255,7 +261,10 @@ impl Backend for V1 {
     fn stats(&self, rel: &Path) -> Result<Stats> {
         let mut s = Stats::default();
         if let Some(h) = self.hierarchy("cpuacct") {
-            s.cpu_usage_ns = fs::read_u64(&h.join(rel).join("cpuacct.usage"))?.unwrap_or(0);
+            let dir = h.join(rel);
+            s.cpu_usage_ns = fs::read_u64(&dir.join("cpuacct.usage"))?.unwrap_or(0);
+            s.cpu_user_ns = fs::read_u64(&dir.join("cpuacct.usage_user"))?.unwrap_or(0);
+            s.cpu_system_ns = fs::read_u64(&dir.join("cpuacct.usage_sys"))?.unwrap_or(0);
         }
         if let Some(h) = self.hierarchy("cpu") {
             let st = fs::read_keyed(&h.join(rel).join("cpu.stat"))?;
@@ -275,6 +284,11 @@ impl Backend for V1 {
             s.rss = get("total_rss");
             s.page_faults = get("total_pgfault");
             s.major_page_faults = get("total_pgmajfault");
+            s.cache = get("total_cache");
+            s.mapped_file = get("total_mapped_file");
+            s.swap = get("total_swap");
+            s.max_usage = fs::read_u64(&dir.join("memory.max_usage_in_bytes"))?;
+            s.failcnt = fs::read_u64(&dir.join("memory.failcnt"))?;
             s.memory_limit = fs::read_u64(&dir.join("memory.limit_in_bytes"))?
                 .filter(|&l| l < UNLIMITED_THRESHOLD);
             s.oom_kills = fs::read_keyed(&dir.join("memory.oom_control"))?
@@ -285,7 +299,23 @@ impl Backend for V1 {
         if let Some(h) = self.hierarchy("pids") {
             s.pids_current = fs::read_u64(&h.join(rel).join("pids.current"))?.unwrap_or(0);
         }
+        if let Some(h) = self.hierarchy("blkio") {
+            let dir = h.join(rel);
+            let bytes = fs::read_opt(&dir.join("blkio.throttle.io_service_bytes_recursive"))?;
+            let ops = fs::read_opt(&dir.join("blkio.throttle.io_serviced_recursive"))?;
+            if bytes.is_some() || ops.is_some() {
+                s.io = Some(parse_blkio(
+                    bytes.as_deref().unwrap_or(""),
+                    ops.as_deref().unwrap_or(""),
+                ));
+            }
+        }
         Ok(s)
+    }
+
+    fn pressure(&self, _rel: &Path) -> Result<Pressure> {
+        // PSI is a cgroup v2 interface.
+        Ok(Pressure::default())
     }
 
     fn oom_kills(&self, rel: &Path) -> Result<u64> {

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::fs::{self, Files};
 use super::update;
-use super::{Backend, CgroupError, CgroupVersion, CpuThrottling, Resources, Result, Stats};
+use super::usage::{parse_io_stat, parse_pressure};
+use super::{
+    Backend, CgroupError, CgroupVersion, CpuThrottling, Pressure, Psi, Resources, Result, Stats,
+};
 
 /// Controllers enabled for descendants when the root offers them.
 const WANTED: [&str; 6] = ["cpu", "cpuset", "memory", "pids", "hugetlb", "io"];
@@ -244,11 +247,13 @@ impl Backend for V2 {
         let mut s = Stats::default();
         let cpu = fs::read_keyed(&dir.join("cpu.stat"))?;
         let c = |k: &str| cpu.get(k).copied().unwrap_or(0);
-        s.cpu_usage_ns = c("usage_usec") * 1000;
+        s.cpu_usage_ns = c("usage_usec").saturating_mul(1000);
+        s.cpu_user_ns = c("user_usec").saturating_mul(1000);
+        s.cpu_system_ns = c("system_usec").saturating_mul(1000);
         s.cpu_throttling = CpuThrottling {
             nr_periods: c("nr_periods"),
             nr_throttled: c("nr_throttled"),
-            throttled_time_ns: c("throttled_usec") * 1000,
+            throttled_time_ns: c("throttled_usec").saturating_mul(1000),
         };
         s.memory_usage = fs::read_u64(&dir.join("memory.current"))?.unwrap_or(0);
         let mem = fs::read_keyed(&dir.join("memory.stat"))?;
@@ -257,10 +262,41 @@ impl Backend for V2 {
         s.rss = m("anon");
         s.page_faults = m("pgfault");
         s.major_page_faults = m("pgmajfault");
+        s.cache = m("file");
+        s.mapped_file = m("file_mapped");
+        s.swap = fs::read_u64(&dir.join("memory.swap.current"))?.unwrap_or(0);
+        s.max_usage = fs::read_u64(&dir.join("memory.peak"))?;
         s.memory_limit = fs::read_u64(&dir.join("memory.max"))?;
         s.oom_kills = self.oom_kills(rel)?;
         s.pids_current = fs::read_u64(&dir.join("pids.current"))?.unwrap_or(0);
+        // io.stat exists where the io controller is enabled for the cgroup.
+        s.io = fs::read_opt(&dir.join("io.stat"))?.map(|t| parse_io_stat(&t));
+        s.pressure = self.pressure(rel)?;
         Ok(s)
+    }
+
+    fn pressure(&self, rel: &Path) -> Result<Pressure> {
+        let dir = self.root.join(rel);
+        let one = |file: &str| -> Result<Option<Psi>> {
+            let path = dir.join(file);
+            match fs::read_opt(&path) {
+                Ok(Some(text)) => parse_pressure(&path, &text).map(Some),
+                Ok(None) => Ok(None),
+                // A kernel built with PSI but booted with psi=0 lists the files and refuses
+                // to read them.
+                Err(CgroupError::Read { source, .. })
+                    if source.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        Ok(Pressure {
+            cpu: one("cpu.pressure")?,
+            memory: one("memory.pressure")?,
+            io: one("io.pressure")?,
+        })
     }
 
     fn oom_kills(&self, rel: &Path) -> Result<u64> {

@@ -163,7 +163,7 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
 
 /// Fsyncs a directory so a rename inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    crate::store::fsync_dir(dir).at(dir)
 }
 
 /// A reader that hashes (sha256) everything read through it.

@@ -1,5 +1,10 @@
-//! Wasm detection by magic bytes (`wasmparser::Parser::is_component` / `is_core_wasm`, as
-//! runwasi does) and a cheap guess at the WIT world a binary targets.
+//! The one wasm detector: a binary's kind by magic bytes (`wasmparser::Parser::is_component`
+//! / `is_core_wasm`, as runwasi's `WasmBinaryType` does) and the [`World`] it targets, read
+//! from a component's top-level exports without compiling it.
+//!
+//! It needs no wasmtime, so the image store (built without the `runtime` feature for the
+//! fuzz targets) and the runtime share it; [`crate::wasm::detect`] adds wasmtime's
+//! precompiled-artifact check on top.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,12 +18,42 @@ pub enum WasmKind {
     Component,
 }
 
-/// World of core modules: WASI preview 1 commands.
-pub const WORLD_WASIP1: &str = "wasip1";
-/// World of components exporting `wasi:cli/run` (or anything not recognised as HTTP).
-pub const WORLD_CLI_COMMAND: &str = "wasi:cli/command";
-/// World of components exporting `wasi:http/incoming-handler`.
-pub const WORLD_HTTP_PROXY: &str = "wasi:http/proxy";
+/// The WIT world a binary targets, which decides how it runs. Stored in image records by
+/// its WIT name (the [`World::as_str`] strings), so records written as strings still load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum World {
+    /// A core module: a WASI preview 1 command.
+    #[serde(rename = "wasip1")]
+    Wasip1,
+    /// A component run as a command (`wasi:cli/run`). A component that exports neither
+    /// `wasi:cli/run` nor the HTTP handler lands here too: it is started as a command and
+    /// fails at instantiation with wasmtime's message naming the missing export.
+    #[serde(rename = "wasi:cli/command")]
+    CliCommand,
+    /// A component exporting `wasi:http/incoming-handler`: served over HTTP.
+    #[serde(rename = "wasi:http/proxy")]
+    HttpProxy,
+}
+
+impl World {
+    /// The world's WIT name (`wasip1` for core modules).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Wasip1 => "wasip1",
+            World::CliCommand => "wasi:cli/command",
+            World::HttpProxy => "wasi:http/proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The export a component needs to be served over HTTP (any `0.2.x` version).
+pub const HTTP_HANDLER_INTERFACE: &str = "wasi:http/incoming-handler";
 
 /// The kind of `bytes` if they start like a wasm binary.
 pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
@@ -31,30 +66,35 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
     }
 }
 
-/// The world a binary targets: `wasip1` for modules; for components `wasi:http/proxy` if a
-/// top-level export is `wasi:http/incoming-handler`, else `wasi:cli/command`. Only the
-/// export section headers are read; a parse error falls back to the default for the kind.
-pub fn world_of(kind: WasmKind, bytes: &[u8]) -> &'static str {
+/// The world a binary of `kind` targets: [`World::Wasip1`] for modules; for components
+/// [`World::HttpProxy`] if a top-level export is `wasi:http/incoming-handler` (any
+/// version), else [`World::CliCommand`]. Only the export section headers are read; a parse
+/// error falls back to the default for the kind.
+pub fn world_of(kind: WasmKind, bytes: &[u8]) -> World {
     match kind {
-        WasmKind::Module => WORLD_WASIP1,
+        WasmKind::Module => World::Wasip1,
         WasmKind::Component => {
-            if exports_http_handler(bytes) {
-                WORLD_HTTP_PROXY
+            let exports = component_interfaces(bytes).1;
+            if exports
+                .iter()
+                .any(|e| is_interface(e, HTTP_HANDLER_INTERFACE))
+            {
+                World::HttpProxy
             } else {
-                WORLD_CLI_COMMAND
+                World::CliCommand
             }
         }
     }
 }
 
-fn exports_http_handler(bytes: &[u8]) -> bool {
-    component_interfaces(bytes)
-        .1
-        .iter()
-        .any(|e| e.starts_with("wasi:http/incoming-handler"))
+/// Whether `name` is `interface` at any version (`wasi:cli/run` matches `wasi:cli/run@0.2.3`).
+fn is_interface(name: &str, interface: &str) -> bool {
+    name.split('@').next() == Some(interface)
 }
 
-/// Top-level import and export names of a component (empty on parse errors).
+/// Top-level import and export names of a component (empty on parse errors and for core
+/// modules). Nested modules and components are reported inline by `parse_all`; only the
+/// outermost component's are the ones a host sees.
 pub fn component_interfaces(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     use wasmparser::Payload;
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
@@ -102,9 +142,9 @@ pub(crate) mod tests {
     #[test]
     fn http_world_detected() {
         let http = component_exporting("wasi:http/incoming-handler@0.2.0");
-        assert_eq!(world_of(WasmKind::Component, &http), WORLD_HTTP_PROXY);
+        assert_eq!(world_of(WasmKind::Component, &http), World::HttpProxy);
         let cli = component_exporting("wasi:cli/run@0.2.0");
-        assert_eq!(world_of(WasmKind::Component, &cli), WORLD_CLI_COMMAND);
+        assert_eq!(world_of(WasmKind::Component, &cli), World::CliCommand);
         assert_eq!(
             component_interfaces(&cli),
             (vec![], vec!["wasi:cli/run@0.2.0".to_string()])
@@ -116,7 +156,19 @@ pub(crate) mod tests {
         assert_eq!(wasm_kind(CORE_MODULE), Some(WasmKind::Module));
         assert_eq!(wasm_kind(COMPONENT), Some(WasmKind::Component));
         assert_eq!(wasm_kind(b"#!/bin/sh"), None);
-        assert_eq!(world_of(WasmKind::Module, CORE_MODULE), WORLD_WASIP1);
-        assert_eq!(world_of(WasmKind::Component, COMPONENT), WORLD_CLI_COMMAND);
+        assert_eq!(world_of(WasmKind::Module, CORE_MODULE), World::Wasip1);
+        assert_eq!(world_of(WasmKind::Component, COMPONENT), World::CliCommand);
+    }
+
+    #[test]
+    fn worlds_are_stored_by_their_wit_names() {
+        for w in [World::Wasip1, World::CliCommand, World::HttpProxy] {
+            let json = serde_json::to_string(&w).unwrap();
+            assert_eq!(json, format!("{:?}", w.as_str()));
+            assert_eq!(serde_json::from_str::<World>(&json).unwrap(), w);
+        }
+        // A name that is only a prefix of the handler's is not the handler.
+        let other = component_exporting("wasi:http/incoming-handlerx@0.2.0");
+        assert_eq!(world_of(WasmKind::Component, &other), World::CliCommand);
     }
 }

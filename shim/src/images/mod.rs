@@ -126,8 +126,8 @@ pub struct WasmEntry {
     /// The same file as the guest sees it (`/app.wasm`).
     pub guest_path: String,
     pub kind: WasmKind,
-    /// `wasip1`, `wasi:cli/command` or `wasi:http/proxy` (see [`detect::world_of`]).
-    pub world: String,
+    /// The world it targets (see [`detect::world_of`]).
+    pub world: detect::World,
 }
 
 /// A layer as recorded.
@@ -897,7 +897,7 @@ impl ImageStore {
                     path: final_rootfs.join(rel),
                     guest_path: g.clone(),
                     kind,
-                    world: detect::world_of(kind, &bytes).to_string(),
+                    world: detect::world_of(kind, &bytes),
                 })
             }
             None => {
@@ -1362,12 +1362,7 @@ fn sync_filesystem(path: &Path) -> Result<()> {
 
 /// Removes a file or directory tree (never following symlinks); absent is fine.
 fn remove_path(p: &Path) -> Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p).at(p),
-        Ok(_) => fs::remove_file(p).at(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ImageError::io(p, e)),
-    }
+    crate::store::remove_tree(p).map(drop).at(p)
 }
 
 /// Runs blocking filesystem work off the async runtime.

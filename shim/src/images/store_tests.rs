@@ -197,7 +197,7 @@ async fn import_oci_image_gzip_zstd() {
     let wasm = img.wasm.as_ref().unwrap();
     assert_eq!(wasm.guest_path, "/app/hello.wasm");
     assert_eq!(wasm.kind, WasmKind::Module);
-    assert_eq!(wasm.world, "wasip1");
+    assert_eq!(wasm.world, detect::World::Wasip1);
     assert_eq!(fs::read(&wasm.path).unwrap(), CORE_MODULE);
     assert!(img.rootfs.join("etc/kept").exists());
     assert!(!img.rootfs.join("etc/gone").exists(), "whiteout applied");
@@ -273,7 +273,7 @@ async fn import_wasm_artifact_with_name_override_from_tar() {
     let wasm = img.wasm.as_ref().unwrap();
     assert_eq!(wasm.path, img.rootfs.join("app.wasm"));
     assert_eq!(wasm.kind, WasmKind::Component);
-    assert_eq!(wasm.world, "wasi:http/proxy");
+    assert_eq!(wasm.world, detect::World::HttpProxy);
     assert_eq!(fs::read(&wasm.path).unwrap(), http);
     assert_eq!(store.get("demo").unwrap().id, img.id);
     assert_eq!(count(&store.root().join("tmp")), 0);

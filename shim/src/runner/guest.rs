@@ -15,7 +15,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use super::stdio::LogOutput;
 use super::{EXIT_FAILURE, EXIT_TIMEOUT, RunMode, RunnerSpec};
 use crate::logs::{CriLogWriter, Stream};
-use crate::wasm::{WasmKind, detect, one_line};
+use crate::wasm::{Binary, WasmKind, detect, one_line};
 
 /// A guest ready to instantiate.
 pub(crate) enum Loaded {
@@ -39,17 +39,17 @@ pub(crate) fn load(engine: &Engine, spec: &RunnerSpec) -> Result<Loaded, String>
     let compile_err =
         |e: wasmtime::Error| format!("cannot compile {}: {}", spec.wasm.display(), one_line(&e));
     match detect(&bytes) {
-        WasmKind::Module => Module::from_binary(engine, &bytes)
+        Binary::Wasm(WasmKind::Module) => Module::from_binary(engine, &bytes)
             .map(Loaded::Module)
             .map_err(compile_err),
-        WasmKind::Component => Component::from_binary(engine, &bytes)
+        Binary::Wasm(WasmKind::Component) => Component::from_binary(engine, &bytes)
             .map(Loaded::Component)
             .map_err(compile_err),
-        WasmKind::Precompiled(_) => Err(format!(
+        Binary::Precompiled(_) => Err(format!(
             "{} is a precompiled wasmtime artifact, not portable WebAssembly",
             spec.wasm.display()
         )),
-        WasmKind::NotWasm => Err(format!(
+        Binary::NotWasm => Err(format!(
             "{} is not a WebAssembly module or component",
             spec.wasm.display()
         )),
@@ -94,7 +94,8 @@ pub(crate) struct Outcome {
     pub(crate) message: String,
 }
 
-/// Where guest output goes.
+/// Where guest output goes. Clones share the log writer.
+#[derive(Clone)]
 pub(crate) enum Output {
     /// The CRI log file.
     Log(Arc<CriLogWriter>),

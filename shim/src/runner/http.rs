@@ -198,11 +198,7 @@ pub(crate) fn serve(
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the HTTP runtime: {e}")),
     };
-    let output = match output {
-        Output::Log(w) => Output::Log(w.clone()),
-        Output::Discard => Output::Discard,
-        Output::Inherit => Output::Inherit,
-    };
+    let output = output.clone();
     let server = Arc::new(Server {
         pre,
         slots: Arc::new(tokio::sync::Semaphore::new(

@@ -743,7 +743,7 @@ mod tests {
             preopens: vec![],
             log_path: None,
             exit_file: "/c/exit/exit.json".into(),
-            cgroup_procs: vec![],
+            cgroup: None,
             netns: None,
             uid: None,
             gid: None,

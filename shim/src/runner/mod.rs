@@ -12,7 +12,8 @@
 //!    Before that, in every mode, the runner has already entered a private mount namespace
 //!    whose root is the jail's empty tmpfs ([`jail::prepare`]), and goes back to the host's
 //!    view once the spec is here.
-//! 2. Single-threaded, before any guest code: write our PID into every `cgroup_procs` file;
+//! 2. Single-threaded, before any guest code: join the container's cgroup
+//!    ([`crate::cgroups::Membership::join_self`]);
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
 //!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
 //!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
@@ -439,11 +440,7 @@ fn run_spec(
 
     let outcome = {
         // The finisher owns the output from here so the signal thread can flush it too.
-        let out_ref = match &output {
-            Output::Log(w) => Output::Log(w.clone()),
-            Output::Discard => Output::Discard,
-            Output::Inherit => Output::Inherit,
-        };
+        let out_ref = output.clone();
         *finisher.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
         run_loaded(&engine, &loaded, &spec, &out_ref, &stop)
     };
@@ -472,7 +469,11 @@ fn read_spec(path: &Path) -> Result<RunnerSpec, String> {
 }
 
 fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Result<(), String> {
-    setup::join_cgroups(&spec.cgroup_procs)?;
+    if let Some(cgroup) = &spec.cgroup {
+        cgroup
+            .join_self()
+            .map_err(|e| format!("join cgroup: {e}"))?;
+    }
     if let Some(netns) = &spec.netns {
         setup::join_netns(netns)?;
     }

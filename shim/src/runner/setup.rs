@@ -1,6 +1,7 @@
-//! Process setup done before any guest code runs and before any thread exists: cgroup
-//! membership, network namespace, OOM score, credentials. `setns(CLONE_NEWNET)` only moves the
-//! calling thread, which is why this runs first, single-threaded.
+//! Process setup done before any guest code runs and before any thread exists: network
+//! namespace, OOM score, credentials (cgroup membership is [`crate::cgroups::Membership`]).
+//! `setns(CLONE_NEWNET)` only moves the calling thread, which is why this runs first,
+//! single-threaded.
 
 use std::fs::{self, File};
 use std::io;
@@ -11,36 +12,6 @@ use nix::sched::{CloneFlags, setns};
 use nix::unistd::{Gid, Uid, chown, setgid, setgroups, setuid};
 
 use super::RunnerSpec;
-
-/// Writes our PID into each `cgroup.procs` file (v2: one, v1: one per hierarchy).
-pub(crate) fn join_cgroups(procs: &[impl AsRef<Path>]) -> Result<(), String> {
-    let pid = std::process::id().to_string();
-    for p in procs {
-        let p = p.as_ref();
-        let (file, value) = join_file(p, &pid);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&file)
-            .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()))
-            .map_err(|e| format!("join cgroup {}: {e}", file.display()))?;
-    }
-    Ok(())
-}
-
-/// Where and what to write to move this (still single-threaded) process into the cgroup
-/// whose `cgroup.procs` is `procs`. On cgroup v1, `0` into the sibling `tasks` file: moving
-/// only the calling thread lets the kernel skip the global threadgroup lock, whose write side
-/// waits for an RCU grace period — that wait was most of the tail of StartContainer (10-25 ms
-/// at p90-p99). With one thread, the thread is the process, and threads started later follow
-/// their creator. cgroup v2 has no `tasks` file: the PID goes to `cgroup.procs`.
-fn join_file(procs: &Path, pid: &str) -> (std::path::PathBuf, String) {
-    let tasks = procs.with_file_name("tasks");
-    if procs.file_name().is_some_and(|n| n == "cgroup.procs") && tasks.exists() {
-        (tasks, "0".into())
-    } else {
-        (procs.to_owned(), pid.to_owned())
-    }
-}
 
 /// Enters the network namespace bind-mounted at `netns`.
 pub(crate) fn join_netns(netns: &Path) -> Result<(), String> {
@@ -130,35 +101,4 @@ fn redirect(fd: i32, file: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn v1_joins_through_tasks_v2_through_cgroup_procs() {
-        let d = tempfile::tempdir().unwrap();
-        let v1 = d.path().join("v1");
-        let v2 = d.path().join("v2");
-        for dir in [&v1, &v2] {
-            fs::create_dir_all(dir).unwrap();
-            fs::write(dir.join("cgroup.procs"), "").unwrap();
-        }
-        fs::write(v1.join("tasks"), "").unwrap();
-        assert_eq!(
-            join_file(&v1.join("cgroup.procs"), "42"),
-            (v1.join("tasks"), "0".to_string())
-        );
-        assert_eq!(
-            join_file(&v2.join("cgroup.procs"), "42"),
-            (v2.join("cgroup.procs"), "42".to_string())
-        );
-        join_cgroups(&[v1.join("cgroup.procs"), v2.join("cgroup.procs")]).unwrap();
-        assert_eq!(fs::read_to_string(v1.join("tasks")).unwrap(), "0");
-        assert_eq!(
-            fs::read_to_string(v2.join("cgroup.procs")).unwrap(),
-            std::process::id().to_string()
-        );
-    }
 }

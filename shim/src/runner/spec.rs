@@ -32,9 +32,10 @@ pub struct RunnerSpec {
     pub log_path: Option<PathBuf>,
     /// Where the runner writes its [`ExitRecord`] (write to a temp file, rename).
     pub exit_file: PathBuf,
-    /// Files to write the runner's PID into before any guest code runs (`cgroup.procs` of the
-    /// container's cgroup, one per v1 hierarchy or one for v2).
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The container's cgroup, joined before any guest code runs; `None` on hosts without
+    /// cgroups.
+    #[serde(default)]
+    pub cgroup: Option<crate::cgroups::Membership>,
     /// The pod's network namespace (a bind-mounted nsfs file); `None` = the host network.
     pub netns: Option<PathBuf>,
     /// Credentials to switch to after joining cgroup and netns.

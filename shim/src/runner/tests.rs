@@ -72,7 +72,7 @@ impl Fixture {
             }],
             log_path: Some(dir.path().join("0.log")),
             exit_file: dir.path().join("exit.json"),
-            cgroup_procs: vec![],
+            cgroup: None,
             netns: None,
             uid: None,
             gid: None,

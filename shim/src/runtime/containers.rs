@@ -161,7 +161,7 @@ impl Runtime {
         } else {
             "/".into()
         };
-        let http_port = if entry.world == "wasi:http/proxy" {
+        let http_port = if entry.world == crate::images::detect::World::HttpProxy {
             Some(http_port(&req.annotations, &pod.spec.annotations, &env)?)
         } else {
             None
@@ -191,17 +191,20 @@ impl Runtime {
         };
 
         let cgroup_path = format!("{}/{}", pod.spec.cgroup_parent.trim_end_matches('/'), id);
-        let cgroup = match &self.cgroups {
-            Some(cg) => {
-                let handle = cg.create(&cgroup_path, &req.resources)?;
-                let (cg, h) = (cg.clone(), handle.clone());
-                undo.push(Box::pin(async move {
-                    cg.remove_handle(&h).map_err(|e| e.to_string())
-                }));
-                Some(handle)
-            }
-            None => None,
+        let cgroup = {
+            let (path, res) = (cgroup_path.clone(), req.resources.clone());
+            self.cgroups_blocking(move |cg| cg.create(&path, &res))
+                .await?
         };
+        if let Some(h) = cgroup.clone() {
+            let rt = self.clone();
+            undo.push(Box::pin(async move {
+                rt.cgroups_blocking(move |cg| cg.remove_handle(&h))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }));
+        }
 
         let precompiled = self.precompiled_for(&wasm).await;
         let meta = ContainerMeta {
@@ -306,11 +309,10 @@ impl Runtime {
                 c.preopens.get_or_init(|| p).clone()
             }
         };
-        let cgroup_procs = m
-            .cgroup
-            .as_ref()
-            .map(|h| h.procs_files.clone())
-            .unwrap_or_default();
+        let cgroup = match (&self.cgroups, &m.cgroup) {
+            (Some(cg), Some(h)) => Some(cg.membership(&h.path)?),
+            _ => None,
+        };
         let (resolv_conf, hosts) = Self::name_files(c, &pod.meta);
         Ok(RunnerSpec {
             container_id: m.id.clone(),
@@ -323,7 +325,7 @@ impl Runtime {
             preopens,
             log_path: m.log_file.clone(),
             exit_file,
-            cgroup_procs,
+            cgroup,
             netns: pod.meta.netns.clone(),
             uid: m.uid,
             gid: m.gid,
@@ -471,8 +473,9 @@ impl Runtime {
         c.removing.store(true, std::sync::atomic::Ordering::SeqCst);
         let _op = c.op.lock().await;
         self.stop_locked(&c, 0).await?;
-        if let (Some(cg), Some(h)) = (&self.cgroups, &c.meta.cgroup) {
-            cg.remove_handle(h)?;
+        if let Some(h) = c.meta.cgroup.clone() {
+            self.cgroups_blocking(move |cg| cg.remove_handle(&h))
+                .await?;
         }
         crate::store::remove(&self.container_meta_path(&c.meta.id))?;
         crate::store::remove(&c.meta.dir)?;

@@ -32,7 +32,7 @@ pub use exec_stream::{ExecEnd, ExecProcess, ExecReader, ExecWriter, Resizer};
 pub use mounts::ImageVolumeError;
 pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
-pub use stats::Usage;
+pub use stats::{PodSample, Usage};
 pub use users::{Credentials, GroupsPolicy, UserRequest};
 
 /// Everything that can go wrong in a runtime operation, with the object it concerns.
@@ -326,17 +326,7 @@ impl Runtime {
                 .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
         }
         let engine = crate::wasm::engine()?;
-        // Precompile during import/pull so the first start costs no compilation. A module
-        // that does not compile is still stored: the container reports why it cannot run.
-        let hook: crate::images::PrecompileHook = {
-            let (engine, cache) = (engine.clone(), config.cache_dir());
-            Arc::new(move |wasm: &std::path::Path| {
-                if let Err(e) = crate::wasm::precompile_cached(&engine, &cache, wasm) {
-                    tracing::warn!(wasm = %wasm.display(), error = %e, "precompile failed");
-                }
-                Ok(())
-            })
-        };
+        let hook = crate::wasm::precompile_hook(engine.clone(), config.cache_dir());
         let images = crate::images::ImageStore::open(config.images_dir(), Some(hook))?;
         let cgroups = match crate::cgroups::Cgroups::detect(&config.cgroup_root) {
             Ok(c) => Some(Arc::new(c)),

@@ -14,13 +14,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::containers::EXEC_OUTPUT_LIMIT;
 use super::{Container, ExecOutput, Result, Runtime, RuntimeError};
-use crate::runner::{ExitRecord, RunnerSpec};
+use crate::runner::{EXIT_TIMEOUT, ExitRecord, RunnerSpec};
 
 /// How long a runner may take to load its module and report ready. Generous: a runner that
 /// finds no precompiled artifact compiles the module itself.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Exit code the runner uses for an ExecSync command that ran out of time (as `timeout(1)`).
-pub const EXEC_TIMEOUT_CODE: i32 = 124;
 
 /// The start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
 pub fn pid_start_time(pid: i32) -> Option<u64> {
@@ -292,7 +290,7 @@ impl Runtime {
                     use std::os::unix::process::ExitStatusExt;
                     128 + status.signal().unwrap_or(0)
                 });
-                if code == EXEC_TIMEOUT_CODE && timeout_ms > 0 {
+                if code == EXIT_TIMEOUT && timeout_ms > 0 {
                     return Err(RuntimeError::DeadlineExceeded(format!(
                         "command timed out after {}s",
                         timeout_ms / 1000

@@ -12,15 +12,7 @@ impl Runtime {
         let rebooted = self.check_boot_id()?;
         let pods_dir = self.config.meta_dir().join("pods");
         let mut half_made = Vec::new();
-        for path in json_files(&pods_dir) {
-            let mut rec: PodRecord = match crate::store::load(&path) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable pod record");
-                    continue;
-                }
-            };
+        for mut rec in records::<PodRecord>(&pods_dir, "pod") {
             if rec.state.phase == PodPhase::Creating {
                 half_made.push(rec.meta);
                 continue;
@@ -46,15 +38,7 @@ impl Runtime {
         }
         let ctr_dir = self.config.meta_dir().join("containers");
         let mut recovered = 0usize;
-        for path in json_files(&ctr_dir) {
-            let rec: ContainerRecord = match crate::store::load(&path) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable container record");
-                    continue;
-                }
-            };
+        for rec in records::<ContainerRecord>(&ctr_dir, "container") {
             let c = Container::new(rec);
             let m = &c.meta;
             if let (Some(cg), Some(h)) = (&self.cgroups, &m.cgroup) {
@@ -156,24 +140,37 @@ impl Runtime {
     /// Kills (SIGKILL, by PID) every process in `c`'s cgroup: only runners this daemon
     /// started are ever placed there.
     fn kill_unrecorded_runners(&self, c: &Container) {
-        let Some(h) = &c.meta.cgroup else { return };
-        for procs in &h.procs_files {
-            let Ok(text) = std::fs::read_to_string(procs) else {
-                continue;
-            };
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                tracing::warn!(container = %c.meta.id, pid, "killing a runner started before a crash");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        let (Some(cg), Some(h)) = (&self.cgroups, &c.meta.cgroup) else {
+            return;
+        };
+        for pid in cg.pids(&h.path).unwrap_or_default() {
+            tracing::warn!(container = %c.meta.id, pid, "killing a runner started before a crash");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
 
 /// The kernel's ID of the current boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The records in `dir`'s JSON files, in file name order. An unreadable record is logged
+/// (naming `kind`) and skipped: one corrupt file must not keep the daemon from serving the
+/// rest.
+fn records<T: serde::de::DeserializeOwned>(dir: &std::path::Path, kind: &str) -> Vec<T> {
+    json_files(dir)
+        .into_iter()
+        .filter_map(|path| match crate::store::load(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "skipping unreadable {kind} record");
+                None
+            }
+        })
+        .collect()
+}
 
 fn json_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)

@@ -1,5 +1,6 @@
 //! Standby runners: a few runner processes started ahead of need (`wasmcri runner --standby`,
-//! see [`crate::runner::standby`]), each blocked reading its spec's path from a pipe.
+//! see [`crate::runner::standby`]), each blocked reading its spec (one line of JSON) from a
+//! pipe on its stdin.
 //! StartContainer hands the next one its spec instead of paying for fork/exec, the dynamic
 //! loader and engine setup on the request path, and a replacement is started in the
 //! background. With none idle (a burst of starts, or `standby_runners = 0`), StartContainer

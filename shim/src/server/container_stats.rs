@@ -5,33 +5,57 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::runtime::{Result, Runtime, Usage};
+use crate::runtime::{Result, Runtime, RuntimeError, Usage};
 
 fn u64v(v: u64) -> Option<pb::UInt64Value> {
     Some(pb::UInt64Value { value: v })
 }
 
+/// CRI PSI from the kernel's (`total` microseconds → nanoseconds).
+fn psi(p: Option<crate::cgroups::Psi>) -> Option<pb::PsiStats> {
+    let data = |d: crate::cgroups::PsiData| pb::PsiData {
+        total: d.total_us.saturating_mul(1000),
+        avg10: d.avg10,
+        avg60: d.avg60,
+        avg300: d.avg300,
+    };
+    p.map(|p| pb::PsiStats {
+        full: p.full.map(data),
+        some: Some(data(p.some)),
+    })
+}
+
 fn cpu(u: &Usage) -> pb::CpuUsage {
     pb::CpuUsage {
         timestamp: u.timestamp,
-        usage_core_nano_seconds: u64v(u.cpu_usage_ns),
+        usage_core_nano_seconds: u64v(u.cgroup.cpu_usage_ns),
         usage_nano_cores: u.nano_cores.and_then(u64v),
-        // PSI needs cgroup v2 pressure files; the v1 hosts tested here have none.
-        psi: None,
+        psi: psi(u.cgroup.pressure.cpu),
     }
 }
 
 fn memory(u: &Usage) -> pb::MemoryUsage {
+    let s = &u.cgroup;
     pb::MemoryUsage {
         timestamp: u.timestamp,
-        working_set_bytes: u64v(u.working_set),
+        working_set_bytes: u64v(s.working_set),
         available_bytes: u.available.and_then(u64v),
-        usage_bytes: u64v(u.memory_usage),
-        rss_bytes: u64v(u.rss),
-        page_faults: u64v(u.page_faults),
-        major_page_faults: u64v(u.major_page_faults),
-        psi: None,
+        usage_bytes: u64v(s.memory_usage),
+        rss_bytes: u64v(s.rss),
+        page_faults: u64v(s.page_faults),
+        major_page_faults: u64v(s.major_page_faults),
+        psi: psi(s.pressure.memory),
     }
+}
+
+/// Set where the cgroup has I/O accounting or I/O pressure; the CRI's `IoUsage` carries only
+/// the pressure (cgroup v1: none).
+fn io(u: &Usage) -> Option<pb::IoUsage> {
+    let s = &u.cgroup;
+    (s.io.is_some() || s.pressure.io.is_some()).then(|| pb::IoUsage {
+        timestamp: u.timestamp,
+        psi: psi(s.pressure.io),
+    })
 }
 
 fn container_stats_of(
@@ -58,7 +82,7 @@ fn container_stats_from(
         }),
         cpu: Some(cpu(u)),
         memory: Some(memory(u)),
-        io: None,
+        io: io(u),
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
             fs_id: Some(pb::FilesystemIdentifier {
@@ -71,15 +95,26 @@ fn container_stats_from(
     }
 }
 
+/// Runs blocking stats reads (cgroup and proc files) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    rt: &Arc<Runtime>,
+    f: impl FnOnce(&Arc<Runtime>) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let rt = rt.clone();
+    match tokio::task::spawn_blocking(move || f(&rt)).await {
+        Ok(r) => r,
+        Err(e) => Err(RuntimeError::io("stats task")(std::io::Error::other(e))),
+    }
+}
+
 /// ContainerStats.
 pub async fn stats(
     rt: &Arc<Runtime>,
     r: pb::ContainerStatsRequest,
 ) -> Result<pb::ContainerStatsResponse> {
     let c = rt.container(&r.container_id)?;
-    Ok(pb::ContainerStatsResponse {
-        stats: Some(container_stats_of(rt, &c)?),
-    })
+    let stats = blocking(rt, move |rt| container_stats_of(rt, &c)).await?;
+    Ok(pb::ContainerStatsResponse { stats: Some(stats) })
 }
 
 /// ListContainerStats (running containers; id, pod and label filters). The cgroup reads are
@@ -137,7 +172,7 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
         linux: Some(pb::LinuxPodSandboxStats {
             cpu: Some(cpu(&u)),
             memory: Some(memory(&u)),
-            io: None,
+            io: io(&u),
             network: rt.pod_network(pod).map(|(timestamp, ifaces)| {
                 let usage = |i: crate::network::stats::InterfaceUsage| pb::NetworkInterfaceUsage {
                     name: i.name,
@@ -157,7 +192,7 @@ fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodS
             }),
             process: Some(pb::ProcessUsage {
                 timestamp: u.timestamp,
-                process_count: u64v(u.processes),
+                process_count: u64v(u.cgroup.pids_current),
             }),
             containers,
         }),
@@ -171,9 +206,8 @@ pub async fn pod_stats(
     r: pb::PodSandboxStatsRequest,
 ) -> Result<pb::PodSandboxStatsResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
-    Ok(pb::PodSandboxStatsResponse {
-        stats: Some(pod_stats_of(rt, &pod)?),
-    })
+    let stats = blocking(rt, move |rt| pod_stats_of(rt, &pod)).await?;
+    Ok(pb::PodSandboxStatsResponse { stats: Some(stats) })
 }
 
 /// ListPodSandboxStats.
@@ -182,16 +216,20 @@ pub async fn list_pods(
     r: pb::ListPodSandboxStatsRequest,
 ) -> Result<pb::ListPodSandboxStatsResponse> {
     let f = r.filter.unwrap_or_default();
-    let mut stats = Vec::new();
-    for pod in rt.pods() {
-        if !convert::id_matches(&pod.meta.id, &f.id)
-            || !convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
-        {
-            continue;
-        }
-        if let Ok(s) = pod_stats_of(rt, &pod) {
-            stats.push(s);
-        }
-    }
+    let pods: Vec<_> = rt
+        .pods()
+        .into_iter()
+        .filter(|pod| {
+            convert::id_matches(&pod.meta.id, &f.id)
+                && convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
+        })
+        .collect();
+    let stats = blocking(rt, move |rt| {
+        Ok(pods
+            .iter()
+            .filter_map(|pod| pod_stats_of(rt, pod).ok())
+            .collect())
+    })
+    .await?;
     Ok(pb::ListPodSandboxStatsResponse { stats })
 }

@@ -29,10 +29,21 @@ where
     I: Send + 'static,
     T: Send + 'static,
 {
-    let mut msgs = Vec::with_capacity(items.len().div_ceil(CHUNK));
+    chunked_by(items, CHUNK, wrap)
+}
+
+/// [`chunked`] with `per_message` items a message, for items larger than a list entry (a
+/// pod's metrics).
+pub fn chunked_by<I, T>(items: Vec<I>, per_message: usize, wrap: fn(Vec<I>) -> T) -> RpcStream<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+{
+    let per_message = per_message.max(1);
+    let mut msgs = Vec::with_capacity(items.len().div_ceil(per_message));
     let mut it = items.into_iter().peekable();
     while it.peek().is_some() {
-        msgs.push(Ok(wrap(it.by_ref().take(CHUNK).collect())));
+        msgs.push(Ok(wrap(it.by_ref().take(per_message).collect())));
     }
     Box::pin(tokio_stream::iter(msgs))
 }

@@ -23,6 +23,7 @@ mod image_pull;
 mod image_remove;
 mod image_status;
 mod list_stream;
+mod metrics;
 mod runtime_info;
 mod sandbox_list;
 mod sandbox_remove;
@@ -452,15 +453,25 @@ impl RuntimeService for Cri {
     }
     async fn list_metric_descriptors(
         &self,
-        _r: Request<pb::ListMetricDescriptorsRequest>,
+        r: Request<pb::ListMetricDescriptorsRequest>,
     ) -> Result<Response<pb::ListMetricDescriptorsResponse>, Status> {
-        unimplemented("ListMetricDescriptors")
+        rpc(
+            "ListMetricDescriptors",
+            "",
+            metrics::descriptors(r.into_inner()),
+        )
+        .await
     }
     async fn list_pod_sandbox_metrics(
         &self,
-        _r: Request<pb::ListPodSandboxMetricsRequest>,
+        r: Request<pb::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<pb::ListPodSandboxMetricsResponse>, Status> {
-        unimplemented("ListPodSandboxMetrics")
+        rpc(
+            "ListPodSandboxMetrics",
+            "",
+            metrics::list(&self.rt, r.into_inner()),
+        )
+        .await
     }
     type StreamPodSandboxesStream = RpcStream<pb::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
@@ -513,9 +524,14 @@ impl RuntimeService for Cri {
     type StreamPodSandboxMetricsStream = RpcStream<pb::StreamPodSandboxMetricsResponse>;
     async fn stream_pod_sandbox_metrics(
         &self,
-        _r: Request<pb::StreamPodSandboxMetricsRequest>,
+        r: Request<pb::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        unimplemented("StreamPodSandboxMetrics")
+        rpc(
+            "StreamPodSandboxMetrics",
+            "",
+            metrics::stream(&self.rt, r.into_inner()),
+        )
+        .await
     }
     async fn update_pod_sandbox_resources(
         &self,

@@ -10,10 +10,9 @@
 //!
 //! # Detection
 //! [`detect`] tells core modules, components and wasmtime precompiled artifacts apart by their
-//! header (the runwasi order: magic bytes first, then the precompiled-ELF check).
-//! [`component_exports`] / [`world_of`] read a component's top-level export names without
-//! compiling it, to decide whether it is served over HTTP (`wasi:http/incoming-handler`) or run
-//! as a command (`wasi:cli/run`).
+//! header (the runwasi order: magic bytes first, through the one detector in
+//! [`crate::images::detect`], then the precompiled-ELF check). Which world a component
+//! targets, and so whether it is served over HTTP, is [`crate::images::detect::world_of`].
 //!
 //! # Cache
 //! [`precompile_cached`] writes `<cache_dir>/<sha256 of the wasm>-<compatibility key>.cwasm`,
@@ -28,10 +27,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, OptLevel, Precompiled};
 
-/// The export a component needs to be served over HTTP (any `0.2.x` version).
-pub const HTTP_HANDLER_INTERFACE: &str = "wasi:http/incoming-handler";
-/// The export a command component runs.
-pub const CLI_RUN_INTERFACE: &str = "wasi:cli/run";
+pub use crate::images::detect::WasmKind;
 
 /// Extension of precompiled artifacts in the cache.
 pub const ARTIFACT_EXTENSION: &str = "cwasm";
@@ -79,13 +75,11 @@ pub enum WasmError {
     },
 }
 
-/// What a byte string holds.
+/// What a byte string holds, as the runner and the precompile cache see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WasmKind {
-    /// A core WebAssembly module (WASI preview 1 when it imports `wasi_snapshot_preview1`).
-    Module,
-    /// A WebAssembly component (WASI 0.2).
-    Component,
+pub enum Binary {
+    /// Portable WebAssembly: a core module or a component.
+    Wasm(WasmKind),
     /// A wasmtime precompiled artifact (`.cwasm`), module or component.
     Precompiled(PrecompiledKind),
     /// Anything else.
@@ -175,89 +169,31 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-/// Classifies `bytes` by header: wasm magic with the component or core layer, else a wasmtime
-/// precompiled artifact, else [`WasmKind::NotWasm`].
-pub fn detect(bytes: &[u8]) -> WasmKind {
-    if wasmparser::Parser::is_component(bytes) {
-        WasmKind::Component
-    } else if wasmparser::Parser::is_core_wasm(bytes) {
-        WasmKind::Module
-    } else {
-        match Engine::detect_precompiled(bytes) {
-            Some(Precompiled::Module) => WasmKind::Precompiled(PrecompiledKind::Module),
-            Some(Precompiled::Component) => WasmKind::Precompiled(PrecompiledKind::Component),
-            None => WasmKind::NotWasm,
+/// Classifies `bytes` by header: wasm magic with the component or core layer
+/// ([`crate::images::detect::wasm_kind`]), else a wasmtime precompiled artifact, else
+/// [`Binary::NotWasm`].
+pub fn detect(bytes: &[u8]) -> Binary {
+    if let Some(kind) = crate::images::detect::wasm_kind(bytes) {
+        return Binary::Wasm(kind);
+    }
+    match Engine::detect_precompiled(bytes) {
+        Some(Precompiled::Module) => Binary::Precompiled(PrecompiledKind::Module),
+        Some(Precompiled::Component) => Binary::Precompiled(PrecompiledKind::Component),
+        None => Binary::NotWasm,
+    }
+}
+
+/// The image store's precompile step, for the daemon and the `wasmcri image` CLI alike:
+/// compiles each imported or pulled module into `cache_dir`, so the first start costs no
+/// compilation. A module that does not compile is still stored (the container reports why
+/// it cannot run), so a failure is logged, not returned.
+pub fn precompile_hook(engine: Engine, cache_dir: PathBuf) -> crate::images::PrecompileHook {
+    std::sync::Arc::new(move |wasm: &Path| {
+        if let Err(e) = precompile_cached(&engine, &cache_dir, wasm) {
+            tracing::warn!(wasm = %wasm.display(), error = %e, "precompile failed");
         }
-    }
-}
-
-/// The names of a component's top-level exports (for example
-/// `wasi:http/incoming-handler@0.2.0`), read without compiling. Empty for core modules and for
-/// anything unparsable.
-pub fn component_exports(bytes: &[u8]) -> Vec<String> {
-    if !wasmparser::Parser::is_component(bytes) {
-        return Vec::new();
-    }
-    let mut names = Vec::new();
-    // Nested modules and components are reported inline by `parse_all`; only the outermost
-    // component's exports are the ones a host sees.
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let Ok(payload) = payload else {
-            return Vec::new();
-        };
-        match payload {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
-                for export in reader {
-                    let Ok(export) = export else {
-                        return Vec::new();
-                    };
-                    names.push(export.name.0.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    names
-}
-
-/// Whether `name` is `interface` at any version (`wasi:cli/run` matches `wasi:cli/run@0.2.3`).
-fn is_interface(name: &str, interface: &str) -> bool {
-    name.split('@').next() == Some(interface)
-}
-
-/// Whether a component exports `wasi:http/incoming-handler` (any version), i.e. can be served.
-pub fn exports_http_handler(bytes: &[u8]) -> bool {
-    component_exports(bytes)
-        .iter()
-        .any(|n| is_interface(n, HTTP_HANDLER_INTERFACE))
-}
-
-/// The WASI world a binary targets, for image status and to pick the run mode:
-/// `"wasi:http/proxy"` for components exporting the HTTP handler, `"wasi:cli/command"` for
-/// components exporting `wasi:cli/run`, `"component"` for other components, `"wasip1"` for
-/// core modules, `None` for anything else.
-pub fn world_of(bytes: &[u8]) -> Option<&'static str> {
-    match detect(bytes) {
-        WasmKind::Module => Some("wasip1"),
-        WasmKind::Component => {
-            let exports = component_exports(bytes);
-            if exports
-                .iter()
-                .any(|n| is_interface(n, HTTP_HANDLER_INTERFACE))
-            {
-                Some("wasi:http/proxy")
-            } else if exports.iter().any(|n| is_interface(n, CLI_RUN_INTERFACE)) {
-                Some("wasi:cli/command")
-            } else {
-                Some("component")
-            }
-        }
-        WasmKind::Precompiled(_) | WasmKind::NotWasm => None,
-    }
+        Ok(())
+    })
 }
 
 /// The cache path the artifact of `wasm_bytes` has for `engine` (whether or not it exists).
@@ -293,14 +229,14 @@ pub fn precompile_cached(
         return Ok(artifact);
     }
     let compiled = match detect(&bytes) {
-        WasmKind::Module => engine.precompile_module(&bytes),
-        WasmKind::Component => engine.precompile_component(&bytes),
-        WasmKind::Precompiled(_) => {
+        Binary::Wasm(WasmKind::Module) => engine.precompile_module(&bytes),
+        Binary::Wasm(WasmKind::Component) => engine.precompile_component(&bytes),
+        Binary::Precompiled(_) => {
             return Err(WasmError::Precompiled {
                 path: wasm.to_path_buf(),
             });
         }
-        WasmKind::NotWasm => {
+        Binary::NotWasm => {
             return Err(WasmError::NotWasm {
                 path: wasm.to_path_buf(),
             });
@@ -374,34 +310,40 @@ mod tests {
         let engine = engine().unwrap();
         let module = wasm(WAT_MODULE);
         let component = wasm(WAT_COMPONENT);
-        assert_eq!(detect(&module), WasmKind::Module);
-        assert_eq!(detect(&component), WasmKind::Component);
-        assert_eq!(detect(b"#!/bin/sh\necho hi\n"), WasmKind::NotWasm);
-        assert_eq!(detect(b""), WasmKind::NotWasm);
+        assert_eq!(detect(&module), Binary::Wasm(WasmKind::Module));
+        assert_eq!(detect(&component), Binary::Wasm(WasmKind::Component));
+        assert_eq!(detect(b"#!/bin/sh\necho hi\n"), Binary::NotWasm);
+        assert_eq!(detect(b""), Binary::NotWasm);
         let cm = engine.precompile_module(&module).unwrap();
-        assert_eq!(detect(&cm), WasmKind::Precompiled(PrecompiledKind::Module));
+        assert_eq!(detect(&cm), Binary::Precompiled(PrecompiledKind::Module));
         let cc = engine.precompile_component(&component).unwrap();
-        assert_eq!(
-            detect(&cc),
-            WasmKind::Precompiled(PrecompiledKind::Component)
-        );
+        assert_eq!(detect(&cc), Binary::Precompiled(PrecompiledKind::Component));
     }
 
+    /// The one detector on real (WAT-built) components.
     #[test]
     fn worlds_and_exports() {
+        use crate::images::detect::{World, component_interfaces, world_of};
         let component = wasm(WAT_COMPONENT);
         assert_eq!(
-            component_exports(&component),
+            component_interfaces(&component).1,
             vec!["wasi:http/incoming-handler@0.2.0".to_string()]
         );
-        assert!(exports_http_handler(&component));
-        assert_eq!(world_of(&component), Some("wasi:http/proxy"));
+        assert_eq!(world_of(WasmKind::Component, &component), World::HttpProxy);
         let cli = WAT_COMPONENT.replace("wasi:http/incoming-handler@0.2.0", "wasi:cli/run@0.2.6");
-        assert!(!exports_http_handler(&wasm(&cli)));
-        assert_eq!(world_of(&wasm(&cli)), Some("wasi:cli/command"));
-        assert_eq!(world_of(&wasm(WAT_MODULE)), Some("wasip1"));
-        assert!(component_exports(&wasm(WAT_MODULE)).is_empty());
-        assert_eq!(world_of(b"nope"), None);
+        assert_eq!(
+            world_of(WasmKind::Component, &wasm(&cli)),
+            World::CliCommand
+        );
+        // Exporting neither: run as a command (where the missing export is reported).
+        let neither = WAT_COMPONENT.replace("wasi:http/incoming-handler@0.2.0", "my:pkg/api");
+        assert_eq!(
+            world_of(WasmKind::Component, &wasm(&neither)),
+            World::CliCommand
+        );
+        assert_eq!(world_of(WasmKind::Module, &wasm(WAT_MODULE)), World::Wasip1);
+        assert!(component_interfaces(&wasm(WAT_MODULE)).1.is_empty());
+        assert_eq!(crate::images::detect::wasm_kind(b"nope"), None);
     }
 
     #[test]
