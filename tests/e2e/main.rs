@@ -17,3 +17,4 @@ mod network;
 mod resources;
 mod restart;
 mod streaming;
+mod userns;

@@ -16,7 +16,9 @@
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
 //!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
 //!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
-//!    the kubelet's log directory is root-owned); empty the capability bounding set;
+//!    the kubelet's log directory is root-owned); join the pod's user namespace if it has
+//!    one ([`setup::enter_userns`]; the IDs below are then the namespace's); empty the
+//!    capability bounding set;
 //!    `setgroups`/`setgid`/`setuid` if asked (the exit file's directory is chowned to the new
 //!    user first so the record can still be renamed into it — give each runner a directory
 //!    of its own for its exit file); drop the remaining capabilities, set `no_new_privs`,
@@ -386,7 +388,9 @@ fn run_spec(
         Ok(f) => f,
         Err(m) => fail(m),
     };
-    if let Err(m) = confine::limit_bounding_set()
+    // The user namespace before the bounding set: joining one resets it.
+    if let Err(m) = setup::enter_userns(&spec)
+        .and_then(|()| confine::limit_bounding_set())
         .and_then(|()| setup::drop_privileges(&spec))
         .and_then(|()| confine::lock_down(&filters[0]))
         .and_then(|()| confine::install_rest(&filters[1..]))

@@ -1,6 +1,7 @@
 //! Process setup done before any guest code runs and before any thread exists: cgroup
-//! membership, network namespace, OOM score, credentials. `setns(CLONE_NEWNET)` only moves the
-//! calling thread, which is why this runs first, single-threaded.
+//! membership, network namespace, OOM score, user namespace, credentials.
+//! `setns(CLONE_NEWNET)` only moves the calling thread and `setns(CLONE_NEWUSER)` needs a
+//! single-threaded process, which is why this runs first.
 
 use std::fs::{self, File};
 use std::io;
@@ -62,19 +63,69 @@ pub(crate) fn set_oom_score_adj(value: i64) -> Result<(), String> {
     }
 }
 
-/// Whether the spec asks for a credential change.
+/// Whether the spec asks for a credential change. Always in a user namespace: a process that
+/// joins one keeps the node's uid 0 until it sets IDs of the namespace.
 pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
-    spec.uid.is_some() || spec.gid.is_some() || !spec.additional_gids.is_empty()
+    spec.uid.is_some()
+        || spec.gid.is_some()
+        || !spec.additional_gids.is_empty()
+        || spec.userns.is_some()
+}
+
+/// Joins the pod's user namespace, if the spec names one; called once everything that needs
+/// the node's root is done (cgroups, netns, jail, log) and before the capability bounding set
+/// is emptied (joining resets it to full, scoped to the namespace).
+///
+/// First, still as the node's root, the exit record's directory is handed to the node IDs the
+/// guest's user and group map to (inside the namespace the runner has no capability over a
+/// directory owned by the node's root). An ID the mapping does not hold is refused here with
+/// a clear message, rather than as `EINVAL` from `setuid`.
+pub(crate) fn enter_userns(spec: &RunnerSpec) -> Result<(), String> {
+    let Some(u) = &spec.userns else {
+        return Ok(());
+    };
+    let (uid, gid) = (spec.uid.unwrap_or(0), spec.gid.unwrap_or(0));
+    let unmapped =
+        |what: &str, id: u32| format!("{what} {id} is not mapped in the pod's user namespace");
+    let host_uid = u
+        .mappings
+        .host_uid(uid)
+        .ok_or_else(|| unmapped("uid", uid))?;
+    let host_gid = u
+        .mappings
+        .host_gid(gid)
+        .ok_or_else(|| unmapped("gid", gid))?;
+    if let Some(g) = spec
+        .additional_gids
+        .iter()
+        .find(|g| u.mappings.host_gid(**g).is_none())
+    {
+        return Err(unmapped("supplementary gid", *g));
+    }
+    if let Some(dir) = exit_dir(&spec.exit_file) {
+        chown(
+            dir,
+            Some(Uid::from_raw(host_uid)),
+            Some(Gid::from_raw(host_gid)),
+        )
+        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    crate::userns::join(&u.path).map_err(|e| e.to_string())
 }
 
 /// Switches to the requested user: supplementary groups, then the primary group, then the
-/// user (the order in which each step still has the privilege to do the next).
+/// user (the order in which each step still has the privilege to do the next). In a user
+/// namespace ([`enter_userns`] first) the IDs are the namespace's, root (0) when none is
+/// given.
 ///
 /// The exit record is renamed into place after the guest ran, so its directory is handed to
 /// the new user first; the daemon should give each runner a directory of its own for it.
 pub(crate) fn drop_privileges(spec: &RunnerSpec) -> Result<(), String> {
     if !drops_privileges(spec) {
         return Ok(());
+    }
+    if spec.userns.is_some() {
+        return switch_ids(spec, spec.uid.or(Some(0)), spec.gid.or(Some(0)));
     }
     if let Some(dir) = exit_dir(&spec.exit_file) {
         chown(
@@ -84,16 +135,20 @@ pub(crate) fn drop_privileges(spec: &RunnerSpec) -> Result<(), String> {
         )
         .map_err(|e| format!("chown {}: {e}", dir.display()))?;
     }
+    switch_ids(spec, spec.uid, spec.gid)
+}
+
+fn switch_ids(spec: &RunnerSpec, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
     let groups: Vec<Gid> = spec
         .additional_gids
         .iter()
         .map(|&g| Gid::from_raw(g))
         .collect();
     setgroups(&groups).map_err(|e| format!("setgroups {:?}: {e}", spec.additional_gids))?;
-    if let Some(gid) = spec.gid {
+    if let Some(gid) = gid {
         setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid {gid}: {e}"))?;
     }
-    if let Some(uid) = spec.uid {
+    if let Some(uid) = uid {
         setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid {uid}: {e}"))?;
     }
     Ok(())

@@ -333,6 +333,12 @@ impl Runtime {
             jail: Some(Self::jail_dir(c)),
             resolv_conf,
             hosts,
+            userns: pod
+                .meta
+                .userns
+                .clone()
+                .zip(pod.meta.spec.id_mappings.clone())
+                .map(|(path, mappings)| crate::runner::spec::UserNamespace { path, mappings }),
         })
     }
 
