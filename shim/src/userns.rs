@@ -299,15 +299,21 @@ pub fn remove(path: &Path) -> Result<(), UsernsError> {
     }
 }
 
-/// Enters the user namespace bound at `path`. The caller must be single-threaded and share
-/// its filesystem attributes with no other process (a runner before any thread exists).
-pub fn join(path: &Path) -> Result<(), UsernsError> {
-    let f = OpenOptions::new()
+/// Opens the user namespace bound at `path`, to [`enter`] it later: a runner opens it while
+/// it still sees the node's files, and enters it from inside its jail.
+pub fn open(path: &Path) -> Result<fs::File, UsernsError> {
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(os(path, "open"))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(os(path, "open"))
+}
+
+/// Enters the user namespace `ns` (from [`open`] of `path`). The caller must be
+/// single-threaded and share its filesystem attributes with no other process (a runner
+/// before any thread exists).
+pub fn enter(ns: &fs::File, path: &Path) -> Result<(), UsernsError> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
         .map_err(|e| os(path, "setns")(io::Error::from(e)))
 }
 

@@ -377,9 +377,10 @@ fn run_spec(
         finisher.finish(record(EXIT_FAILURE, m, started_at))
     };
 
-    if let Err(m) = setup_process(&spec, jail) {
-        fail(m);
-    }
+    let userns = match setup_process(&spec, jail) {
+        Ok(ns) => ns,
+        Err(m) => fail(m),
+    };
     let output = match open_output(&spec) {
         Ok(o) => o,
         Err(m) => fail(m),
@@ -389,7 +390,7 @@ fn run_spec(
         Err(m) => fail(m),
     };
     // The user namespace before the bounding set: joining one resets it.
-    if let Err(m) = setup::enter_userns(&spec)
+    if let Err(m) = setup::enter_userns(&spec, userns)
         .and_then(|()| confine::limit_bounding_set())
         .and_then(|()| setup::drop_privileges(&spec))
         .and_then(|()| confine::lock_down(&filters[0]))
@@ -475,11 +476,17 @@ fn read_spec(path: &Path) -> Result<RunnerSpec, String> {
     serde_json::from_slice(&text).map_err(|e| format!("invalid spec {}: {e}", path.display()))
 }
 
-fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Result<(), String> {
+/// Host-side setup; returns the pod's user namespace, opened before the jail hides it, for
+/// [`setup::enter_userns`].
+fn setup_process(
+    spec: &RunnerSpec,
+    jail: Result<jail::Prepared, String>,
+) -> Result<Option<fs::File>, String> {
     setup::join_cgroups(&spec.cgroup_procs)?;
     if let Some(netns) = &spec.netns {
         setup::join_netns(netns)?;
     }
+    let userns = setup::open_userns(spec)?;
     if let Some(adj) = spec.oom_score_adj {
         setup::set_oom_score_adj(adj)?;
     }
@@ -491,7 +498,7 @@ fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Res
     // file a guest writes into a shared volume must be readable by the pod's other
     // containers.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(GUEST_UMASK));
-    Ok(())
+    Ok(userns)
 }
 
 /// The umask guests run with.

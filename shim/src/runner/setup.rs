@@ -63,6 +63,15 @@ pub(crate) fn set_oom_score_adj(value: i64) -> Result<(), String> {
     }
 }
 
+/// Opens the pod's user namespace file, if the spec names one, while the runner still sees
+/// the node's files (the jail does not hold it).
+pub(crate) fn open_userns(spec: &RunnerSpec) -> Result<Option<File>, String> {
+    spec.userns
+        .as_ref()
+        .map(|u| crate::userns::open(&u.path).map_err(|e| e.to_string()))
+        .transpose()
+}
+
 /// Whether the spec asks for a credential change. Always in a user namespace: a process that
 /// joins one keeps the node's uid 0 until it sets IDs of the namespace.
 pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
@@ -72,7 +81,8 @@ pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
         || spec.userns.is_some()
 }
 
-/// Joins the pod's user namespace, if the spec names one; called once everything that needs
+/// Joins the pod's user namespace `ns` (opened by [`open_userns`]), if the spec names one;
+/// called once everything that needs
 /// the node's root is done (cgroups, netns, jail, log) and before the capability bounding set
 /// is emptied (joining resets it to full, scoped to the namespace).
 ///
@@ -80,8 +90,8 @@ pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
 /// guest's user and group map to (inside the namespace the runner has no capability over a
 /// directory owned by the node's root). An ID the mapping does not hold is refused here with
 /// a clear message, rather than as `EINVAL` from `setuid`.
-pub(crate) fn enter_userns(spec: &RunnerSpec) -> Result<(), String> {
-    let Some(u) = &spec.userns else {
+pub(crate) fn enter_userns(spec: &RunnerSpec, ns: Option<File>) -> Result<(), String> {
+    let (Some(u), Some(ns)) = (&spec.userns, ns) else {
         return Ok(());
     };
     let (uid, gid) = (spec.uid.unwrap_or(0), spec.gid.unwrap_or(0));
@@ -110,7 +120,7 @@ pub(crate) fn enter_userns(spec: &RunnerSpec) -> Result<(), String> {
         )
         .map_err(|e| format!("chown {}: {e}", dir.display()))?;
     }
-    crate::userns::join(&u.path).map_err(|e| e.to_string())
+    crate::userns::enter(&ns, &u.path).map_err(|e| e.to_string())
 }
 
 /// Switches to the requested user: supplementary groups, then the primary group, then the
