@@ -62,6 +62,14 @@ pub enum UsernsError {
         /// What is wrong.
         reason: String,
     },
+    /// A user or group the pod's namespace does not map.
+    #[error("{which} {id} is not mapped in the pod's user namespace")]
+    Unmapped {
+        /// `uid`, `gid` or `supplementary gid`.
+        which: &'static str,
+        /// The ID inside the namespace.
+        id: u32,
+    },
     /// Creating, entering or removing a user namespace failed.
     #[error("user namespace {}: {op}: {source}", path.display())]
     Os {
@@ -98,6 +106,18 @@ impl IdMappings {
     /// The host GID of `gid` inside the namespace, if it is mapped.
     pub fn host_gid(&self, gid: u32) -> Option<u32> {
         to_host(&self.gids, gid)
+    }
+
+    /// Checks that a process can run as `uid`, `gid` and `groups` inside the namespace
+    /// (`setuid` and friends refuse IDs it does not map); returns the host UID and GID.
+    pub fn check_ids(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(u32, u32), UsernsError> {
+        let unmapped = |which: &'static str, id: u32| UsernsError::Unmapped { which, id };
+        let host_uid = self.host_uid(uid).ok_or_else(|| unmapped("uid", uid))?;
+        let host_gid = self.host_gid(gid).ok_or_else(|| unmapped("gid", gid))?;
+        if let Some(g) = groups.iter().find(|g| self.host_gid(**g).is_none()) {
+            return Err(unmapped("supplementary gid", *g));
+        }
+        Ok((host_uid, host_gid))
     }
 }
 
@@ -344,6 +364,15 @@ mod tests {
         assert_eq!(m.host_uid(1000), Some(197608));
         assert_eq!(m.host_gid(65535), Some(262143));
         assert_eq!(m.host_uid(65536), None);
+        assert_eq!(m.check_ids(1000, 1000, &[0, 5]).unwrap(), (197608, 197608));
+        for (uid, gid, groups, want) in [
+            (65536, 0, &[][..], "uid 65536 is not mapped"),
+            (0, 70000, &[], "gid 70000 is not mapped"),
+            (0, 0, &[1, 65536], "supplementary gid 65536 is not mapped"),
+        ] {
+            let e = m.check_ids(uid, gid, groups).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
         assert_eq!(map_text(&m.uids), "0 196608 65536\n");
     }
 

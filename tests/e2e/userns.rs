@@ -458,3 +458,65 @@ async fn sysctls_are_set_in_the_pods_netns_and_failures_roll_back() {
     assert!(ips.is_empty(), "IPs still allocated: {ips:?}");
     d.shutdown().await;
 }
+
+/// The pod's user namespace outlives the daemon: after `kill -9` and a restart the running
+/// guest keeps its mapping, and ExecSync and a new container still join the same namespace.
+/// A user the mapping does not hold is refused at CreateContainer.
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_survives_a_daemon_restart_and_unmapped_users_are_refused() {
+    let mut d = Daemon::start().await;
+    import_tools(&d);
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let data = d.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let h = kubelet_range();
+    let mut cfg = pod_config(&unique("restart"), &logs);
+    with_userns(
+        &mut cfg,
+        userns(
+            pb::NamespaceMode::Pod,
+            vec![range(0, h, 65536)],
+            vec![range(0, h, 65536)],
+        ),
+    );
+    let pod = run_pod(&mut rt, cfg.clone()).await;
+    let e = rt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(sleeper("unmapped", &data, Some(70000))),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("uid 70000 is not mapped"), "{e:?}");
+
+    let first = create(&mut rt, &pod, &cfg, sleeper("first", &data, None)).await;
+    start(&mut rt, &first).await;
+    wait_log(&logs.join("first/0.log"), "started", 20).await;
+    let pid = runner_pid(&mut rt, &first).await;
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();
+    let before = ns(pid);
+
+    d.kill9();
+    d.spawn().await;
+    let mut rt = d.rt().await;
+    assert_eq!(
+        status(&mut rt, &first).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(id_maps(pid).0, format!("0 {h} 65536"));
+    let out = exec(&mut rt, &first, &["/hello.wasm"]).await;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let second = create(&mut rt, &pod, &cfg, sleeper("second", &data, Some(7))).await;
+    start(&mut rt, &second).await;
+    wait_log(&logs.join("second/0.log"), "started", 20).await;
+    let pid2 = runner_pid(&mut rt, &second).await;
+    assert_eq!(ns(pid2), before);
+    let u = h + 7;
+    assert_eq!(status_field(pid2, "Uid"), format!("{u}\t{u}\t{u}\t{u}"));
+    remove_pod(&mut rt, &pod).await;
+    assert!(entries(&d.dir.path().join("state/userns")).is_empty());
+    d.shutdown().await;
+}

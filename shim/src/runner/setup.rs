@@ -91,27 +91,19 @@ pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
 /// directory owned by the node's root). An ID the mapping does not hold is refused here with
 /// a clear message, rather than as `EINVAL` from `setuid`.
 pub(crate) fn enter_userns(spec: &RunnerSpec, ns: Option<File>) -> Result<(), String> {
-    let (Some(u), Some(ns)) = (&spec.userns, ns) else {
+    let Some(u) = &spec.userns else {
         return Ok(());
     };
-    let (uid, gid) = (spec.uid.unwrap_or(0), spec.gid.unwrap_or(0));
-    let unmapped =
-        |what: &str, id: u32| format!("{what} {id} is not mapped in the pod's user namespace");
-    let host_uid = u
+    // Never fall through to switching IDs in the node's namespace.
+    let ns = ns.ok_or_else(|| format!("user namespace {} was not opened", u.path.display()))?;
+    let (host_uid, host_gid) = u
         .mappings
-        .host_uid(uid)
-        .ok_or_else(|| unmapped("uid", uid))?;
-    let host_gid = u
-        .mappings
-        .host_gid(gid)
-        .ok_or_else(|| unmapped("gid", gid))?;
-    if let Some(g) = spec
-        .additional_gids
-        .iter()
-        .find(|g| u.mappings.host_gid(**g).is_none())
-    {
-        return Err(unmapped("supplementary gid", *g));
-    }
+        .check_ids(
+            spec.uid.unwrap_or(0),
+            spec.gid.unwrap_or(0),
+            &spec.additional_gids,
+        )
+        .map_err(|e| e.to_string())?;
     if let Some(dir) = exit_dir(&spec.exit_file) {
         chown(
             dir,

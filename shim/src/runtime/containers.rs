@@ -151,6 +151,10 @@ impl Runtime {
             .unwrap_or_else(|| entry.path.clone());
         let creds = super::users::resolve(&image.rootfs, &image.config.user, &req.user)
             .map_err(RuntimeError::InvalidArgument)?;
+        if let Some(m) = &pod.spec.id_mappings {
+            m.check_ids(creds.uid, creds.gid, &creds.additional_gids)
+                .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+        }
         let env = merge_env(&image.config.env, &req.env);
         let cwd = if !req.working_dir.is_empty() {
             req.working_dir.clone()

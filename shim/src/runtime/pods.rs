@@ -364,7 +364,10 @@ impl Runtime {
 /// the rest the node's.
 fn userns_error(e: crate::userns::UsernsError) -> RuntimeError {
     match e {
-        crate::userns::UsernsError::Invalid { .. } => RuntimeError::InvalidArgument(e.to_string()),
+        crate::userns::UsernsError::Invalid { .. }
+        | crate::userns::UsernsError::Unmapped { .. } => {
+            RuntimeError::InvalidArgument(e.to_string())
+        }
         crate::userns::UsernsError::Os { .. } => RuntimeError::FailedPrecondition(e.to_string()),
     }
 }
