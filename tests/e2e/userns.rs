@@ -181,6 +181,23 @@ async fn userns_pod_runs_every_runner_with_the_kubelets_mapping() {
         ),
     );
     let pod = run_pod(&mut rt, cfg.clone()).await;
+    let reported = rt
+        .pod_sandbox_status(pb::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .and_then(|s| s.linux)
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options)
+        .unwrap();
+    assert_eq!(reported.mode, pb::NamespaceMode::Pod as i32);
+    assert_eq!(reported.uids, vec![range(0, hu, 65536)]);
+    assert_eq!(reported.gids, vec![range(0, hg, 65536)]);
     let root = create(&mut rt, &pod, &cfg, sleeper("root", &owned, None)).await;
     let user = create(&mut rt, &pod, &cfg, sleeper("user", &owned, Some(1000))).await;
     for c in [&root, &user] {
@@ -200,6 +217,17 @@ async fn userns_pod_runs_every_runner_with_the_kubelets_mapping() {
     assert_eq!(status_field(pid, "Gid"), format!("{hg}\t{hg}\t{hg}\t{hg}"));
     // Not a single capability over the node.
     assert_eq!(status_field(pid, "CapEff"), "0000000000000400");
+    // The runners loaded the precompiled artifact after switching IDs, not compiled anew.
+    for c in [&root, &user] {
+        let log = d
+            .dir
+            .path()
+            .join("root/containers")
+            .join(c)
+            .join("runner.log");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(!log.contains("compiling"), "{log}");
+    }
     let upid = runner_pid(&mut rt, &user).await;
     let u = hu + 1000;
     assert_eq!(status_field(upid, "Uid"), format!("{u}\t{u}\t{u}\t{u}"));
