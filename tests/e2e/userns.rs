@@ -10,6 +10,7 @@ use cri::v1 as pb;
 use tonic::Code;
 
 use crate::harness::*;
+use crate::streaming::{exec_url, spdy_exec};
 
 const P1: &str = "wasm32-wasip1";
 
@@ -245,6 +246,22 @@ async fn userns_pod_runs_every_runner_with_the_kubelets_mapping() {
     let out = exec(&mut rt, &user, &["/hello.wasm"]).await;
     assert_eq!(out.exit_code, 0, "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from wasm"));
+
+    // So does an interactive exec (the streaming server's), in the same namespace.
+    let url = exec_url(
+        &mut rt,
+        &root,
+        &["/writefile.wasm", "/owned/by-exec"],
+        false,
+    )
+    .await;
+    let r = spdy_exec(&url, "v4.channel.k8s.io", None).await;
+    assert!(r.stdout.contains("failed"), "{}", r.stdout);
+    assert!(r.error.contains("NonZeroExitCode"), "{}", r.error);
+    assert!(!owned.join("by-exec").exists());
+    let url = exec_url(&mut rt, &user, &["/hello.wasm"], false).await;
+    let r = spdy_exec(&url, "v4.channel.k8s.io", None).await;
+    assert!(r.stdout.contains("hello from wasm"), "{}", r.stdout);
 
     // Stop and exit status still work; removal takes the namespace with it.
     rt.stop_container(pb::StopContainerRequest {
