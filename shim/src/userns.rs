@@ -108,6 +108,28 @@ impl IdMappings {
         to_host(&self.gids, gid)
     }
 
+    /// Where this pod's host IDs overlap `other`'s, if they do: two pods sharing node IDs
+    /// could reach each other's files and processes, which is what a user namespace is for
+    /// preventing.
+    pub fn host_overlap(&self, other: &IdMappings) -> Option<String> {
+        let clash = |which: &str, a: &[IdMapping], b: &[IdMapping]| {
+            a.iter().find_map(|x| {
+                b.iter().find_map(|y| {
+                    let (xs, xe) = (
+                        u64::from(x.host_id),
+                        u64::from(x.host_id) + u64::from(x.length),
+                    );
+                    let (ys, ye) = (
+                        u64::from(y.host_id),
+                        u64::from(y.host_id) + u64::from(y.length),
+                    );
+                    (xs < ye && ys < xe).then(|| format!("host {which} range {xs}..{xe}"))
+                })
+            })
+        };
+        clash("uid", &self.uids, &other.uids).or_else(|| clash("gid", &self.gids, &other.gids))
+    }
+
     /// Checks that a process can run as `uid`, `gid` and `groups` inside the namespace
     /// (`setuid` and friends refuse IDs it does not map); returns the host UID and GID.
     pub fn check_ids(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(u32, u32), UsernsError> {
@@ -409,6 +431,20 @@ mod tests {
             };
             assert!(m.validate().unwrap_err().to_string().contains("gid"));
         }
+        // Pods sharing node IDs.
+        let a = kubelet();
+        let mut b = kubelet();
+        assert_eq!(
+            a.host_overlap(&b).as_deref(),
+            Some("host uid range 196608..262144")
+        );
+        b.uids = vec![r(0, 4 * 65536, 65536)];
+        assert_eq!(
+            a.host_overlap(&b).as_deref(),
+            Some("host gid range 196608..262144")
+        );
+        b.gids = vec![r(0, 2 * 65536, 65536)];
+        assert_eq!(a.host_overlap(&b), None);
         // Adjacent ranges are fine; the last valid ID is u32::MAX - 1.
         let m = IdMappings {
             uids: vec![r(0, 65536, 100), r(100, 65636, 100)],

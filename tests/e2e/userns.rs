@@ -385,6 +385,28 @@ async fn hostile_mappings_and_sysctls_are_refused_and_leave_nothing() {
     for sub in ["state/userns", "state/netns", "root/pods"] {
         assert!(entries(&d.dir.path().join(sub)).is_empty(), "{sub}");
     }
+    // Two pods never share node IDs; a recreated sandbox of the same pod keeps its range.
+    let pod_ns = || userns(pb::NamespaceMode::Pod, ok(), ok());
+    let mut first = pod_config(&unique("first"), &logs);
+    with_userns(&mut first, pod_ns());
+    let a = run_pod(&mut rt, first.clone()).await;
+    let mut again = first.clone();
+    again.metadata.as_mut().unwrap().attempt = 1;
+    let a1 = run_pod(&mut rt, again).await;
+    let mut other = pod_config(&unique("other"), &logs);
+    with_userns(&mut other, pod_ns());
+    let e = rt
+        .run_pod_sandbox(pb::RunPodSandboxRequest {
+            config: Some(other),
+            runtime_handler: "wasmtime".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("already used by pod"), "{e:?}");
+    assert_eq!(entries(&d.dir.path().join("state/userns")).len(), 2);
+    remove_pod(&mut rt, &a).await;
+    remove_pod(&mut rt, &a1).await;
     // Mode NODE is today's behaviour.
     let mut cfg = pod_config(&unique("node"), &logs);
     with_userns(&mut cfg, userns(pb::NamespaceMode::Node, vec![], vec![]));

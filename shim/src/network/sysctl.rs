@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 
+/// Most sysctls one pod may set (a pod spec lists a handful).
+const MAX_SYSCTLS: usize = 256;
 /// Longest sysctl name accepted.
 const MAX_NAME: usize = 256;
 /// Longest value accepted (the kernel reads at most a page per write).
@@ -127,10 +129,16 @@ pub fn classify(name: &str) -> Result<Class, SysctlError> {
     }
 }
 
-/// Checks every sysctl of a pod before anything is made: names ([`classify`]), values (one
-/// line, at most [`MAX_VALUE`] bytes; the IPC ones integers), and no `net.*` for a pod on
-/// the node's network.
+/// Checks every sysctl of a pod before anything is made: at most [`MAX_SYSCTLS`], names
+/// ([`classify`]), values (one line, at most [`MAX_VALUE`] bytes; the IPC ones integers),
+/// and no `net.*` for a pod on the node's network.
 pub fn validate(sysctls: &BTreeMap<String, String>, host_network: bool) -> Result<(), SysctlError> {
+    if sysctls.len() > MAX_SYSCTLS {
+        return Err(invalid(
+            sysctls.keys().next().map_or("", String::as_str),
+            format!("{} sysctls, at most {MAX_SYSCTLS} allowed", sysctls.len()),
+        ));
+    }
     for (name, value) in sysctls {
         let class = classify(name)?;
         if value.is_empty()
@@ -319,6 +327,15 @@ mod tests {
             assert!(validate(&map(&[("net.ipv4.tcp_syncookies", v)]), false).is_err());
         }
         assert!(validate(&map(&[("kernel.shmmax", "lots")]), false).is_err());
+        let many: BTreeMap<String, String> = (0..300)
+            .map(|i| (format!("net.ipv4.conf.eth{i}.rp_filter"), "1".to_string()))
+            .collect();
+        assert!(
+            validate(&many, false)
+                .unwrap_err()
+                .to_string()
+                .contains("300 sysctls")
+        );
         let e = validate(&map(&[("net.ipv4.tcp_syncookies", "1")]), true).unwrap_err();
         assert!(e.to_string().contains("node's network namespace"), "{e}");
         // IPC sysctls are not the network's: fine on the node's network too.

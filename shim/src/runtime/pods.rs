@@ -1,6 +1,7 @@
 //! Sandbox lifecycle: run (netns + CNI ADD + DNS/hostname files), stop (containers, CNI
 //! DEL), remove (containers, netns, files, record).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
@@ -35,6 +36,7 @@ impl Runtime {
         if let Some(m) = &req.id_mappings {
             m.validate()
                 .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+            self.check_ids_free(&req, &self.pods.read().expect("pods lock"))?;
         }
         crate::network::sysctl::validate(&req.sysctls, req.host_network)
             .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
@@ -203,10 +205,13 @@ impl Runtime {
         let record = PodRecord { meta, state };
         self.save_pod(&record).await?;
         let pod = Pod::new(record);
-        self.pods
-            .write()
-            .expect("pods lock")
-            .insert(id.to_owned(), pod.clone());
+        {
+            let mut pods = self.pods.write().expect("pods lock");
+            // Again under the lock that publishes the pod: two RunPodSandbox calls racing
+            // with one range cannot both pass.
+            self.check_ids_free(&pod.meta.spec, &pods)?;
+            pods.insert(id.to_owned(), pod.clone());
+        }
         // A sandbox is created and started in one step, as containerd reports it.
         self.events.emit(id, &pod, ContainerEventKind::Created);
         self.events.emit(id, &pod, ContainerEventKind::Started);
@@ -239,6 +244,34 @@ impl Runtime {
                 })
                 .collect(),
         }
+    }
+
+    /// Refuses a user namespace whose node IDs overlap those of a sandbox of another pod
+    /// (another Kubernetes pod UID: the kubelet gives a recreated sandbox of the same pod the
+    /// same range, while the old one may still exist).
+    fn check_ids_free(
+        &self,
+        spec: &crate::pod::PodSpec,
+        pods: &HashMap<String, Arc<Pod>>,
+    ) -> Result<()> {
+        let Some(m) = &spec.id_mappings else {
+            return Ok(());
+        };
+        for p in pods.values().filter(|p| p.meta.spec.uid != spec.uid) {
+            if let Some(clash) = p
+                .meta
+                .spec
+                .id_mappings
+                .as_ref()
+                .and_then(|o| m.host_overlap(o))
+            {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "user namespace {clash} is already used by pod {}/{} (sandbox {})",
+                    p.meta.spec.namespace, p.meta.spec.name, p.meta.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Where pods' user namespaces are bound (state: gone after a reboot, like the netns).
