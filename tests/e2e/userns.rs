@@ -232,6 +232,8 @@ async fn userns_pod_runs_every_runner_with_the_kubelets_mapping() {
     let upid = runner_pid(&mut rt, &user).await;
     let u = hu + 1000;
     assert_eq!(status_field(upid, "Uid"), format!("{u}\t{u}\t{u}\t{u}"));
+    assert_eq!(status_field(upid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(upid, "CapPrm"), "0000000000000000");
     assert_eq!(id_maps(upid).0, format!("0 {hu} 65536"));
     // Both runners are in one user namespace, the pod's.
     let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();

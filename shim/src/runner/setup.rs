@@ -126,7 +126,13 @@ pub(crate) fn drop_privileges(spec: &RunnerSpec) -> Result<(), String> {
     if !drops_privileges(spec) {
         return Ok(());
     }
-    if spec.userns.is_some() {
+    if let Some(u) = &spec.userns {
+        // Joining left the node's uid 0, which is not the namespace's root, so a later
+        // switch to another user would keep the namespace's capabilities; become its root
+        // first, and the switch drops them as it does outside.
+        if u.mappings.host_uid(0).is_some() {
+            setuid(Uid::from_raw(0)).map_err(|e| format!("setuid 0 in the user namespace: {e}"))?;
+        }
         return switch_ids(spec, spec.uid.or(Some(0)), spec.gid.or(Some(0)));
     }
     if let Some(dir) = exit_dir(&spec.exit_file) {
