@@ -82,9 +82,9 @@ pub(crate) fn drops_privileges(spec: &RunnerSpec) -> bool {
 }
 
 /// Joins the pod's user namespace `ns` (opened by [`open_userns`]), if the spec names one;
-/// called once everything that needs
-/// the node's root is done (cgroups, netns, jail, log) and before the capability bounding set
-/// is emptied (joining resets it to full, scoped to the namespace).
+/// called once everything that needs the node's root is done (cgroups, netns, jail, log) and
+/// before the capability bounding set is emptied (joining resets it to full, scoped to the
+/// namespace).
 ///
 /// First, still as the node's root, the exit record's directory is handed to the node IDs the
 /// guest's user and group map to (inside the namespace the runner has no capability over a

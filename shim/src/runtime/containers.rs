@@ -314,6 +314,20 @@ impl Runtime {
             .map(|h| h.procs_files.clone())
             .unwrap_or_default();
         let (resolv_conf, hosts) = Self::name_files(c, &pod.meta);
+        // Fails closed: a pod with a mapping never runs a runner outside its namespace.
+        let userns = match (&pod.meta.spec.id_mappings, &pod.meta.userns) {
+            (None, _) => None,
+            (Some(mappings), Some(path)) => Some(crate::runner::spec::UserNamespace {
+                path: path.clone(),
+                mappings: mappings.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "pod sandbox {} has a user namespace mapping but no namespace",
+                    pod.meta.id
+                )));
+            }
+        };
         Ok(RunnerSpec {
             container_id: m.id.clone(),
             mode,
@@ -337,12 +351,7 @@ impl Runtime {
             jail: Some(Self::jail_dir(c)),
             resolv_conf,
             hosts,
-            userns: pod
-                .meta
-                .userns
-                .clone()
-                .zip(pod.meta.spec.id_mappings.clone())
-                .map(|(path, mappings)| crate::runner::spec::UserNamespace { path, mappings }),
+            userns,
         })
     }
 

@@ -1,5 +1,5 @@
-//! Sandbox lifecycle: run (netns + CNI ADD + DNS/hostname files), stop (containers, CNI
-//! DEL), remove (containers, netns, files, record).
+//! Sandbox lifecycle: run (user namespace + netns + CNI ADD + sysctls + DNS/hostname
+//! files), stop (containers, CNI DEL), remove (containers, namespaces, files, record).
 
 use std::collections::HashMap;
 use std::sync::Arc;
