@@ -2,7 +2,7 @@
 //! ([`IdMappings::validate`]), and a persistent user namespace per pod holding exactly them.
 //!
 //! A pod's namespace is made once, at RunPodSandbox, the way [`crate::network::netns`] makes
-//! network namespaces: a short-lived child process `unshare(CLONE_NEWUSER)`s, the daemon —
+//! network namespaces: a short-lived child process is cloned into a new one, the daemon —
 //! the privileged side, in the host's user namespace — writes its `uid_map` and `gid_map`
 //! (written once, the kernel refuses a second write, so nobody inside can change them), and
 //! bind-mounts its nsfs file onto an empty file, which keeps the namespace alive after the
@@ -16,7 +16,6 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -238,20 +237,63 @@ pub fn create(dir: &Path, name: &str, m: &IdMappings) -> Result<PathBuf, UsernsE
     }
 }
 
-/// A child that has unshared its user namespace and waits (on `go`) for the daemon to map
-/// and pin it. Killed and reaped on drop.
+/// A process born in a new user namespace, idle until the daemon has mapped and pinned the
+/// namespace; killed and reaped on drop. It shares the daemon's memory (`CLONE_VM`: nothing
+/// is copied, where a `fork` of the daemon copies its page tables) and runs only
+/// [`hold`] on a stack of its own, which lives as long as the holder.
 struct Holder {
     pid: nix::unistd::Pid,
-    go: Option<OwnedFd>,
+    _stack: Vec<u8>,
 }
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        // Closing `go` lets it exit on its own; the kill covers a child stuck elsewhere.
-        drop(self.go.take());
+        // Once `kill` returns the child never runs user code again, so even if the wait
+        // failed its stack could go.
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(self.pid, None);
     }
+}
+
+/// The holder's whole life: every signal blocked (no handler of the daemon's ever runs in
+/// it), then waiting for the SIGKILL. Touches nothing but its own stack.
+extern "C" fn hold(_: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: system calls on a sigset on this stack.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        loop {
+            libc::pause();
+        }
+    }
+}
+
+/// Stack of a holder: [`hold`] needs a few hundred bytes.
+const HOLDER_STACK: usize = 16 * 1024;
+
+fn spawn_holder() -> io::Result<Holder> {
+    let mut stack = vec![0u8; HOLDER_STACK];
+    // SAFETY: the child shares our memory but runs only `hold`, on `stack`, which the
+    // returned `Holder` keeps until the child is dead; the top is 16-byte aligned as the ABI
+    // requires. CLONE_NEWUSER makes its user namespace; SIGCHLD lets it be reaped normally.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(HOLDER_STACK);
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            hold,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Holder {
+        pid: nix::unistd::Pid::from_raw(pid),
+        _stack: stack,
+    })
 }
 
 fn make(path: &Path, m: &IdMappings) -> Result<(), UsernsError> {
@@ -284,48 +326,6 @@ fn write_once(path: &Path, text: &str) -> io::Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Forks the holder. The child only makes raw system calls (`unshare`, `write`, `read`,
-/// `_exit`): the daemon is multi-threaded, so nothing that allocates or locks may run in it.
-fn spawn_holder() -> io::Result<Holder> {
-    use nix::fcntl::OFlag;
-    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let (ready_w_raw, go_r_raw) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
-    // SAFETY: the child runs only async-signal-safe system calls on descriptors that exist
-    // before the fork and leaves with `_exit`, never returning into Rust code.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => unsafe {
-            let errno: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            };
-            let bytes = errno.to_ne_bytes();
-            libc::write(ready_w_raw, bytes.as_ptr().cast(), bytes.len());
-            let mut b = 0u8;
-            libc::read(go_r_raw, (&mut b as *mut u8).cast(), 1);
-            libc::_exit(0)
-        },
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(ready_w);
-            drop(go_r);
-            let holder = Holder {
-                pid: child,
-                go: Some(go_w),
-            };
-            let mut bytes = [0u8; 4];
-            let n = nix::unistd::read(&ready_r, &mut bytes)?;
-            if n != bytes.len() {
-                return Err(io::Error::other("the child exited before unsharing"));
-            }
-            match i32::from_ne_bytes(bytes) {
-                0 => Ok(holder),
-                errno => Err(io::Error::from_raw_os_error(errno)),
-            }
-        }
-    }
 }
 
 /// Unmounts and unlinks a namespace file. Missing or already unmounted is success.
