@@ -256,13 +256,25 @@ impl Drop for Holder {
 }
 
 /// The holder's whole life: every signal blocked (no handler of the daemon's ever runs in
-/// it), then waiting for the SIGKILL. Touches nothing but its own stack.
-extern "C" fn hold(_: *mut libc::c_void) -> libc::c_int {
+/// it), killed with the thread that made it if the daemon dies first (`arg` is the daemon's
+/// PID, to catch a death before `PR_SET_PDEATHSIG` took effect), else waiting for the
+/// SIGKILL. Touches nothing but its own stack.
+extern "C" fn hold(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: system calls on a sigset on this stack.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() as usize != arg as usize {
+            libc::_exit(0);
+        }
         loop {
             libc::pause();
         }
@@ -284,7 +296,7 @@ fn spawn_holder() -> io::Result<Holder> {
             hold,
             top.cast(),
             libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
-            std::ptr::null_mut(),
+            std::process::id() as usize as *mut libc::c_void,
         )
     };
     if pid < 0 {
