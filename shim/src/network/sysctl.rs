@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 
 /// Most sysctls one pod may set (a pod spec lists a handful).
-const MAX_SYSCTLS: usize = 256;
+pub const MAX_SYSCTLS: usize = 256;
 /// Longest sysctl name accepted.
-const MAX_NAME: usize = 256;
+pub const MAX_NAME: usize = 256;
 /// Longest value accepted (the kernel reads at most a page per write).
-const MAX_VALUE: usize = 4095;
+pub const MAX_VALUE: usize = 4095;
 
 /// The IPC namespace's sysctls (the kernel's `ipc_sysctls` table), besides `fs.mqueue.*`.
 const IPC: [&str; 8] = [

@@ -17,7 +17,7 @@
 //!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
 //!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
 //!    the kubelet's log directory is root-owned); join the pod's user namespace if it has
-//!    one ([`setup::enter_userns`]; the IDs below are then the namespace's); empty the
+//!    one (`setup::enter_userns`; the IDs below are then the namespace's); empty the
 //!    capability bounding set;
 //!    `setgroups`/`setgid`/`setuid` if asked (the exit file's directory is chowned to the new
 //!    user first so the record can still be renamed into it — give each runner a directory
