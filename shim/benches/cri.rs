@@ -2,6 +2,7 @@
 //! through the real daemon over its socket. Prints a table; asserts nothing.
 //!
 //! - RunPodSandbox (host network)
+//! - the same with a user namespace (`hostUsers: false`): RunPodSandbox, Run → first log
 //! - CreateContainer + StartContainer of `hello` until its log line is written
 //! - StopPodSandbox + RemovePodSandbox
 //! - the same with the pod on a CNI bridge network of the bench's own (skipped without the CNI
@@ -81,9 +82,9 @@ struct Cycles {
     teardown: Vec<Duration>,
 }
 
-/// `n` times: a pod (host network, or the daemon's CNI network), `hello` in it until its log
-/// line, teardown.
-async fn pod_cycles(d: &Daemon, n: usize, host_network: bool) -> Cycles {
+/// `n` times: a pod (host network, or the daemon's CNI network; in a user namespace with
+/// the kubelet's kind of mapping if `userns`), `hello` in it until its log line, teardown.
+async fn pod_cycles(d: &Daemon, n: usize, host_network: bool, userns: bool) -> Cycles {
     let mut rt = d.rt().await;
     let logs = d.dir.path().join("logs");
     let mut out = Cycles {
@@ -96,6 +97,22 @@ async fn pod_cycles(d: &Daemon, n: usize, host_network: bool) -> Cycles {
         let mut cfg = pod_config(&format!("bench-{i}"), &logs.join(i.to_string()));
         if !host_network {
             cfg.linux = None;
+        }
+        if userns {
+            let range = pb::IdMapping {
+                host_id: 65536 * 7,
+                container_id: 0,
+                length: 65536,
+            };
+            let ns = cfg.linux.get_or_insert_with(Default::default);
+            let sc = ns.security_context.get_or_insert_with(Default::default);
+            sc.namespace_options
+                .get_or_insert_with(Default::default)
+                .userns_options = Some(pb::UserNamespace {
+                mode: pb::NamespaceMode::Pod as i32,
+                uids: vec![range],
+                gids: vec![range],
+            });
         }
         let t0 = Instant::now();
         let pod = run_pod(&mut rt, cfg.clone()).await;
@@ -138,7 +155,8 @@ async fn main() {
     import_guest(&d, "wasm32-wasip1", "sleeper", "localhost/sleeper:v1");
     let mut rt = d.rt().await;
     let logs = d.dir.path().join("logs");
-    let mut host = pod_cycles(&d, iters, true).await;
+    let mut host = pod_cycles(&d, iters, true, false).await;
+    let mut userns = pod_cycles(&d, iters, true, true).await;
     println!(
         "| {:<44} | {:>9} | {:>9} | {:>5} |",
         "operation", "p50 ms", "p99 ms", "n"
@@ -156,12 +174,25 @@ async fn main() {
         &mut host.first_log,
     );
     row("StopPodSandbox+RemovePodSandbox", &mut host.teardown);
+    row(
+        "pod start (host network): Run → first log",
+        &mut host.pod_start,
+    );
+    row("RunPodSandbox (host network, userns)", &mut userns.run);
+    row(
+        "pod start (host network, userns): Run → log",
+        &mut userns.pod_start,
+    );
+    row(
+        "StopPodSandbox+RemovePodSandbox (userns)",
+        &mut userns.teardown,
+    );
 
     // The same on a CNI bridge network (netns, veth, host-local IPAM) of the bench's own.
     if let Some(net) = CniNet::new() {
         let cd = Daemon::start_with(&net.daemon_config()).await;
         import_guest(&cd, "wasm32-wasip1", "hello", "localhost/hello:v1");
-        let mut cni = pod_cycles(&cd, iters.max(100), false).await;
+        let mut cni = pod_cycles(&cd, iters.max(100), false, false).await;
         row("RunPodSandbox (CNI bridge)", &mut cni.run);
         row(
             "pod start (CNI bridge): Run → first log",

@@ -11,7 +11,8 @@
 //! - [`runner`]: the process that runs one container's wasm, and its spec/exit contract.
 //! - [`logs`]: the kubelet's CRI log format writer.
 //! - [`cgroups`]: cgroup v1/v2 limits and stats.
-//! - [`network`]: network namespaces and CNI.
+//! - [`network`]: network namespaces, CNI and pod sysctls.
+//! - [`userns`]: pod user namespaces (`hostUsers: false`).
 //! - [`streaming`]: the exec / port-forward streaming server (SPDY/3.1).
 
 pub mod cgroups;
@@ -35,5 +36,6 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "runtime")]
 pub mod streaming;
+pub mod userns;
 #[cfg(feature = "runtime")]
 pub mod wasm;

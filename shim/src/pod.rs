@@ -4,7 +4,7 @@
 //! A Wasm pod has no pause process: the sandbox is its network namespace, its cgroup parent,
 //! its DNS/hostname files and the metadata here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,14 @@ pub struct PodSpec {
     pub host_network: bool,
     /// Port mappings for the CNI portmap plugin.
     pub port_mappings: Vec<PortMapping>,
+    /// The user namespace mapping (`hostUsers: false`, CRI `userns_options` in mode `POD`):
+    /// every runner of the pod runs in a user namespace with exactly these ranges. `None`:
+    /// the node's users (mode `NODE`). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_mappings: Option<crate::userns::IdMappings>,
+    /// Namespaced sysctls (see [`crate::network::sysctl`]), applied at RunPodSandbox.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// A sandbox's fixed metadata: the request plus what the runtime made for it. Persisted with
@@ -55,6 +63,9 @@ pub struct PodMeta {
     pub created_at: i64,
     /// The pod's network namespace file, when it has its own.
     pub netns: Option<PathBuf>,
+    /// The pod's user namespace file (see [`crate::userns`]), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<PathBuf>,
     /// The runtime-side pod directory (resolv.conf, hostname, hosts).
     pub dir: PathBuf,
 }
@@ -175,6 +186,35 @@ mod tests {
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["namespace"], "ns");
         assert_eq!(v, serde_json::from_str::<serde_json::Value>(old).unwrap());
+        assert_eq!((m.spec.id_mappings, m.userns), (None, None));
+        assert!(m.spec.sysctls.is_empty());
+    }
+
+    #[test]
+    fn user_namespace_and_sysctls_round_trip() {
+        let mut m: PodMeta = serde_json::from_str(
+            r#"{"id":"ab","name":"web","uid":"u1","namespace":"ns","attempt":0,"labels":{},
+            "annotations":{},"runtime_handler":"","created_at":7,"log_directory":"",
+            "hostname":"web","cgroup_parent":"","dns":null,"host_network":false,
+            "port_mappings":[],"netns":null,"dir":"/d"}"#,
+        )
+        .unwrap();
+        let range = crate::userns::IdMapping {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        };
+        m.spec.id_mappings = Some(crate::userns::IdMappings {
+            uids: vec![range],
+            gids: vec![range],
+        });
+        m.spec.sysctls = BTreeMap::from([("net.ipv4.tcp_syncookies".into(), "1".into())]);
+        m.userns = Some("/run/wasmcri/userns/p".into());
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["id_mappings"]["uids"][0]["host_id"], 65536);
+        assert_eq!(v["userns"], "/run/wasmcri/userns/p");
+        let back: PodMeta = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
     }
 
     #[test]

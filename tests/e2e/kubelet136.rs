@@ -534,7 +534,7 @@ async fn v136_rpcs_stream_lists_and_record_pod_resources() {
         .find(|h| h.name == "wasmtime")
         .expect("wasmtime handler");
     let f = wasmtime.features.as_ref().unwrap();
-    assert!(f.recursive_read_only_mounts && !f.user_namespaces);
+    assert!(f.recursive_read_only_mounts && f.user_namespaces);
     assert!(st.features.unwrap().supplemental_groups_policy);
     d.shutdown().await;
 }

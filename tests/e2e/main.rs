@@ -18,4 +18,5 @@ mod network;
 mod resources;
 mod restart;
 mod streaming;
+mod userns;
 mod volumes;

@@ -165,14 +165,14 @@ impl Client {
 }
 
 /// What an exec printed and its error stream.
-struct ExecResult {
-    stdout: String,
-    stderr: String,
-    error: String,
+pub(crate) struct ExecResult {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) error: String,
 }
 
 /// Runs one exec session: error, (stdin), stdout, stderr streams, as client-go opens them.
-async fn spdy_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> ExecResult {
+pub(crate) async fn spdy_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> ExecResult {
     let mut c = Client::new(upgrade(url, Some(protocol), true).await);
     let error = c.open(&[("streamType", "error")], false).await;
     let input = match stdin {
@@ -204,7 +204,7 @@ fn exec_req(c: &str, cmd: &[&str], stdin: bool) -> pb::ExecRequest {
     }
 }
 
-async fn exec_url(
+pub(crate) async fn exec_url(
     rt: &mut cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     c: &str,
     cmd: &[&str],

@@ -1,4 +1,5 @@
-//! Pod networking: persistent network namespaces ([`netns`]) and a CNI client ([`cni`]) that
+//! Pod networking: persistent network namespaces ([`netns`]), their sysctls ([`sysctl`]) and a
+//! CNI client ([`cni`]) that
 //! runs the standard plugins per the CNI spec (0.4.0 / 1.0.0) to attach and detach them.
 //!
 //! The flow for a pod sandbox: [`netns::create`] a namespace file, [`Cni::add`] an
@@ -10,6 +11,7 @@ pub mod cni;
 mod error;
 pub mod netns;
 pub mod stats;
+pub mod sysctl;
 
 pub use cni::{
     Attachment, Cni, CniConfig, CniResult, Interface, IpConfig, NetworkList, PortMapping, Protocol,

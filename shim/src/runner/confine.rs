@@ -18,6 +18,12 @@
 //!   version-dependent set (mmap/mprotect, futex, epoll, sockets, signals, threads), and an
 //!   allow-list that missed one would kill guests in production.
 //!
+//! In a pod's user namespace (`hostUsers: false`, see [`super::setup::enter_userns`]) the
+//! bounding set is emptied after joining it (joining resets it), and whatever is kept is
+//! the namespace's, over nothing the node owns: the pod's network namespace belongs to the
+//! node's user namespace, so [`KEPT`] does not let such a guest bind ports below 1024 (the
+//! pod can lower `net.ipv4.ip_unprivileged_port_start`).
+//!
 //! Unlike a Linux container's default set, root guests do not keep `CAP_DAC_OVERRIDE`,
 //! `CAP_FOWNER` and friends: WASI offers no chown, mknod or raw sockets, and with them an
 //! escaped runner could write any file its jail shows regardless of mode.

@@ -755,6 +755,7 @@ mod tests {
             jail: Some("/c/jail".into()),
             resolv_conf: None,
             hosts: None,
+            userns: None,
         }
     }
 

@@ -17,7 +17,9 @@
 //!    `setns` into `netns` (it only moves the calling thread, hence no threads yet); write
 //!    `oom_score_adj` (EPERM/EACCES tolerated); complete the jail for the spec, holding only
 //!    what this runner needs, and enter it ([`jail`]); open the CRI log (as root:
-//!    the kubelet's log directory is root-owned); empty the capability bounding set;
+//!    the kubelet's log directory is root-owned); join the pod's user namespace if it has
+//!    one (`setup::enter_userns`; the IDs below are then the namespace's); empty the
+//!    capability bounding set;
 //!    `setgroups`/`setgid`/`setuid` if asked (the exit file's directory is chowned to the new
 //!    user first so the record can still be renamed into it — give each runner a directory
 //!    of its own for its exit file); drop the remaining capabilities, set `no_new_privs`,
@@ -376,9 +378,10 @@ fn run_spec(
         finisher.finish(record(EXIT_FAILURE, m, started_at))
     };
 
-    if let Err(m) = setup_process(&spec, jail) {
-        fail(m);
-    }
+    let userns = match setup_process(&spec, jail) {
+        Ok(ns) => ns,
+        Err(m) => fail(m),
+    };
     let output = match open_output(&spec) {
         Ok(o) => o,
         Err(m) => fail(m),
@@ -387,7 +390,9 @@ fn run_spec(
         Ok(f) => f,
         Err(m) => fail(m),
     };
-    if let Err(m) = confine::limit_bounding_set()
+    // The user namespace before the bounding set: joining one resets it.
+    if let Err(m) = setup::enter_userns(&spec, userns)
+        .and_then(|()| confine::limit_bounding_set())
         .and_then(|()| setup::drop_privileges(&spec))
         .and_then(|()| confine::lock_down(&filters[0]))
         .and_then(|()| confine::install_rest(&filters[1..]))
@@ -468,7 +473,12 @@ fn read_spec(path: &Path) -> Result<RunnerSpec, String> {
     serde_json::from_slice(&text).map_err(|e| format!("invalid spec {}: {e}", path.display()))
 }
 
-fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Result<(), String> {
+/// Host-side setup; returns the pod's user namespace, opened before the jail hides it, for
+/// [`setup::enter_userns`].
+fn setup_process(
+    spec: &RunnerSpec,
+    jail: Result<jail::Prepared, String>,
+) -> Result<Option<fs::File>, String> {
     if let Some(cgroup) = &spec.cgroup {
         cgroup
             .join_self()
@@ -477,6 +487,7 @@ fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Res
     if let Some(netns) = &spec.netns {
         setup::join_netns(netns)?;
     }
+    let userns = setup::open_userns(spec)?;
     if let Some(adj) = spec.oom_score_adj {
         setup::set_oom_score_adj(adj)?;
     }
@@ -488,7 +499,7 @@ fn setup_process(spec: &RunnerSpec, jail: Result<jail::Prepared, String>) -> Res
     // file a guest writes into a shared volume must be readable by the pod's other
     // containers.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(GUEST_UMASK));
-    Ok(())
+    Ok(userns)
 }
 
 /// The umask guests run with.

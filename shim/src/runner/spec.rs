@@ -70,6 +70,21 @@ pub struct RunnerSpec {
     /// The pod's hosts file (the kubelet's `/etc/hosts` mount), seen as `/etc/hosts`.
     #[serde(default)]
     pub hosts: Option<PathBuf>,
+    /// The pod's user namespace (`hostUsers: false`): the runner joins it once its host-side
+    /// setup is done, and `uid`, `gid` and `additional_gids` are IDs inside it. `None`: the
+    /// node's users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNamespace>,
+}
+
+/// A pod's user namespace as a runner joins it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserNamespace {
+    /// The bind-mounted nsfs file the daemon made (see [`crate::userns`]).
+    pub path: PathBuf,
+    /// Its mappings, which the runner uses to hand its exit record's directory to the guest's
+    /// user on the node before it joins.
+    pub mappings: crate::userns::IdMappings,
 }
 
 /// How the guest is driven.

@@ -84,6 +84,7 @@ impl Fixture {
             jail: None,
             resolv_conf: None,
             hosts: None,
+            userns: None,
         };
         Self { dir, spec }
     }

@@ -153,6 +153,10 @@ impl Runtime {
             .unwrap_or_else(|| entry.path.clone());
         let creds = super::users::resolve(&image.rootfs, &image.config.user, &req.user)
             .map_err(RuntimeError::InvalidArgument)?;
+        if let Some(m) = &pod.spec.id_mappings {
+            m.check_ids(creds.uid, creds.gid, &creds.additional_gids)
+                .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+        }
         let env = merge_env(&image.config.env, &req.env);
         let cwd = if !req.working_dir.is_empty() {
             req.working_dir.clone()
@@ -314,6 +318,20 @@ impl Runtime {
             _ => None,
         };
         let (resolv_conf, hosts) = Self::name_files(c, &pod.meta);
+        // Fails closed: a pod with a mapping never runs a runner outside its namespace.
+        let userns = match (&pod.meta.spec.id_mappings, &pod.meta.userns) {
+            (None, _) => None,
+            (Some(mappings), Some(path)) => Some(crate::runner::spec::UserNamespace {
+                path: path.clone(),
+                mappings: mappings.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "pod sandbox {} has a user namespace mapping but no namespace",
+                    pod.meta.id
+                )));
+            }
+        };
         Ok(RunnerSpec {
             container_id: m.id.clone(),
             mode,
@@ -337,6 +355,7 @@ impl Runtime {
             jail: Some(Self::jail_dir(c)),
             resolv_conf,
             hosts,
+            userns,
         })
     }
 

@@ -1,6 +1,7 @@
-//! Sandbox lifecycle: run (netns + CNI ADD + DNS/hostname files), stop (containers, CNI
-//! DEL), remove (containers, netns, files, record).
+//! Sandbox lifecycle: run (user namespace + netns + CNI ADD + sysctls + DNS/hostname
+//! files), stop (containers, CNI DEL), remove (containers, namespaces, files, record).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
@@ -31,6 +32,14 @@ impl Runtime {
                 req.runtime_handler, self.config.runtime_handlers
             )));
         }
+        // Refused before anything exists, so a hostile request leaves nothing behind.
+        if let Some(m) = &req.id_mappings {
+            m.validate()
+                .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+            self.check_ids_free(&req, &self.pods.read().expect("pods lock"))?;
+        }
+        crate::network::sysctl::validate(&req.sysctls, req.host_network)
+            .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
         let this = self.clone();
         // Run to completion even if the kubelet gives up: the undo list must run.
         tokio::spawn(async move { this.run_pod_inner(req).await })
@@ -95,6 +104,7 @@ impl Runtime {
             spec: req,
             created_at: crate::ids::now_ns(),
             netns: None,
+            userns: None,
             dir,
         };
         let mut state = PodState {
@@ -108,8 +118,11 @@ impl Runtime {
             // Known before it exists, so the record below names it.
             meta.netns = Some(self.config.netns_dir().join(&netns_name));
         }
-        // Saved before the netns and CNI ADD: a daemon killed during either leaves a
-        // `Creating` record, from which recovery tears both down (see `recover`).
+        if meta.spec.id_mappings.is_some() {
+            meta.userns = Some(self.userns_dir().join(&netns_name));
+        }
+        // Saved before the namespaces and CNI ADD: a daemon killed during any of them leaves
+        // a `Creating` record, from which recovery tears them down (see `recover`).
         self.save_pod(&PodRecord {
             meta: meta.clone(),
             state: state.clone(),
@@ -120,6 +133,25 @@ impl Runtime {
             undo.push(Box::pin(async move {
                 crate::store::remove(&this.pod_meta_path(&id)).map_err(|e| e.to_string())
             }));
+        }
+
+        if let Some(mappings) = meta.spec.id_mappings.clone() {
+            let (dir, name) = (self.userns_dir(), netns_name.clone());
+            let path =
+                tokio::task::spawn_blocking(move || crate::userns::create(&dir, &name, &mappings))
+                    .await
+                    .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?
+                    .map_err(userns_error)?;
+            {
+                let path = path.clone();
+                undo.push(Box::pin(async move {
+                    tokio::task::spawn_blocking(move || crate::userns::remove(&path))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())
+                }));
+            }
+            debug_assert_eq!(meta.userns.as_ref(), Some(&path));
         }
 
         if !meta.spec.host_network {
@@ -139,7 +171,7 @@ impl Runtime {
                 }));
             }
             debug_assert_eq!(meta.netns.as_ref(), Some(&path));
-            meta.netns = Some(path);
+            meta.netns = Some(path.clone());
             let att = self.attachment(&meta);
             // Registered before ADD: a plugin that fails half-way can leave an IP allocated.
             {
@@ -152,16 +184,34 @@ impl Runtime {
             let result = self.cni.add(&att).await?;
             state.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
             state.network_attached = true;
+            // After CNI ADD, so per-interface sysctls (`net.ipv4.conf.eth0.*`) find eth0; a
+            // failure rolls back the namespace (and every value written in it) with the rest.
+            if !meta.spec.sysctls.is_empty() {
+                let (path, sysctls) = (path.clone(), meta.spec.sysctls.clone());
+                tokio::task::spawn_blocking(move || crate::network::sysctl::apply(&path, &sysctls))
+                    .await
+                    .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?
+                    .map_err(|e| {
+                        if e.is_invalid_argument() {
+                            RuntimeError::InvalidArgument(e.to_string())
+                        } else {
+                            RuntimeError::FailedPrecondition(e.to_string())
+                        }
+                    })?;
+            }
         }
 
         state.phase = PodPhase::Ready;
         let record = PodRecord { meta, state };
         self.save_pod(&record).await?;
         let pod = Pod::new(record);
-        self.pods
-            .write()
-            .expect("pods lock")
-            .insert(id.to_owned(), pod.clone());
+        {
+            let mut pods = self.pods.write().expect("pods lock");
+            // Again under the lock that publishes the pod: two RunPodSandbox calls racing
+            // with one range cannot both pass.
+            self.check_ids_free(&pod.meta.spec, &pods)?;
+            pods.insert(id.to_owned(), pod.clone());
+        }
         // A sandbox is created and started in one step, as containerd reports it.
         self.events.emit(id, &pod, ContainerEventKind::Created);
         self.events.emit(id, &pod, ContainerEventKind::Started);
@@ -194,6 +244,39 @@ impl Runtime {
                 })
                 .collect(),
         }
+    }
+
+    /// Refuses a user namespace whose node IDs overlap those of a sandbox of another pod
+    /// (another Kubernetes pod UID: the kubelet gives a recreated sandbox of the same pod the
+    /// same range, while the old one may still exist).
+    fn check_ids_free(
+        &self,
+        spec: &crate::pod::PodSpec,
+        pods: &HashMap<String, Arc<Pod>>,
+    ) -> Result<()> {
+        let Some(m) = &spec.id_mappings else {
+            return Ok(());
+        };
+        for p in pods.values().filter(|p| p.meta.spec.uid != spec.uid) {
+            if let Some(clash) = p
+                .meta
+                .spec
+                .id_mappings
+                .as_ref()
+                .and_then(|o| m.host_overlap(o))
+            {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "user namespace {clash} is already used by pod {}/{} (sandbox {})",
+                    p.meta.spec.namespace, p.meta.spec.name, p.meta.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where pods' user namespaces are bound (state: gone after a reboot, like the netns).
+    fn userns_dir(&self) -> std::path::PathBuf {
+        self.config.state.join("userns")
     }
 
     async fn cni_del(self: &Arc<Self>, att: Attachment) -> Result<()> {
@@ -290,16 +373,34 @@ impl Runtime {
         Ok(())
     }
 
-    /// Removes what a sandbox left on the node once its network is down: the netns mount,
-    /// the pod directory, the record.
+    /// Removes what a sandbox left on the node once its network is down: the netns and
+    /// userns mounts, the pod directory, the record.
     pub(super) async fn remove_pod_files(&self, m: &PodMeta) -> Result<()> {
         if let Some(ns) = m.netns.clone() {
             tokio::task::spawn_blocking(move || crate::network::netns::remove(&ns))
                 .await
                 .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
         }
+        if let Some(ns) = m.userns.clone() {
+            tokio::task::spawn_blocking(move || crate::userns::remove(&ns))
+                .await
+                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?
+                .map_err(userns_error)?;
+        }
         crate::store::remove(&m.dir)?;
         crate::store::remove(&self.pod_meta_path(&m.id))?;
         Ok(())
+    }
+}
+
+/// A user namespace failure as the kubelet should see it: a refused mapping is its argument,
+/// the rest the node's.
+fn userns_error(e: crate::userns::UsernsError) -> RuntimeError {
+    match e {
+        crate::userns::UsernsError::Invalid { .. }
+        | crate::userns::UsernsError::Unmapped { .. } => {
+            RuntimeError::InvalidArgument(e.to_string())
+        }
+        crate::userns::UsernsError::Os { .. } => RuntimeError::FailedPrecondition(e.to_string()),
     }
 }

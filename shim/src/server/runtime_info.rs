@@ -54,12 +54,13 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
         info.insert("config".to_string(), cfg.to_string());
     }
     // Read-only mounts are bound recursively read-only in the runner's mount namespace
-    // (MOUNT_ATTR_RDONLY with AT_RECURSIVE); user namespaces are not implemented yet.
+    // (MOUNT_ATTR_RDONLY with AT_RECURSIVE). User namespaces: every runner of a
+    // `hostUsers: false` pod joins the pod's user namespace (see `crate::userns`).
     let handler = |name: &str| pb::RuntimeHandler {
         name: name.to_owned(),
         features: Some(pb::RuntimeHandlerFeatures {
             recursive_read_only_mounts: true,
-            user_namespaces: false,
+            user_namespaces: true,
         }),
     };
     let mut runtime_handlers = vec![handler("")];
@@ -74,7 +75,10 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
             // Users and groups come from the image's /etc/passwd and /etc/group, merged or
             // not as the policy says, and ContainerStatus reports the user.
             supplemental_groups_policy: true,
-            user_namespaces_host_network: false,
+            // A runner joins the pod's network namespace (none: it stays in the node's) before
+            // its user namespace, so a host-network pod runs in a user namespace the same way;
+            // its guest holds no capability over the node's network.
+            user_namespaces_host_network: true,
         }),
     })
 }

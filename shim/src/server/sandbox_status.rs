@@ -59,6 +59,7 @@ pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResp
                         network: mode as i32,
                         pid: pb::NamespaceMode::Container as i32,
                         ipc: pb::NamespaceMode::Pod as i32,
+                        userns_options: Some(userns_options(m.spec.id_mappings.as_ref())),
                         ..Default::default()
                     }),
                 }),
@@ -70,5 +71,29 @@ pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResp
         info,
         containers_statuses,
         timestamp,
+    }
+}
+
+/// The pod's user namespace as the CRI describes it: mode `POD` with its ranges, or `NODE`.
+fn userns_options(m: Option<&crate::userns::IdMappings>) -> pb::UserNamespace {
+    let ranges = |v: &[crate::userns::IdMapping]| {
+        v.iter()
+            .map(|r| pb::IdMapping {
+                host_id: r.host_id,
+                container_id: r.container_id,
+                length: r.length,
+            })
+            .collect()
+    };
+    match m {
+        Some(m) => pb::UserNamespace {
+            mode: pb::NamespaceMode::Pod as i32,
+            uids: ranges(&m.uids),
+            gids: ranges(&m.gids),
+        },
+        None => pb::UserNamespace {
+            mode: pb::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
     }
 }

@@ -226,6 +226,7 @@ pub fn precompile_cached(
     })?;
     let artifact = artifact_path(engine, cache_dir, &bytes);
     if artifact.is_file() {
+        readable_by_guests(&artifact)?;
         return Ok(artifact);
     }
     let compiled = match detect(&bytes) {
@@ -252,7 +253,26 @@ pub fn precompile_cached(
         source,
     })?;
     write_atomic(&artifact, &compiled)?;
+    readable_by_guests(&artifact)?;
     Ok(artifact)
+}
+
+/// Makes an artifact readable by every runner: one that switched to a non-root user (or
+/// joined a user namespace) loads it after the switch, and would otherwise compile the
+/// module itself on every start (about 100 ms). It holds nothing secret: it is compiled
+/// from a module every container of the image can read.
+fn readable_by_guests(artifact: &Path) -> Result<(), WasmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| WasmError::Io {
+        op: "chmod",
+        path: artifact.to_path_buf(),
+        source,
+    };
+    let mode = fs::metadata(artifact).map_err(io)?.permissions().mode() & 0o777;
+    if mode != 0o644 {
+        fs::set_permissions(artifact, fs::Permissions::from_mode(0o644)).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` via a uniquely named temp file in the same directory, fsync,
@@ -395,6 +415,13 @@ mod tests {
         let second = precompile_cached(&engine, &cache, &src).unwrap();
         assert_eq!(first, second);
         assert_eq!(fs::metadata(&second).unwrap().modified().unwrap(), modified);
+        // Readable by runners that switched users; an older private artifact is fixed on a hit.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&first), 0o644);
+        fs::set_permissions(&first, fs::Permissions::from_mode(0o600)).unwrap();
+        precompile_cached(&engine, &cache, &src).unwrap();
+        assert_eq!(mode(&first), 0o644);
         // The artifact loads into a fresh engine built by the same function.
         let loader = super::engine().unwrap();
         unsafe { wasmtime::Module::deserialize_file(&loader, &first) }.unwrap();
