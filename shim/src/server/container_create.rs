@@ -269,23 +269,22 @@ mod tests {
                 recursive_read_only: true,
                 ..Default::default()
             },
-            pb::Mount {
+        ]
+        .into_iter()
+        .chain(
+            [
+                pb::MountPropagation::PropagationHostToContainer,
+                pb::MountPropagation::PropagationBidirectional,
+            ]
+            .map(|p| pb::Mount {
                 container_path: "/data".into(),
                 host_path: "/h".into(),
                 readonly: true,
                 recursive_read_only: true,
-                propagation: pb::MountPropagation::PropagationHostToContainer as i32,
+                propagation: p as i32,
                 ..Default::default()
-            },
-            pb::Mount {
-                container_path: "/data".into(),
-                host_path: "/h".into(),
-                readonly: true,
-                recursive_read_only: true,
-                propagation: pb::MountPropagation::PropagationBidirectional as i32,
-                ..Default::default()
-            },
-        ] {
+            }),
+        ) {
             assert!(matches!(
                 mount_spec(bad),
                 Err(RuntimeError::InvalidArgument(_))

@@ -308,38 +308,17 @@ impl Parser {
             }
             Some("if") => {
                 self.pos += 1;
-                let cond = self.list(&["then"])?;
-                self.expect_word("then")?;
-                let then = self.list(&["else", "elif", "fi"])?;
-                self.skip_separators();
-                let els = match self.peek_word() {
-                    Some("else") => {
-                        self.pos += 1;
-                        let e = self.list(&["fi"])?;
-                        Some(Box::new(e))
-                    }
-                    Some("elif") => {
-                        // `elif` is `else if ... fi` sharing the outer `fi`.
-                        self.toks[self.pos] = Tok::Word("if".into());
-                        let inner = self.command_no_fi()?;
-                        Some(Box::new(inner))
-                    }
-                    _ => None,
-                };
+                let node = self.if_clause()?;
                 self.expect_word("fi")?;
-                Ok(Node::If {
-                    cond: Box::new(cond),
-                    then: Box::new(then),
-                    els,
-                })
+                Ok(node)
             }
             _ => self.simple(),
         }
     }
 
-    /// An `if` whose `fi` belongs to the enclosing `if` (for `elif`).
-    fn command_no_fi(&mut self) -> PResult<Node> {
-        self.pos += 1;
+    /// The rest of an `if` (or `elif`) after its keyword, up to its `fi` (not consumed: an
+    /// `elif` shares the outer `fi`).
+    fn if_clause(&mut self) -> PResult<Node> {
         let cond = self.list(&["then"])?;
         self.expect_word("then")?;
         let then = self.list(&["else", "elif", "fi"])?;
@@ -349,7 +328,10 @@ impl Parser {
                 self.pos += 1;
                 Some(Box::new(self.list(&["fi"])?))
             }
-            Some("elif") => Some(Box::new(self.command_no_fi()?)),
+            Some("elif") => {
+                self.pos += 1;
+                Some(Box::new(self.if_clause()?))
+            }
             _ => None,
         };
         Ok(Node::If {
