@@ -13,6 +13,7 @@
 //! - [`cgroups`]: cgroup v1/v2 limits and stats.
 //! - [`network`]: network namespaces and CNI.
 //! - [`streaming`]: the exec / port-forward streaming server (SPDY/3.1).
+//! - [`delegate`]: routing of non-Wasm pods and images to a delegate CRI runtime (containerd).
 
 pub mod cgroups;
 pub mod config;
@@ -20,6 +21,8 @@ pub mod config;
 pub mod container;
 #[cfg(feature = "runtime")]
 pub mod daemon;
+#[cfg(feature = "runtime")]
+pub mod delegate;
 pub mod fuzzing;
 pub mod ids;
 pub mod images;
