@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use cri::v1 as pb;
 use cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -382,5 +383,372 @@ async fn linux_and_wasm_pods_side_by_side() {
     assert!(pod_ids(&mut rt, None).await.is_empty());
     assert!(container_ids(&mut rt, None).await.is_empty());
     assert!(pod_ids(&mut direct, None).await.is_empty());
+    m.shutdown().await;
+}
+
+/// Tags in wasmcri's own image store (`wasmcri image ls`).
+fn local_tags(d: &Daemon) -> String {
+    let out = std::process::Command::new(Daemon::bin())
+        .arg("--config")
+        .arg(&d.config_path)
+        .args(["image", "ls"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether containerd itself holds `image`.
+async fn in_containerd(m: &Mixed, image: &str) -> bool {
+    m.ctrd
+        .img()
+        .await
+        .image_status(pb::ImageStatusRequest {
+            image: Some(pb::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .is_some()
+}
+
+#[tokio::test]
+async fn images_are_routed_by_content() {
+    let Some(m) = Mixed::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = m.reg.host.clone();
+    let hello = guest(P1, "hello");
+    let arch = wasmcri::images::manifest::node_arch();
+
+    // A Wasm artifact, a wasi/wasm image, a Linux index, an index with Linux and wasi/wasm.
+    let artifact = format!("{host}/art:v1");
+    wasm_artifact_layout(&dir.path().join("art"), &hello, "art:v1");
+    skopeo_push(&dir.path().join("art"), &artifact);
+    let wasi = format!("{host}/wasi:v1");
+    tar_image_layout(
+        &dir.path().join("wasi"),
+        &[("/hello.wasm", hello.clone())],
+        &["/hello.wasm"],
+        &[],
+        "wasi:v1",
+    );
+    skopeo_push(&dir.path().join("wasi"), &wasi);
+    let linux_index = format!("{host}/linux-index:v1");
+    let li = dir.path().join("li");
+    let (ld, ls) = busybox_layout(&li, &["sh"], "x").unwrap();
+    index_layout(
+        &li,
+        &[
+            (ld.clone(), ls, "linux", arch),
+            (ld.clone(), ls, "linux", "s390x"),
+        ],
+        "linux-index:v1",
+    );
+    skopeo_push_all(&li, &linux_index);
+    let mixed = format!("{host}/mixed:v1");
+    let mi = dir.path().join("mi");
+    let (ld, ls) = busybox_layout(&mi, &["sh"], "x").unwrap();
+    tar_image_layout(
+        &mi,
+        &[("/hello.wasm", hello.clone())],
+        &["/hello.wasm"],
+        &[],
+        "y",
+    );
+    let (wd, ws) = top_manifest(&mi);
+    index_layout(
+        &mi,
+        &[(ld, ls, "linux", arch), (wd, ws, "wasi", "wasm")],
+        "mixed:v1",
+    );
+    skopeo_push_all(&mi, &mixed);
+
+    for image in [&artifact, &wasi, &linux_index, &mixed] {
+        pull_image(&m.d, image)
+            .await
+            .unwrap_or_else(|e| panic!("pull {image}: {e}\n{}", m.d.log()));
+    }
+    let local = local_tags(&m.d);
+    for (image, wasm) in [
+        (&artifact, true),
+        (&wasi, true),
+        (&mixed, true),
+        (&linux_index, false),
+        (&m.busybox, false),
+    ] {
+        assert_eq!(
+            local.contains(image.as_str()),
+            wasm,
+            "{image} in wasmcri: {local}"
+        );
+        assert_eq!(
+            in_containerd(&m, image).await,
+            !wasm,
+            "{image} in containerd"
+        );
+    }
+
+    // The kubelet's runtime handler decides before the image's content does.
+    let handled = pb::PullImageRequest {
+        image: Some(pb::ImageSpec {
+            image: wasi.clone(),
+            runtime_handler: "runc".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    m.d.img().await.pull_image(handled).await.unwrap();
+    assert!(
+        in_containerd(&m, &wasi).await,
+        "runtime_handler runc sends the pull to containerd"
+    );
+
+    // One view of both stores.
+    let mut img = m.d.img().await;
+    let listed: Vec<String> = img
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect();
+    for image in [&artifact, &wasi, &mixed, &linux_index, &m.busybox] {
+        assert!(listed.contains(image), "{image} not in {listed:?}");
+    }
+    assert_eq!(
+        listed.iter().filter(|t| **t == wasi).count(),
+        1,
+        "an image both hold is listed once: {listed:?}"
+    );
+    for image in [&artifact, &linux_index] {
+        let st = img
+            .image_status(pb::ImageStatusRequest {
+                image: Some(pb::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.image.is_some(), "ImageStatus {image}");
+    }
+    let fs = img
+        .image_fs_info(pb::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fs.image_filesystems.len(), 2, "{fs:?}");
+
+    // Removal reaches whichever side holds the image.
+    for image in [&artifact, &linux_index, &wasi] {
+        img.remove_image(pb::RemoveImageRequest {
+            image: Some(pb::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+        assert!(
+            !local_tags(&m.d).contains(image.as_str()),
+            "{image} still in wasmcri"
+        );
+        assert!(
+            !in_containerd(&m, image).await,
+            "{image} still in containerd"
+        );
+    }
+    m.shutdown().await;
+}
+
+/// Retries ContainerStatus until it answers (the delegate coming back), or panics.
+async fn status_when_back(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    secs: u64,
+) -> pb::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match rt
+            .container_status(pb::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(r) => return r.into_inner().status.unwrap(),
+            Err(e) => assert!(Instant::now() < deadline, "{id} still failing: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn delegate_slow_killed_and_restarted() {
+    let Some(mut m) = Mixed::start().await else {
+        return;
+    };
+    let mut rt = m.d.rt().await;
+    let script = "echo up; trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done";
+    let (lpod, _, lctr) = m.linux_pod(&mut rt, "linux", script).await;
+    let (wpod, _, wctr) = m.wasm_pod(&mut rt, "wasm").await;
+    let pods = sorted(vec![lpod.clone(), wpod.clone()]);
+    let ctrs = sorted(vec![lctr.clone(), wctr.clone()]);
+    assert_eq!(pod_ids(&mut rt, None).await, pods);
+    assert_eq!(container_ids(&mut rt, None).await, ctrs);
+
+    let unavailable = |e: tonic::Status, endpoint: &str| {
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.message().contains(endpoint), "{}", e.message());
+    };
+
+    // Slow: a stopped containerd accepts connections and never answers.
+    let pid = nix::unistd::Pid::from_raw(m.ctrd.pid().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    let e = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: lctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    unavailable(e, &m.ctrd.endpoint);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(
+        status(&mut rt, &wctr).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(
+        pod_ids(&mut rt, None).await,
+        pods,
+        "a slow delegate's pods stay listed"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(
+        status_when_back(&mut rt, &lctr, 10).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+
+    // Down.
+    m.ctrd.kill9();
+    let e = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: lctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    unavailable(e, &m.ctrd.endpoint);
+    let mut cfg = pod_config(&unique("linux2"), &m.d.dir.path().join("logs"));
+    cfg.linux = None;
+    let e = rt
+        .run_pod_sandbox(pb::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    unavailable(e, &m.ctrd.endpoint);
+    let s = rt
+        .status(pb::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status);
+    let dr = condition(&s, "DelegateReady");
+    assert!(!dr.status);
+    assert!(dr.message.contains(&m.ctrd.endpoint), "{dr:?}");
+    // Nothing listed disappears; Wasm pods keep working, new ones start, their events flow.
+    assert_eq!(pod_ids(&mut rt, None).await, pods);
+    assert_eq!(container_ids(&mut rt, None).await, ctrs);
+    let mut events = rt
+        .get_container_events(pb::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (w2pod, _, w2ctr) = m.wasm_pod(&mut rt, "wasm2").await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.message().await.unwrap() {
+            if ev.container_id == w2ctr {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "no event for {w2ctr} while the delegate is down"
+    );
+    let pods = sorted(vec![lpod.clone(), wpod.clone(), w2pod.clone()]);
+    assert_eq!(pod_ids(&mut rt, None).await, pods);
+
+    // Back: the same objects, once each; the Linux container ran on without containerd.
+    m.ctrd.spawn().await;
+    let st = status_when_back(&mut rt, &lctr, 20).await;
+    assert_eq!(st.state, pb::ContainerState::ContainerRunning as i32);
+    assert_eq!(pod_ids(&mut rt, None).await, pods);
+    assert_eq!(
+        container_ids(&mut rt, None).await,
+        sorted(vec![lctr.clone(), wctr.clone(), w2ctr.clone()])
+    );
+    let out = exec(&mut rt, &lctr, &["echo", "back"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "back\n");
+    let s = rt
+        .status(pb::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&s, "DelegateReady").status, "{s:?}");
+    drop(events);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn wasmcri_killed_and_restarted() {
+    let Some(mut m) = Mixed::start().await else {
+        return;
+    };
+    let mut rt = m.d.rt().await;
+    let script = "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done";
+    let (lpod, _, lctr) = m.linux_pod(&mut rt, "linux", script).await;
+    let (wpod, _, wctr) = m.wasm_pod(&mut rt, "wasm").await;
+    m.d.kill9();
+    m.d.spawn().await;
+    let mut rt = m.d.rt().await;
+    // Every ID still reaches its owner.
+    for c in [&lctr, &wctr] {
+        assert_eq!(
+            status(&mut rt, c).await.state,
+            pb::ContainerState::ContainerRunning as i32
+        );
+    }
+    assert_eq!(
+        pod_ids(&mut rt, None).await,
+        sorted(vec![lpod.clone(), wpod.clone()])
+    );
+    assert_eq!(
+        container_ids(&mut rt, None).await,
+        sorted(vec![lctr.clone(), wctr.clone()])
+    );
+    let out = exec(&mut rt, &lctr, &["echo", "still"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n");
+    remove_pod(&mut rt, &lpod).await;
+    assert!(pod_ids(&mut m.ctrd.rt().await, None).await.is_empty());
     m.shutdown().await;
 }

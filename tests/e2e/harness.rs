@@ -1274,11 +1274,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("containerd exited {st}: {}", self.log());
             }
-            if self.socket.exists() {
-                let mut rt = RuntimeServiceClient::new(self.channel().await);
-                if rt.version(pb::VersionRequest::default()).await.is_ok() {
-                    return;
-                }
+            if let Ok(ch) = self.try_channel().await
+                && RuntimeServiceClient::new(ch)
+                    .version(pb::VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -1287,6 +1289,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// containerd's PID, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
     /// kill -9 of containerd (its shims and containers keep running).
@@ -1304,6 +1311,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     /// A channel to containerd's CRI socket (to compare with what wasmcri answers).
     pub async fn channel(&self) -> Channel {
+        self.try_channel().await.unwrap()
+    }
+
+    async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
         let path = self.socket.clone();
         Endpoint::try_from("http://[::]:50051")
             .unwrap()
@@ -1316,7 +1327,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 }
             }))
             .await
-            .unwrap()
     }
 
     /// containerd's RuntimeService, directly.
@@ -1340,6 +1350,58 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // After a failed test: remove its pods through containerd's CRI while it runs, so
+        // their network namespaces (under /var/run/netns) and shim sockets go too. Drop may
+        // run inside the test's runtime, hence a thread of its own.
+        if self.child.is_some() {
+            let socket = self.socket.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let endpoint = Endpoint::try_from("http://[::]:50051").unwrap();
+                    let connect =
+                        endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                            let path = socket.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                    tokio::net::UnixStream::connect(path).await?,
+                                ))
+                            }
+                        }));
+                    let Ok(Ok(ch)) = tokio::time::timeout(Duration::from_secs(2), connect).await
+                    else {
+                        return;
+                    };
+                    let mut rt = RuntimeServiceClient::new(ch);
+                    let pods = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        rt.list_pod_sandbox(pb::ListPodSandboxRequest::default()),
+                    )
+                    .await;
+                    let Ok(Ok(pods)) = pods else { return };
+                    for p in pods.into_inner().items {
+                        let id = p.id;
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            let _ = rt
+                                .stop_pod_sandbox(pb::StopPodSandboxRequest {
+                                    pod_sandbox_id: id.clone(),
+                                })
+                                .await;
+                            let _ = rt
+                                .remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                                    pod_sandbox_id: id.clone(),
+                                })
+                                .await;
+                        })
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
         self.kill9();
         // The runc shims it started name its socket on their command line.
         let sock = self.socket.display().to_string();
