@@ -20,6 +20,11 @@
 //! A delegate that is down or slow fails only calls that need it, with `UNAVAILABLE` naming
 //! its endpoint; Wasm pods keep working. Without a configured delegate this layer is not in
 //! the path at all (see [`crate::daemon`]).
+//!
+//! Delegated lifecycle calls carry the kubelet's deadline on to the delegate and are not
+//! detached: a cancelled call is cancelled at the delegate too, which then cleans up as it
+//! does when the kubelet talks to it directly (the local ones stay detached, see
+//! [`crate::server`]).
 
 mod events;
 mod images;
