@@ -1353,7 +1353,12 @@ impl Drop for Containerd {
         // After a failed test: remove its pods through containerd's CRI while it runs, so
         // their network namespaces (under /var/run/netns) and shim sockets go too. Drop may
         // run inside the test's runtime, hence a thread of its own.
-        if self.child.is_some() {
+        if let Some(pid) = self.pid() {
+            // A test may have stopped it (SIGSTOP) to make it slow.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
             let socket = self.socket.clone();
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()

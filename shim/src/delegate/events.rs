@@ -48,7 +48,7 @@ pub fn merged(
         loop {
             let mut client = remote.rt();
             let opened = tokio::select! {
-                r = client.get_container_events(req.clone()) => r,
+                r = client.get_container_events(req) => r,
                 () = tx.closed() => return,
             };
             match opened {

@@ -171,9 +171,8 @@ impl ImageService for Delegating {
         let q = r.into_inner();
         let mut c = self.remote.img();
         let (l, d) = tokio::join!(
-            self.local.image_fs_info(Request::new(q.clone())),
-            self.remote
-                .list("ImageFsInfo", &q, c.image_fs_info(q.clone()))
+            self.local.image_fs_info(Request::new(q)),
+            self.remote.list("ImageFsInfo", &q, c.image_fs_info(q))
         );
         let d = logged("ImageFsInfo", d)?.into_inner();
         Ok(Response::new(merge::image_fs(l?.into_inner(), d)))

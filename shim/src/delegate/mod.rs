@@ -565,7 +565,7 @@ impl RuntimeService for Delegating {
         let q = r.into_inner();
         let mut c = self.remote.rt();
         let (local, remote) = tokio::join!(
-            self.local.status(Request::new(q.clone())),
+            self.local.status(Request::new(q)),
             self.remote.query("Status", c.status(q))
         );
         Ok(Response::new(merge::status(
@@ -595,7 +595,7 @@ impl RuntimeService for Delegating {
         let q = r.into_inner();
         let local = self
             .local
-            .get_container_events(Request::new(q.clone()))
+            .get_container_events(Request::new(q))
             .await?
             .into_inner();
         Ok(Response::new(events::merged(local, self.remote.clone(), q)))
@@ -607,7 +607,7 @@ impl RuntimeService for Delegating {
         let q = r.into_inner();
         let mut c = self.remote.rt();
         let (l, d) = tokio::join!(
-            self.local.list_metric_descriptors(Request::new(q.clone())),
+            self.local.list_metric_descriptors(Request::new(q)),
             self.remote
                 .query("ListMetricDescriptors", c.list_metric_descriptors(q))
         );
@@ -711,7 +711,7 @@ impl RuntimeService for Delegating {
         let q = r.into_inner();
         let local = self
             .local
-            .runtime_config(Request::new(q.clone()))
+            .runtime_config(Request::new(q))
             .await?
             .into_inner();
         let mut c = self.remote.rt();
@@ -731,7 +731,7 @@ impl Delegating {
     ) -> Result<pb::ListPodSandboxMetricsResponse, Status> {
         let mut c = self.remote.rt();
         let (l, d) = tokio::join!(
-            self.local.list_pod_sandbox_metrics(Request::new(q.clone())),
+            self.local.list_pod_sandbox_metrics(Request::new(q)),
             self.remote
                 .query("ListPodSandboxMetrics", c.list_pod_sandbox_metrics(q))
         );

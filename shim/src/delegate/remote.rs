@@ -26,6 +26,9 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// is cleared (the kubelet asks a handful of shapes; an ID-filtered flood must not grow it).
 const STALE_ENTRIES: usize = 256;
 
+/// (RPC name, encoded request): what a remembered list answered.
+type StaleKey = (&'static str, Vec<u8>);
+
 /// The delegate runtime's client side.
 pub struct Remote {
     /// The endpoint as configured, for messages.
@@ -33,7 +36,7 @@ pub struct Remote {
     channel: Channel,
     timeout: Duration,
     /// (RPC, encoded request) → encoded last good response.
-    stale: Mutex<HashMap<(&'static str, Vec<u8>), Vec<u8>>>,
+    stale: Mutex<HashMap<StaleKey, Vec<u8>>>,
 }
 
 /// The socket path of a `unix://` endpoint (or a plain absolute path).
