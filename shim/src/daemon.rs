@@ -56,6 +56,10 @@ async fn shutdown_signal() {
 /// Runs the daemon until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let socket = config.socket.clone();
+    // Fail on a bad delegate endpoint before touching any state.
+    if !config.delegate.endpoint.is_empty() {
+        crate::delegate::remote::socket_path(&config.delegate.endpoint)?;
+    }
     let rt = crate::runtime::Runtime::open(config)
         .await
         .context("open runtime")?;

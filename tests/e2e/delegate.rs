@@ -752,3 +752,24 @@ async fn wasmcri_killed_and_restarted() {
     assert!(pod_ids(&mut m.ctrd.rt().await, None).await.is_empty());
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bad_delegate_endpoint_stops_the_daemon_before_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("wasmcri.sock");
+    let out = std::process::Command::new(Daemon::bin())
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--delegate-endpoint", "tcp://10.0.0.1:1234", "serve"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tcp://10.0.0.1:1234"), "{err}");
+    assert!(!socket.exists(), "nothing served");
+    assert!(!dir.path().join("root").exists(), "no state made");
+}
