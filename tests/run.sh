@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for p in docker-registry containernetworking-plugins iproute2 skopeo iptables; do
+for p in docker-registry containernetworking-plugins iproute2 skopeo iptables containerd runc busybox-static; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

@@ -22,6 +22,11 @@
 //! [streaming]                      # exec / port-forward URLs the kubelet proxies to
 //! address = "127.0.0.1"
 //! port = 0                         # 0: a random free port
+//!
+//! [delegate]                       # a CRI runtime for everything that is not Wasm
+//! endpoint = "unix:///run/containerd/containerd.sock"
+//! connect_timeout_ms = 1000
+//! timeout_ms = 10000               # deadline of delegated queries (lists, status, stats)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -65,6 +70,8 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// Image handling (pinned images).
     pub images: ImagesConfig,
+    /// The CRI runtime Linux pods are delegated to (none by default).
+    pub delegate: DelegateConfig,
 }
 
 /// Image settings.
@@ -77,6 +84,30 @@ pub struct ImagesConfig {
     /// present, as `pinned`, which the kubelet's image garbage collector skips. RemoveImage
     /// still removes them when asked, as the CRI requires.
     pub pinned: Vec<String>,
+}
+
+/// The delegate CRI runtime (containerd) that runs every pod whose runtime handler is not one
+/// of [`Config::runtime_handlers`]. An empty endpoint means no delegate: wasmcri alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DelegateConfig {
+    /// `unix:///path/to/containerd.sock` (or a plain absolute path); empty: no delegate.
+    pub endpoint: String,
+    /// How long connecting to the delegate's socket may take.
+    pub connect_timeout_ms: u64,
+    /// Deadline of delegated queries (lists, status, stats, image status); lifecycle calls
+    /// and pulls keep the caller's own deadline.
+    pub timeout_ms: u64,
+}
+
+impl Default for DelegateConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            connect_timeout_ms: 1000,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Where the streaming server listens. The defaults are containerd's: loopback (the kubelet
@@ -133,6 +164,7 @@ impl Default for Config {
             registry: Default::default(),
             streaming: StreamingConfig::default(),
             images: ImagesConfig::default(),
+            delegate: DelegateConfig::default(),
         }
     }
 }
@@ -250,6 +282,20 @@ mod tests {
         assert_eq!(c.streaming.address, "127.0.0.1");
         assert!(toml::from_str::<Config>("[streaming]\nport = 70000\n").is_err());
         assert!(toml::from_str::<Config>("[streaming]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn delegate_section() {
+        assert_eq!(Config::default().delegate.endpoint, "");
+        let c: Config =
+            toml::from_str("[delegate]\nendpoint = \"unix:///run/containerd/containerd.sock\"\n")
+                .unwrap();
+        assert_eq!(
+            c.delegate.endpoint,
+            "unix:///run/containerd/containerd.sock"
+        );
+        assert_eq!(c.delegate.timeout_ms, 10_000);
+        assert!(toml::from_str::<Config>("[delegate]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -56,6 +56,10 @@ async fn shutdown_signal() {
 /// Runs the daemon until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let socket = config.socket.clone();
+    // Fail on a bad delegate endpoint before touching any state.
+    if !config.delegate.endpoint.is_empty() {
+        crate::delegate::remote::socket_path(&config.delegate.endpoint)?;
+    }
     let rt = crate::runtime::Runtime::open(config)
         .await
         .context("open runtime")?;
@@ -86,17 +90,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = signalled_tx.send(());
         }
     };
-    let server = tonic::transport::Server::builder()
-        .add_service(
-            cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone())
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .add_service(
-            cri::v1::image_service_server::ImageServiceServer::new(cri)
-                .max_decoding_message_size(16 << 20),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown);
+    let mut builder = tonic::transport::Server::builder();
+    // With a delegate, the routing layer serves both services; without one, the local
+    // service alone, as if delegation did not exist.
+    let router = if rt.config.delegate.endpoint.is_empty() {
+        builder
+            .add_service(
+                cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone())
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .add_service(
+                cri::v1::image_service_server::ImageServiceServer::new(cri)
+                    .max_decoding_message_size(16 << 20),
+            )
+    } else {
+        let routing = crate::delegate::Delegating::new(cri, rt.clone())?;
+        tracing::info!(delegate = %routing.endpoint(), "non-Wasm pods and images go to the delegate");
+        builder
+            .add_service(
+                cri::v1::runtime_service_server::RuntimeServiceServer::new(routing.clone())
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .add_service(
+                cri::v1::image_service_server::ImageServiceServer::new(routing)
+                    .max_decoding_message_size(16 << 20),
+            )
+    };
+    let server = router.serve_with_incoming_shutdown(incoming, shutdown);
     // In-flight RPCs get DRAIN_TIMEOUT to finish once the signal came; a client that keeps a
     // call open longer does not keep the daemon from exiting.
     let drain_deadline = async {

@@ -14,6 +14,7 @@
 //! - [`network`]: network namespaces, CNI and pod sysctls.
 //! - [`userns`]: pod user namespaces (`hostUsers: false`).
 //! - [`streaming`]: the exec / port-forward streaming server (SPDY/3.1).
+//! - [`delegate`]: routing of non-Wasm pods and images to a delegate CRI runtime (containerd).
 
 pub mod cgroups;
 pub mod config;
@@ -21,6 +22,8 @@ pub mod config;
 pub mod container;
 #[cfg(feature = "runtime")]
 pub mod daemon;
+#[cfg(feature = "runtime")]
+pub mod delegate;
 pub mod fuzzing;
 pub mod ids;
 pub mod images;

@@ -29,6 +29,9 @@ struct Cli {
     /// Log filter (e.g. `info`, `wasmcri=debug`).
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// CRI runtime that runs every non-Wasm pod, e.g. `unix:///run/containerd/containerd.sock`.
+    #[arg(long, global = true)]
+    delegate_endpoint: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -116,6 +119,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = &cli.log_level {
         config.log_level = v.clone();
+    }
+    if let Some(v) = &cli.delegate_endpoint {
+        config.delegate.endpoint = v.clone();
     }
     Ok(config)
 }

@@ -1102,3 +1102,410 @@ pub fn image_store_entries(d: &Daemon, sub: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+// ---- A delegate runtime: containerd with runc ----
+
+/// The busybox applets the Linux test images link to `/bin/busybox`.
+const BUSYBOX_APPLETS: &[&str] = &["sh", "sleep", "echo", "cat", "ls", "hostname", "true", "id"];
+
+/// An OCI layout of a Linux (`linux/<node arch>`) image made of Debian's static busybox
+/// (`/bin/busybox` from busybox-static) and its applets as symlinks, with `cmd` as its
+/// command. Returns (manifest digest, manifest size), or `None` without busybox-static.
+pub fn busybox_layout(dir: &Path, cmd: &[&str], name: &str) -> Option<(String, u64)> {
+    let busybox = std::fs::read("/bin/busybox").ok()?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o755);
+    h.set_cksum();
+    tar.append_data(&mut h, "bin/", std::io::empty()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(busybox.len() as u64);
+    h.set_mode(0o755);
+    h.set_cksum();
+    tar.append_data(&mut h, "bin/busybox", busybox.as_slice())
+        .unwrap();
+    for applet in BUSYBOX_APPLETS {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let raw = tar.into_inner().unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let (ld, ls) = put_blob(dir, &gz.finish().unwrap());
+    let config = serde_json::json!({
+        "architecture": wasmcri::images::manifest::node_arch(), "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    finish_layout(
+        dir,
+        config,
+        "application/vnd.oci.image.config.v1+json",
+        vec![(ld, ls, "application/vnd.oci.image.layer.v1.tar+gzip".into())],
+        name,
+    );
+    Some(top_manifest(dir))
+}
+
+/// (digest, size) of the one manifest an OCI layout's `index.json` lists.
+pub fn top_manifest(dir: &Path) -> (String, u64) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let m = &index["manifests"][0];
+    (
+        m["digest"].as_str().unwrap().to_owned(),
+        m["size"].as_u64().unwrap(),
+    )
+}
+
+/// Makes the OCI layout at `dir` hold one image index (named `name`) of the given
+/// `(manifest digest, size, os, architecture)` entries, whose blobs must be in `dir`.
+pub fn index_layout(dir: &Path, entries: &[(String, u64, &str, &str)], name: &str) {
+    let idx = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries.iter().map(|(d, s, os, arch)| serde_json::json!(
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": s,
+             "platform": {"os": os, "architecture": arch}})).collect::<Vec<_>>(),
+    });
+    let (d, s) = put_blob(dir, &serde_json::to_vec(&idx).unwrap());
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": s,
+                       "annotations": {"org.opencontainers.image.ref.name": name}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
+/// [`skopeo_push`] of every platform of an image index (`skopeo copy --all`).
+pub fn skopeo_push_all(dir: &Path, reference: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}", dir.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is installed (tests/run.sh)");
+    assert!(
+        out.status.success(),
+        "skopeo copy --all to {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private containerd (Debian's 1.6, runc v2 shim, cgroupfs) on its own config, root,
+/// state and sockets under a temp dir: never the system service. Its CRI plugin uses the
+/// CNI configuration in `cni_conf_dir`, `sandbox_image` as its pause image and reaches the
+/// plain-HTTP registry `registry` through a mirror entry. Killed (with the shims, mounts and
+/// cgroups it left) on drop.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    /// Its CRI socket.
+    pub socket: PathBuf,
+    /// `unix://` + [`Containerd::socket`].
+    pub endpoint: String,
+    /// The cgroup parent its test pods use (`LinuxPodSandboxConfig.cgroup_parent`).
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd, or `None` (with a message) if containerd or runc is not installed.
+    pub async fn start(registry: &str, cni_conf_dir: &Path, sandbox_image: &str) -> Option<Self> {
+        for bin in [
+            "/usr/bin/containerd",
+            "/usr/sbin/runc",
+            "/usr/bin/containerd-shim-runc-v2",
+        ] {
+            if !Path::new(bin).exists() {
+                eprintln!("skipping: {bin} not installed (tests/run.sh installs containerd runc)");
+                return None;
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("wasmcri-ctrd")
+            .tempdir()
+            .unwrap();
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let socket = dir.path().join("containerd.sock");
+        let cfg = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{ttrpc}"
+[debug]
+  address = "{debug}"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  # Without CAP_SYS_RESOURCE (as in many CI sandboxes) an oom_score_adj below containerd's
+  # own cannot be set.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{runc}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
+"#,
+            root = p("root"),
+            state = p("state"),
+            sock = socket.display(),
+            ttrpc = p("ttrpc.sock"),
+            debug = p("debug.sock"),
+            opt = p("opt"),
+            runc = p("runc"),
+            cni = cni_conf_dir.display(),
+        );
+        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
+        let mut c = Containerd {
+            endpoint: format!("unix://{}", socket.display()),
+            socket,
+            cgroup_parent: format!("/{}", unique("wasmcri-e2e-ctrd")),
+            dir,
+            child: None,
+        };
+        c.spawn().await;
+        Some(c)
+    }
+
+    /// (Re)starts the containerd process on the same root and state.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))
+            .unwrap();
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("containerd exited {st}: {}", self.log());
+            }
+            if let Ok(ch) = self.try_channel().await
+                && RuntimeServiceClient::new(ch)
+                    .version(pb::VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not serve CRI: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// containerd's PID, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// kill -9 of containerd (its shims and containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// containerd's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A channel to containerd's CRI socket (to compare with what wasmcri answers).
+    pub async fn channel(&self) -> Channel {
+        self.try_channel().await.unwrap()
+    }
+
+    async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
+        let path = self.socket.clone();
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+    }
+
+    /// containerd's RuntimeService, directly.
+    pub async fn rt(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    /// containerd's ImageService, directly.
+    pub async fn img(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+
+    /// The `[delegate]` section for [`Daemon::start_with`] (queries time out after 2 s).
+    pub fn daemon_config(&self) -> String {
+        format!(
+            "[delegate]\nendpoint = {:?}\nconnect_timeout_ms = 500\ntimeout_ms = 2000\n",
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // After a failed test: remove its pods through containerd's CRI while it runs, so
+        // their network namespaces (under /var/run/netns) and shim sockets go too. Drop may
+        // run inside the test's runtime, hence a thread of its own.
+        if let Some(pid) = self.pid() {
+            // A test may have stopped it (SIGSTOP) to make it slow.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            let socket = self.socket.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let endpoint = Endpoint::try_from("http://[::]:50051").unwrap();
+                    let connect =
+                        endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                            let path = socket.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                    tokio::net::UnixStream::connect(path).await?,
+                                ))
+                            }
+                        }));
+                    let Ok(Ok(ch)) = tokio::time::timeout(Duration::from_secs(2), connect).await
+                    else {
+                        return;
+                    };
+                    let mut rt = RuntimeServiceClient::new(ch);
+                    let pods = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        rt.list_pod_sandbox(pb::ListPodSandboxRequest::default()),
+                    )
+                    .await;
+                    let Ok(Ok(pods)) = pods else { return };
+                    for p in pods.into_inner().items {
+                        let id = p.id;
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            let _ = rt
+                                .stop_pod_sandbox(pb::StopPodSandboxRequest {
+                                    pod_sandbox_id: id.clone(),
+                                })
+                                .await;
+                            let _ = rt
+                                .remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                                    pod_sandbox_id: id.clone(),
+                                })
+                                .await;
+                        })
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+        self.kill9();
+        // The runc shims it started name its socket on their command line.
+        let sock = self.socket.display().to_string();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&sock) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        // Containers in our pods' cgroups, then the cgroups, deepest first.
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in rd.flatten() {
+                let root = h.path().join(self.cgroup_parent.trim_start_matches('/'));
+                if !root.exists() {
+                    continue;
+                }
+                let mut dirs = Vec::new();
+                collect_dirs(&root, &mut dirs);
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                for d in &dirs {
+                    if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                for d in &dirs {
+                    let _ = std::fs::remove_dir(d);
+                }
+            }
+        }
+        // Mounts under its root and state (rootfs overlays, shm), deepest first.
+        let base = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&base))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}

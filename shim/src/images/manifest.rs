@@ -180,7 +180,8 @@ pub fn node_arch() -> &'static str {
     }
 }
 
-fn is_wasm_platform(p: &PlatformSpec) -> bool {
+/// Whether `p` names a Wasm platform (`wasm` architecture or a `wasi*` OS).
+pub fn is_wasm_platform(p: &PlatformSpec) -> bool {
     p.architecture == "wasm" || p.os.starts_with("wasi") || p.os == "wasip1" || p.os == "wasip2"
 }
 

@@ -42,6 +42,7 @@
 //! them. Concurrent pulls of one reference are coalesced (see [`registry`]).
 
 pub mod blobs;
+pub mod classify;
 pub mod detect;
 pub mod distribution;
 pub mod error;

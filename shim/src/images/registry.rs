@@ -284,7 +284,7 @@ fn auth_for(
 }
 
 /// Maps a pull failure to the store's taxonomy.
-fn map_pull_err(reference: &str, e: DistributionError) -> ImageError {
+pub(super) fn map_pull_err(reference: &str, e: DistributionError) -> ImageError {
     use DistributionError as E;
     let has_code = |codes: &[String], want: &[&str]| codes.iter().any(|c| want.contains(&&**c));
     match e {
@@ -438,11 +438,11 @@ impl tokio::io::AsyncWrite for LimitedFile {
 }
 
 /// A manifest fetched from a chosen endpoint.
-struct Fetched {
-    registry: distribution::Registry,
-    repository: String,
-    bytes: Vec<u8>,
-    digest: String,
+pub(super) struct Fetched {
+    pub(super) registry: distribution::Registry,
+    pub(super) repository: String,
+    pub(super) bytes: Vec<u8>,
+    pub(super) digest: String,
 }
 
 impl ImageStore {
@@ -580,7 +580,7 @@ impl ImageStore {
     }
 
     /// Fetches the manifest (or index) `r` names from the first endpoint that has it.
-    async fn fetch_top_manifest(
+    pub(super) async fn fetch_top_manifest(
         &self,
         r: &ImageRef,
         auth: &PullAuth,

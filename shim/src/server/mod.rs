@@ -22,7 +22,7 @@ mod image_list;
 mod image_pull;
 mod image_remove;
 mod image_status;
-mod list_stream;
+pub(crate) mod list_stream;
 mod metrics;
 mod runtime_info;
 mod sandbox_list;
