@@ -208,6 +208,11 @@ trait Backend: std::fmt::Debug + Send + Sync {
     fn files(&self) -> Files;
     /// The hierarchy roots whose subtrees a cgroup path lives in.
     fn roots(&self) -> Vec<PathBuf>;
+    /// Whether the hierarchy at `root` only counts (sets no limit), so a container made
+    /// before wasmcri joined it has no directory there and is still complete.
+    fn accounting_only(&self, _root: &Path) -> bool {
+        false
+    }
     /// Prepare `parent` (an existing directory) to get a child cgroup.
     fn before_child(&self, parent: &Path) -> Result<()>;
     /// Initialise a directory just made under hierarchy `root`.
@@ -376,10 +381,23 @@ impl Cgroups {
     }
 
     /// How a process joins the cgroup at `path` (see [`Membership::join_self`]).
+    ///
+    /// An accounting-only hierarchy (v1 `blkio`) the container has no directory in is left
+    /// out: containers created by a wasmcri that did not join it yet keep running and take
+    /// execs after an upgrade. A missing directory in any hierarchy that sets limits stays in,
+    /// so joining fails rather than run outside the limits.
     pub fn membership(&self, path: &str) -> Result<Membership> {
+        let rel = rel_path(path)?;
+        let dirs = self
+            .b()
+            .roots()
+            .into_iter()
+            .filter(|root| !self.b().accounting_only(root) || root.join(&rel).is_dir())
+            .map(|root| root.join(&rel))
+            .collect();
         Ok(Membership {
             version: self.version(),
-            dirs: self.dirs(path)?,
+            dirs,
         })
     }
 

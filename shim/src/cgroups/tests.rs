@@ -651,3 +651,24 @@ fn detect_without_hierarchies_fails() {
 }
 
 mod real;
+
+/// A container created before wasmcri joined `blkio` (an upgrade) has no directory there:
+/// execs still join it, without blkio. A missing limit hierarchy still fails the join.
+#[test]
+fn v1_membership_skips_a_missing_accounting_only_hierarchy() {
+    let (t, cg) = v1_fixture();
+    let r = t.path();
+    write(&r.join("blkio/cgroup.procs"), "");
+    let cg = {
+        drop(cg);
+        Cgroups::detect(r).unwrap()
+    };
+    cg.create("/p/c", &Resources::default()).unwrap();
+    assert_eq!(cg.membership("/p/c").unwrap().dirs.len(), 5);
+    fs::remove_dir_all(r.join("blkio/p")).unwrap();
+    let m = cg.membership("/p/c").unwrap();
+    assert_eq!(m.dirs.len(), 4);
+    assert!(m.dirs.iter().all(|d| !d.starts_with(r.join("blkio"))));
+    fs::remove_dir_all(r.join("memory/p/c")).unwrap();
+    assert_eq!(cg.membership("/p/c").unwrap().dirs.len(), 4);
+}

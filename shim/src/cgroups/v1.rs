@@ -217,6 +217,13 @@ impl Backend for V1 {
         self.hierarchies.iter().map(|h| h.path.clone()).collect()
     }
 
+    fn accounting_only(&self, root: &Path) -> bool {
+        self.hierarchies
+            .iter()
+            .find(|h| h.path == root)
+            .is_some_and(|h| h.controllers.iter().all(|c| *c == "blkio"))
+    }
+
     fn before_child(&self, _parent: &Path) -> Result<()> {
         Ok(())
     }
