@@ -83,6 +83,7 @@
 //! kubelet's root-owned log directory; the runner keeps writing to the old file and says so
 //! on its debug log.
 
+pub mod attach;
 mod confine;
 mod guest;
 mod http;
@@ -100,7 +101,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec};
+pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec, StdioSpec};
 
 use crate::logs::CriLogWriter;
 use guest::{Loaded, Output, StopState};
@@ -262,6 +263,7 @@ impl Finisher {
         if let Some(output) = guard.take() {
             close_output(&output);
         }
+        attach::finish();
         if !self.exit_file.as_os_str().is_empty()
             && let Err(e) = write_exit_record(&self.exit_file, &rec)
         {
@@ -375,6 +377,11 @@ fn run_spec(
         finisher.finish(record(EXIT_FAILURE, m, started_at))
     };
 
+    // Bound while still root and in the host's view (the jail does not hold it).
+    let attach = match attach::bind(&spec) {
+        Ok(a) => a,
+        Err(m) => fail(m),
+    };
     if let Err(m) = setup_process(&spec, jail) {
         fail(m);
     }
@@ -432,6 +439,12 @@ fn run_spec(
         fail(format!("cannot watch signals: {e}"));
     }
     let _timer = start_exec_timer(&spec, &engine, &stop);
+    if let Some(bound) = attach
+        && let Err(e) = attach::start(bound, None)
+    {
+        close_output(&output);
+        fail(format!("cannot serve the attach socket: {e}"));
+    }
     ready_line(Ok(()), !is_exec);
     if !is_exec && let Err(e) = setup::detach_stdout() {
         eprintln!("runner: cannot detach stdout: {e}");

@@ -1,4 +1,5 @@
-//! The guest's stdout/stderr as wasmtime-wasi output streams writing into a [`CriLogWriter`].
+//! The guest's stdout/stderr as wasmtime-wasi output streams writing into a [`CriLogWriter`]
+//! (the log's one writer), and from there to the container's attach sessions.
 //!
 //! WASI p1 is implemented over p2 streams in wasmtime-wasi, so [`StdoutStream::p2_stream`]
 //! serves both; `async_stream` exists for the trait (p3).
@@ -38,8 +39,12 @@ impl LogOutput {
     /// Log write failures (disk full, ...) must not turn into guest failures — Rust's
     /// `println!` panics on a write error — so they are reported once on the runner's
     /// debug log and the output is dropped, as a full pipe to a dead collector would.
+    ///
+    /// The same bytes then go to every attach session (see `runner::attach`).
     fn write_bytes(&self, bytes: &[u8]) {
-        if let Err(e) = self.writer.write(self.stream, bytes)
+        let logged = self.writer.write(self.stream, bytes);
+        super::attach::broadcast(self.stream, bytes);
+        if let Err(e) = logged
             && !self.warned.swap(true, Ordering::Relaxed)
         {
             eprintln!(

@@ -91,6 +91,8 @@ pub async fn create(
         mounts,
         log_path: cfg.log_path,
         stdin: cfg.stdin,
+        stdin_once: cfg.stdin_once,
+        tty: cfg.tty,
         resources: convert::resources(&res),
         oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
         user: user_request(&sc)?,

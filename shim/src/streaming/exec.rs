@@ -1,7 +1,8 @@
-//! An exec session over SPDY (`channel.k8s.io` v1 to v4): wait for the client's streams
-//! (`streamType` `error`, and `stdin`/`stdout`/`stderr` as the request asked), start the
-//! command ([`Runtime::exec_stream`]), pump its stdio both ways while it runs, then report
-//! how it ended on the error stream and close the session.
+//! An exec or attach session over SPDY (`channel.k8s.io` v1 to v4): wait for the client's
+//! streams (`streamType` `error`, and `stdin`/`stdout`/`stderr` as the request asked), start
+//! the command ([`Runtime::exec_stream`]) or attach to the guest ([`Runtime::attach`]), pump
+//! its stdio both ways while it runs, then report how it ended on the error stream and close
+//! the session (an attach ends with `Success` when the container exits).
 //!
 //! The error stream carries, in v4, a `metav1.Status` as JSON: `{"metadata":{},"status":
 //! "Success"}`, or `Failure` with reason `NonZeroExitCode` and the code as the message of
@@ -190,10 +191,7 @@ async fn run(
     handle: &super::spdy::SessionHandle,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Outcome> {
-    let mut proc = match rt
-        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
-        .await
-    {
+    let mut proc = match start(rt, req).await {
         Ok(p) => p,
         Err(e) => return Some(Outcome::Failed(e.to_string())),
     };
@@ -263,6 +261,19 @@ async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), outputs_done).await;
     pumps.abort_all();
     outcome_of(end, &req.container_id)
+}
+
+/// Starts what `req` asks for: the command, or an attach to the running guest.
+pub(super) async fn start(
+    rt: &Arc<Runtime>,
+    req: &ExecRequest,
+) -> crate::runtime::Result<crate::runtime::ExecProcess> {
+    if req.attach {
+        rt.attach(&req.container_id, req.stdin).await
+    } else {
+        rt.exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
+            .await
+    }
 }
 
 /// What the client is told of how an exec ended; `None` when it went away first.
