@@ -403,3 +403,67 @@ async fn a_stalled_attacher_never_stalls_the_guest_or_its_log() {
     .unwrap();
     d.shutdown().await;
 }
+
+/// The size of the terminal the runner `pid` holds as fd 0.
+fn terminal_size(pid: i32) -> (u16, u16) {
+    let f = std::fs::File::open(format!("/proc/{pid}/fd/0")).unwrap();
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into a valid pointer.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::TIOCGWINSZ,
+            &mut ws,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (ws.ws_col, ws.ws_row)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tty_container_is_a_terminal_that_attach_types_into_and_resizes() {
+    let d = Daemon::start().await;
+    let mut rt = d.rt().await;
+    let f = Fixture::new(&d, &mut rt).await;
+    // `kubectl run -it --rm`: stdin, stdin_once and a terminal.
+    let c = f.container(&mut rt, "term", (true, true, true), &[]).await;
+    let log = std::fs::read_to_string(f.log("term")).unwrap();
+    assert!(log.contains("stdout F ready tty=yes"), "{log}");
+    let pid = runner_pid(&mut rt, &c).await;
+
+    let mut req = attach_req(&c, true);
+    (req.tty, req.stderr) = (true, false);
+    let url = rt.attach(req).await.unwrap().into_inner().url;
+    let mut cl = Client::new(upgrade(&url, Some("v4.channel.k8s.io"), true).await);
+    let error = cl.open(&[("streamType", "error")], false).await;
+    let stdin = cl.open(&[("streamType", "stdin")], false).await;
+    let stdout = cl.open(&[("streamType", "stdout")], false).await;
+    let resize = cl.open(&[("streamType", "resize")], false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cl.data(resize, br#"{"Width":123,"Height":45}"#, false)
+        .await;
+    cl.data(stdin, b"hi\n", false).await;
+    // The terminal echoes what is typed, and the guest answers; both with CR LF.
+    let out = spdy_wait_for(&mut cl, stdout, "echo: hi\r\n").await;
+    assert!(out.contains("hi\r\n"), "{out:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while terminal_size(pid) != (123, 45) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            terminal_size(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first session's end of input is the guest's: ^D on its terminal.
+    cl.data(stdin, b"", true).await;
+    let (data, _) = cl.drain(20).await;
+    assert!(String::from_utf8_lossy(&data[&stdout]).contains("eof"));
+    assert!(String::from_utf8_lossy(&data[&error]).contains("Success"));
+    assert_eq!(wait_exited(&mut rt, &c, 10).await.exit_code, 0);
+    // The log has the terminal's output, as stdout.
+    let log = std::fs::read_to_string(f.log("term")).unwrap();
+    assert!(log.contains("stdout F echo: hi\r"), "{log}");
+    assert!(!log.contains("stderr"), "{log}");
+    d.shutdown().await;
+}

@@ -32,13 +32,13 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::RunnerSpec;
-use crate::logs::Stream;
+use crate::logs::{CriLogWriter, Stream};
 
 /// Daemon → runner: the first frame; payload one byte of flags ([`WANT_STDIN`]).
 pub const HELLO: u8 = 1;
@@ -72,6 +72,8 @@ pub const MAX_ATTACHERS: usize = 16;
 pub const MAX_QUEUED: usize = 1 << 20;
 /// How long a new connection has to send its [`HELLO`].
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The terminal's end-of-file character (^D, `VEOF` in the default termios).
+const EOT: u8 = 0x04;
 /// How long an exiting runner waits for its attachers' queues to drain.
 const DRAIN: Duration = Duration::from_secs(1);
 
@@ -121,28 +123,58 @@ pub(crate) struct Bound {
     listener: UnixListener,
     stdin: Option<File>,
     stdin_once: bool,
+    /// The master side of the guest's terminal (`tty` containers).
+    tty: Option<OwnedFd>,
 }
 
-/// Binds the attach socket of `spec` (if it names one) as root-only, and with `spec.stdin`
-/// makes fd 0 the read end of a pipe whose write end the sessions feed. Call while still
-/// root, single-threaded (the umask is process-wide) and in the host's filesystem view.
+/// Binds the attach socket of `spec` (if it names one) as root-only. With `spec.stdin`, fd 0
+/// becomes the read end of a pipe whose write end the sessions feed. With a terminal
+/// (`spec.stdio.tty`): a new pseudo-terminal whose slave side is the guest's stdout and
+/// stderr (see `stdio`) and, with `spec.stdin`, fd 0; sessions write to its master side,
+/// which [`start`] pumps into the log. Call while still root, single-threaded (the umask is
+/// process-wide) and in the host's filesystem view (`/dev/ptmx`).
 pub(crate) fn bind(spec: &RunnerSpec) -> Result<Option<Bound>, String> {
     let Some(path) = &spec.stdio.attach_socket else {
         return Ok(None);
     };
     let listener = bind_private(path)?;
-    let stdin = if spec.stdin {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("make the stdin pipe: {e}"))?;
-        nix::unistd::dup2_stdin(&r).map_err(|e| format!("make the stdin pipe fd 0: {e}"))?;
-        Some(File::from(w))
+    let tty = if spec.stdio.tty {
+        let pty = nix::pty::openpty(None, None).map_err(|e| format!("open a terminal: {e}"))?;
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| format!("set up the terminal: {e}"))?;
+        }
+        if spec.stdin {
+            nix::unistd::dup2_stdin(&pty.slave)
+                .map_err(|e| format!("make the terminal fd 0: {e}"))?;
+        }
+        super::stdio::set_terminal(File::from(pty.slave));
+        Some(pty.master)
     } else {
         None
+    };
+    let stdin = match (&tty, spec.stdin) {
+        (_, false) => None,
+        (Some(master), true) => Some(File::from(
+            master
+                .try_clone()
+                .map_err(|e| format!("open the terminal for input: {e}"))?,
+        )),
+        (None, true) => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| format!("make the stdin pipe: {e}"))?;
+            nix::unistd::dup2_stdin(&r).map_err(|e| format!("make the stdin pipe fd 0: {e}"))?;
+            Some(File::from(w))
+        }
     };
     Ok(Some(Bound {
         listener,
         stdin,
         stdin_once: spec.stdio.stdin_once,
+        tty,
     }))
 }
 
@@ -219,9 +251,32 @@ struct Hub {
 
 static HUB: OnceLock<Arc<Hub>> = OnceLock::new();
 
-/// Starts serving attach sessions on `bound` (`tty`: the terminal's master side, for
-/// resizes). Threads are fine from here: the runner has joined its namespaces.
-pub(crate) fn start(bound: Bound, tty: Option<Arc<OwnedFd>>) -> io::Result<()> {
+/// The thread copying a terminal's output to the log and the attachers, and whether it
+/// should stop once the terminal has nothing more to read.
+struct TerminalPump {
+    thread: std::thread::JoinHandle<()>,
+    finishing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+static PUMP: Mutex<Option<TerminalPump>> = Mutex::new(None);
+
+/// How long the terminal pump waits for output before checking whether it should stop.
+const PUMP_POLL: Duration = Duration::from_millis(50);
+
+/// Starts serving attach sessions on `bound`, and with a terminal, the thread that copies
+/// what the guest writes to it into `log` (as `stdout`) and to the attachers. Threads are
+/// fine from here: the runner has joined its namespaces.
+pub(crate) fn start(bound: Bound, log: Option<Arc<CriLogWriter>>) -> io::Result<()> {
+    let tty = bound.tty.map(Arc::new);
+    if let Some(master) = &tty {
+        let finishing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (master, stop) = (master.clone(), finishing.clone());
+        let thread = std::thread::Builder::new()
+            .name("terminal".into())
+            .stack_size(128 * 1024)
+            .spawn(move || pump_terminal(&master, log.as_deref(), &stop))?;
+        *PUMP.lock().unwrap_or_else(|e| e.into_inner()) = Some(TerminalPump { thread, finishing });
+    }
     let hub = Arc::new(Hub {
         attachers: Mutex::new(Vec::new()),
         writers: Mutex::new(Vec::new()),
@@ -248,6 +303,55 @@ pub(crate) fn start(bound: Bound, tty: Option<Arc<OwnedFd>>) -> io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// Copies the terminal's output to `log` and the attachers until it hangs up, or until
+/// `finishing` is set and nothing has arrived for [`PUMP_POLL`].
+fn pump_terminal(master: &OwnedFd, log: Option<&CriLogWriter>, finishing: &AtomicBool) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(PUMP_POLL.as_millis() as u16)) {
+            Ok(0) => {
+                if finishing.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        // EIO once every slave handle is closed: the terminal hung up.
+        let n = match nix::unistd::read(master, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(log) = log
+            && let Err(e) = log.write(Stream::Stdout, &buf[..n])
+        {
+            eprintln!(
+                "runner: writing the terminal to {}: {e}",
+                log.path().display()
+            );
+        }
+        broadcast(Stream::Stdout, &buf[..n]);
+    }
+}
+
+/// With a terminal: waits (at most [`DRAIN`]) until its pump has copied everything the
+/// guest wrote. Call before closing the log.
+pub(crate) fn drain_terminal() {
+    let Some(pump) = PUMP.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    pump.finishing.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + DRAIN;
+    while Instant::now() < deadline && !pump.thread.is_finished() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Sends guest output on `stream` to every attacher (called after it went to the log).
@@ -401,7 +505,7 @@ impl Hub {
                 }
                 Ok(Some((STDIN_EOF, _))) if wants_stdin => {
                     if self.stdin_once {
-                        self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        self.close_stdin();
                     }
                 }
                 Ok(Some((RESIZE, p))) if p.len() == 4 => {
@@ -418,9 +522,21 @@ impl Hub {
             }
         }
         if wants_stdin && self.stdin_once {
-            self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.close_stdin();
         }
         self.remove(id);
+    }
+
+    /// Ends the guest's input: closes the pipe, or on a terminal (which stays the guest's
+    /// output) types the end-of-file character, as a user's ^D would.
+    fn close_stdin(&self) {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        if self.tty.is_some()
+            && let Some(t) = stdin.as_mut()
+        {
+            let _ = t.write_all(&[EOT]);
+        }
+        *stdin = None;
     }
 }
 

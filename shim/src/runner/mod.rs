@@ -261,6 +261,7 @@ impl Finisher {
         // exits.
         let mut guard = self.output.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(output) = guard.take() {
+            attach::drain_terminal();
             close_output(&output);
         }
         attach::finish();
@@ -420,6 +421,7 @@ fn run_spec(
         Output::Log(w) => Some(w.clone()),
         _ => None,
     };
+    let terminal_log = log.clone();
     let finisher = Arc::new(Finisher {
         exit_file: spec.exit_file.clone(),
         output: Mutex::new(None),
@@ -440,7 +442,7 @@ fn run_spec(
     }
     let _timer = start_exec_timer(&spec, &engine, &stop);
     if let Some(bound) = attach
-        && let Err(e) = attach::start(bound, None)
+        && let Err(e) = attach::start(bound, terminal_log)
     {
         close_output(&output);
         fail(format!("cannot serve the attach socket: {e}"));

@@ -25,11 +25,6 @@ pub async fn create(
             "container image is empty".into(),
         ));
     }
-    if cfg.tty {
-        return Err(RuntimeError::Unimplemented(
-            "tty is not supported for wasm containers".into(),
-        ));
-    }
     if !cfg.devices.is_empty() {
         return Err(RuntimeError::Unimplemented(
             "devices cannot be given to wasm containers".into(),

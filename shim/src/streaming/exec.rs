@@ -21,6 +21,9 @@ use super::spdy::{Session, Stream, StreamWriter, frame::status};
 use super::{ExecRequest, STREAM_CREATION_TIMEOUT};
 use crate::runtime::{ExecEnd, Runtime};
 
+/// How long a finished session waits for its client to hang up before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The streams of one exec, as the client opened them.
 #[derive(Default)]
 struct Streams {
@@ -179,6 +182,11 @@ pub(super) async fn serve(
             let _ = error.writer.write(&bytes).await;
         }
         let _ = error.writer.close().await;
+        // client-go hangs up once it has read the status; until then (at most LINGER) the
+        // connection stays up, so a peer that delivers frames lazily (node's
+        // spdy-transport drops what arrives together with the connection's end) reads it
+        // all.
+        let _ = tokio::time::timeout(LINGER, handle.closed()).await;
     }
     handle.shutdown().await;
 }
