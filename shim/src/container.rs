@@ -96,6 +96,12 @@ pub struct ContainerMeta {
     pub additional_gids: Vec<u32>,
     /// Keep stdin open.
     pub stdin: bool,
+    /// Close stdin when the first attach session that sent it ends (CRI `stdin_once`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// The guest's stdio is a pseudo-terminal (CRI `tty`).
+    #[serde(default)]
+    pub tty: bool,
     /// oom_score_adj the kubelet asked for.
     pub oom_score_adj: Option<i64>,
     /// Resource limits as last applied.

@@ -62,7 +62,10 @@ async fn version_status_runtime_config() {
         pb::CgroupDriver::Cgroupfs as i32
     );
     // Unsupported RPCs say so.
-    let e = rt.attach(pb::AttachRequest::default()).await.unwrap_err();
+    let e = rt
+        .checkpoint_container(pb::CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     d.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real daemon over its unix socket, driven by a generated CRI client.
 //! Needs root (cgroups, namespaces) and the guests from `examples/guests` (see tests/run.sh).
 
+mod attach;
 mod delegate;
 mod exec;
 mod harness;

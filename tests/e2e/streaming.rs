@@ -1,4 +1,4 @@
-//! Streaming (issue 10): the CRI `Exec` and `PortForward` RPCs return URLs on the daemon's
+//! Streaming (issue 10): the CRI `Exec` and `PortForward` RPCs (`Attach`: attach.rs) return URLs on the daemon's
 //! streaming server, driven here the way the kubelet proxies kubectl to them: HTTP/1.1
 //! upgrade to SPDY/3.1, then streams typed by `streamType`. The client side is wasmcri's own
 //! frame codec for the detailed checks, and node's spdy-transport (tests/peers/spdy-client)
@@ -37,18 +37,29 @@ const CAT_WAT: &str = r#"
 "#;
 
 /// The answer to an upgrade request: status, head, and the connection after the head.
-struct Upgrade {
-    status: u16,
-    head: String,
+pub(crate) struct Upgrade {
+    pub(crate) status: u16,
+    pub(crate) head: String,
     conn: TcpStream,
     leftover: Vec<u8>,
 }
 
 /// Sends the request kubectl (via the kubelet) sends to a streaming URL.
-async fn upgrade(url: &str, protocol: Option<&str>, spdy: bool) -> Upgrade {
+pub(crate) async fn upgrade(url: &str, protocol: Option<&str>, spdy: bool) -> Upgrade {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let host = &rest[..rest.find('/').expect("path")];
+    upgrade_on(TcpStream::connect(host).await.unwrap(), url, protocol, spdy).await
+}
+
+/// [`upgrade`] on a connection the caller made.
+pub(crate) async fn upgrade_on(
+    mut conn: TcpStream,
+    url: &str,
+    protocol: Option<&str>,
+    spdy: bool,
+) -> Upgrade {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));
-    let mut conn = TcpStream::connect(host).await.unwrap();
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
     if spdy {
         req.push_str("Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n");
@@ -82,15 +93,16 @@ async fn upgrade(url: &str, protocol: Option<&str>, spdy: bool) -> Upgrade {
 }
 
 /// A SPDY client session on an upgraded connection.
-struct Client {
-    reader: FrameReader<tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf>>,
+pub(crate) struct Client {
+    pub(crate) reader:
+        FrameReader<tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf>>,
     w: tokio::net::tcp::OwnedWriteHalf,
     enc: HeaderEncoder,
     next_id: u32,
 }
 
 impl Client {
-    fn new(u: Upgrade) -> Client {
+    pub(crate) fn new(u: Upgrade) -> Client {
         assert_eq!(u.status, 101, "{}", u.head);
         let (r, w) = u.conn.into_split();
         Client {
@@ -104,14 +116,14 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, f: Frame) {
+    pub(crate) async fn send(&mut self, f: Frame) {
         let mut buf = Vec::new();
         f.encode(&mut self.enc, &mut buf);
         self.w.write_all(&buf).await.unwrap();
     }
 
     /// Opens a stream with Go-cased header names, as client-go sends them.
-    async fn open(&mut self, headers: &[(&str, &str)], fin: bool) -> u32 {
+    pub(crate) async fn open(&mut self, headers: &[(&str, &str)], fin: bool) -> u32 {
         let id = self.next_id;
         self.next_id += 2;
         let headers = Headers(
@@ -131,7 +143,7 @@ impl Client {
         id
     }
 
-    async fn data(&mut self, id: u32, data: &[u8], fin: bool) {
+    pub(crate) async fn data(&mut self, id: u32, data: &[u8], fin: bool) {
         self.send(Frame::Data {
             stream_id: id,
             flags: if fin { FLAG_FIN } else { 0 },
@@ -141,7 +153,7 @@ impl Client {
     }
 
     /// Reads until the server ends the session: data per stream, and the other frames.
-    async fn drain(&mut self, secs: u64) -> (HashMap<u32, Vec<u8>>, Vec<Frame>) {
+    pub(crate) async fn drain(&mut self, secs: u64) -> (HashMap<u32, Vec<u8>>, Vec<Frame>) {
         let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
         let mut other = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -376,12 +388,17 @@ async fn streaming_requests_are_validated_and_urls_are_single_use() {
     let e = rt
         .attach(pb::AttachRequest {
             container_id: c.clone(),
+            stdin: true,
             stdout: true,
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "no stdin to attach to: {e:?}"
+    );
     let e = rt
         .port_forward(pb::PortForwardRequest {
             pod_sandbox_id: "f".repeat(64),
@@ -709,12 +726,12 @@ async fn port_forward_to_a_host_network_pod_reaches_its_http_component() {
 
 /// The node peer (tests/peers/spdy-client) installed into a temp dir with `npm ci`; `None`
 /// (with a message) if node or npm is missing.
-struct NodePeer {
+pub(crate) struct NodePeer {
     dir: tempfile::TempDir,
 }
 
 impl NodePeer {
-    fn install() -> Option<NodePeer> {
+    pub(crate) fn install() -> Option<NodePeer> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/spdy-client");
         let dir = tempfile::tempdir().unwrap();
         for f in ["package.json", "package-lock.json", "client.js"] {
@@ -733,7 +750,7 @@ impl NodePeer {
         }
     }
 
-    fn run(&self, d: &Daemon, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn run(&self, d: &Daemon, args: &[&str]) -> serde_json::Value {
         let out = std::process::Command::new("node")
             .arg(self.dir.path().join("client.js"))
             .args(args)
@@ -743,7 +760,8 @@ impl NodePeer {
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
             let log = d.log();
             panic!(
-                "node peer: {e}: {stdout} {}\ndaemon log tail:\n{}",
+                "node peer ({}): {e}: {stdout} {}\ndaemon log tail:\n{}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr),
                 &log[log.len().saturating_sub(4000)..]
             )
@@ -785,7 +803,7 @@ async fn a_third_party_spdy_client_runs_an_exec() {
 }
 
 /// Opens a WebSocket to a streaming URL with `protocol`; the HTTP status if it is refused.
-async fn websocket(
+pub(crate) async fn websocket(
     url: &str,
     protocol: &str,
 ) -> Result<
@@ -811,7 +829,7 @@ async fn websocket(
 }
 
 /// Reads channel messages until the server closes: bytes per channel.
-async fn ws_drain(
+pub(crate) async fn ws_drain(
     ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
     base64: bool,
     until: impl Fn(&HashMap<u8, Vec<u8>>) -> bool,

@@ -749,6 +749,7 @@ mod tests {
             gid: None,
             additional_gids: vec![],
             stdin: false,
+            stdio: Default::default(),
             oom_score_adj: None,
             stop_grace_ms: None,
             debug_log: None,

@@ -86,6 +86,7 @@
 //! kubelet's root-owned log directory; the runner keeps writing to the old file and says so
 //! on its debug log.
 
+pub mod attach;
 mod confine;
 mod guest;
 mod http;
@@ -103,7 +104,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec};
+pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec, StdioSpec};
 
 use crate::logs::CriLogWriter;
 use guest::{Loaded, Output, StopState};
@@ -263,8 +264,10 @@ impl Finisher {
         // exits.
         let mut guard = self.output.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(output) = guard.take() {
+            attach::drain_terminal();
             close_output(&output);
         }
+        attach::finish();
         if !self.exit_file.as_os_str().is_empty()
             && let Err(e) = write_exit_record(&self.exit_file, &rec)
         {
@@ -378,6 +381,11 @@ fn run_spec(
         finisher.finish(record(EXIT_FAILURE, m, started_at))
     };
 
+    // Bound while still root and in the host's view (the jail does not hold it).
+    let attach = match attach::bind(&spec) {
+        Ok(a) => a,
+        Err(m) => fail(m),
+    };
     let userns = match setup_process(&spec, jail) {
         Ok(ns) => ns,
         Err(m) => fail(m),
@@ -419,6 +427,7 @@ fn run_spec(
         Output::Log(w) => Some(w.clone()),
         _ => None,
     };
+    let terminal_log = log.clone();
     let finisher = Arc::new(Finisher {
         exit_file: spec.exit_file.clone(),
         output: Mutex::new(None),
@@ -438,6 +447,12 @@ fn run_spec(
         fail(format!("cannot watch signals: {e}"));
     }
     let _timer = start_exec_timer(&spec, &engine, &stop);
+    if let Some(bound) = attach
+        && let Err(e) = attach::start(bound, terminal_log)
+    {
+        close_output(&output);
+        fail(format!("cannot serve the attach socket: {e}"));
+    }
     ready_line(Ok(()), !is_exec);
     if !is_exec && let Err(e) = setup::detach_stdout() {
         eprintln!("runner: cannot detach stdout: {e}");

@@ -44,8 +44,12 @@ pub struct RunnerSpec {
     pub gid: Option<u32>,
     /// Supplementary groups.
     pub additional_gids: Vec<u32>,
-    /// Keep stdin open for the guest (CRI `stdin`); otherwise the guest's stdin is empty.
+    /// Keep stdin open for the guest (CRI `stdin`); otherwise the guest's stdin is empty. A
+    /// container's guest then reads what attach sessions send (see [`Self::attach_socket`]).
     pub stdin: bool,
+    /// Attach and terminal settings of a container's stdio.
+    #[serde(default)]
+    pub stdio: StdioSpec,
     /// Value to write to `/proc/self/oom_score_adj` (EPERM is tolerated).
     pub oom_score_adj: Option<i64>,
     /// How long a stop signal lets the guest wind down: in `Http` mode, how long in-flight
@@ -85,6 +89,21 @@ pub struct UserNamespace {
     /// Its mappings, which the runner uses to hand its exit record's directory to the guest's
     /// user on the node before it joins.
     pub mappings: crate::userns::IdMappings,
+}
+
+/// How a container's stdio is served beyond the CRI log (see `runner::attach`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StdioSpec {
+    /// Where the runner binds the container's attach socket (root-only); `None`: no attach.
+    #[serde(default)]
+    pub attach_socket: Option<PathBuf>,
+    /// CRI `stdin_once`: the guest's stdin ends with the first attach session that sent it.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// CRI `tty`: the guest's stdio is a pseudo-terminal whose master side the runner holds;
+    /// its output goes to the log as `stdout`.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// How the guest is driven.

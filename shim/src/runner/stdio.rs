@@ -1,11 +1,14 @@
-//! The guest's stdout/stderr as wasmtime-wasi output streams writing into a [`CriLogWriter`].
+//! The guest's stdout/stderr as wasmtime-wasi output streams writing into a [`CriLogWriter`]
+//! (the log's one writer), and from there to the container's attach sessions.
 //!
 //! WASI p1 is implemented over p2 streams in wasmtime-wasi, so [`StdoutStream::p2_stream`]
 //! serves both; `async_stream` exists for the trait (p3).
 
+use std::fs::File;
+use std::io::Write;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,12 +21,22 @@ use crate::logs::{CriLogWriter, Stream};
 /// Largest write the guest is invited to make at once.
 const WRITE_BUDGET: usize = 64 * 1024;
 
+/// The slave side of a `tty` container's terminal, once `runner::attach` made one.
+static TERMINAL: OnceLock<Arc<File>> = OnceLock::new();
+
+/// Makes `slave` the guest's stdout and stderr: every [`LogOutput`] made from now on
+/// writes there (the terminal's pump is then the log's writer) and reports a terminal.
+pub(crate) fn set_terminal(slave: File) {
+    let _ = TERMINAL.set(Arc::new(slave));
+}
+
 /// One stream of a container's log.
 #[derive(Clone)]
 pub(crate) struct LogOutput {
     writer: Arc<CriLogWriter>,
     stream: Stream,
     warned: Arc<AtomicBool>,
+    terminal: Option<Arc<File>>,
 }
 
 impl LogOutput {
@@ -32,14 +45,27 @@ impl LogOutput {
             writer,
             stream,
             warned: Arc::new(AtomicBool::new(false)),
+            terminal: TERMINAL.get().cloned(),
         }
     }
 
     /// Log write failures (disk full, ...) must not turn into guest failures — Rust's
     /// `println!` panics on a write error — so they are reported once on the runner's
     /// debug log and the output is dropped, as a full pipe to a dead collector would.
+    ///
+    /// The same bytes then go to every attach session (see `runner::attach`).
+    ///
+    /// On a terminal the bytes go to it instead (stdout and stderr alike, through its line
+    /// discipline); its pump writes them to the log.
     fn write_bytes(&self, bytes: &[u8]) {
-        if let Err(e) = self.writer.write(self.stream, bytes)
+        if let Some(t) = &self.terminal {
+            // Only fails once the runner is tearing the terminal down.
+            let _ = (&**t).write_all(bytes);
+            return;
+        }
+        let logged = self.writer.write(self.stream, bytes);
+        super::attach::broadcast(self.stream, bytes);
+        if let Err(e) = logged
             && !self.warned.swap(true, Ordering::Relaxed)
         {
             eprintln!(
@@ -53,7 +79,7 @@ impl LogOutput {
 
 impl IsTerminal for LogOutput {
     fn is_terminal(&self) -> bool {
-        false
+        self.terminal.is_some()
     }
 }
 

@@ -57,6 +57,10 @@ pub struct NewContainer {
     pub log_path: String,
     /// Keep stdin open.
     pub stdin: bool,
+    /// CRI `stdin_once`.
+    pub stdin_once: bool,
+    /// CRI `tty`.
+    pub tty: bool,
     /// Limits.
     pub resources: crate::cgroups::Resources,
     /// oom_score_adj.
@@ -243,6 +247,8 @@ impl Runtime {
             gid: Some(creds.gid),
             additional_gids: creds.additional_gids,
             stdin: req.stdin,
+            stdin_once: req.stdin_once,
+            tty: req.tty,
             oom_score_adj: req.oom_score_adj,
             resources: req.resources,
         };
@@ -349,6 +355,11 @@ impl Runtime {
             gid: m.gid,
             additional_gids: m.additional_gids.clone(),
             stdin: m.stdin,
+            stdio: crate::runner::StdioSpec {
+                attach_socket: Some(c.attach_socket()),
+                stdin_once: m.stdin_once,
+                tty: m.tty,
+            },
             oom_score_adj: m.oom_score_adj,
             stop_grace_ms: None,
             debug_log: Some(c.runner_log()),
@@ -575,6 +586,8 @@ impl Runtime {
         let mut spec = self.runner_spec(c, mode, PathBuf::new())?;
         spec.log_path = None;
         spec.debug_log = None;
+        // An exec has stdio of its own: the container's attach socket is not its to bind.
+        spec.stdio = Default::default();
         if let Some(cmd0) = cmd.first().filter(|c| c.ends_with(".wasm")) {
             spec.wasm = wasm_in_rootfs(&c.meta.rootfs, cmd0).ok_or_else(|| {
                 RuntimeError::InvalidArgument(format!(

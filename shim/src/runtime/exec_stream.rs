@@ -25,9 +25,10 @@ pub type ExecReader = Box<dyn AsyncRead + Send + Unpin>;
 /// The writable end of the command's input.
 pub type ExecWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// A running interactive exec.
+/// A running interactive exec, or an attach session ([`Runtime::attach`]), which looks the
+/// same to the streaming server.
 pub struct ExecProcess {
-    child: Child,
+    end: Ending,
     /// The guest's stdin (`None` if the exec has no stdin; dropping it is end of input,
     /// except on a terminal).
     pub stdin: Option<ExecWriter>,
@@ -36,10 +37,21 @@ pub struct ExecProcess {
     /// The guest's stderr (runner errors, such as a module that cannot load, land here too);
     /// `None` with a terminal.
     pub stderr: Option<ExecReader>,
-    /// The terminal's master side, for resizes.
-    pty: Option<Arc<OwnedFd>>,
-    exited: tokio::sync::watch::Receiver<bool>,
+    /// Where resizes go.
+    resize: Resizer,
     container_id: String,
+}
+
+/// What ends a session.
+enum Ending {
+    /// An exec: its runner, and the container's exit (which kills it).
+    Child {
+        child: Child,
+        exited: tokio::sync::watch::Receiver<bool>,
+    },
+    /// An attach: the runner closing the attach socket (the container is gone), or the
+    /// caller giving up, which drops the connection.
+    Attach(super::attach::Connection),
 }
 
 /// How an interactive exec ended.
@@ -55,41 +67,101 @@ pub enum ExecEnd {
 
 /// Resizes an exec's terminal (a no-op without one); usable while the exec is awaited.
 #[derive(Clone)]
-pub struct Resizer(Option<Arc<OwnedFd>>);
+pub struct Resizer(ResizeTarget);
+
+#[derive(Clone)]
+enum ResizeTarget {
+    /// No terminal.
+    None,
+    /// The master side of an exec's terminal.
+    Pty(Arc<OwnedFd>),
+    /// An attach session's frames to the runner, which holds the container's terminal.
+    Attach(tokio::sync::mpsc::Sender<Vec<u8>>),
+}
 
 impl Resizer {
     /// A resizer for the terminal whose master side is `master`.
     pub fn for_master(master: OwnedFd) -> Self {
-        Self(Some(Arc::new(master)))
+        Self(ResizeTarget::Pty(Arc::new(master)))
+    }
+
+    /// A resizer that sends `RESIZE` frames to a container's runner.
+    pub(super) fn for_attach(frames: tokio::sync::mpsc::Sender<Vec<u8>>) -> Self {
+        Self(ResizeTarget::Attach(frames))
     }
 
     /// Sets the terminal's size; the kernel tells the guest's process group with SIGWINCH.
     pub fn resize(&self, width: u16, height: u16) {
-        if let Some(master) = &self.0 {
-            let ws = libc::winsize {
-                ws_row: height,
-                ws_col: width,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is ours.
-            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        match &self.0 {
+            ResizeTarget::None => {}
+            ResizeTarget::Pty(master) => {
+                let ws = libc::winsize {
+                    ws_row: height,
+                    ws_col: width,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is ours.
+                unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            }
+            ResizeTarget::Attach(frames) => {
+                let mut size = [0u8; 4];
+                size[..2].copy_from_slice(&width.to_be_bytes());
+                size[2..].copy_from_slice(&height.to_be_bytes());
+                // A full queue drops the size: a later one supersedes it anyway.
+                let _ = frames.try_send(crate::runner::attach::frame(
+                    crate::runner::attach::RESIZE,
+                    &size,
+                ));
+            }
         }
     }
 }
 
 impl ExecProcess {
+    /// An attach session's process-like view.
+    pub(super) fn attached(
+        conn: super::attach::Connection,
+        stdin: Option<ExecWriter>,
+        stdout: ExecReader,
+        stderr: Option<ExecReader>,
+        resize: Resizer,
+        container_id: &str,
+    ) -> Self {
+        Self {
+            end: Ending::Attach(conn),
+            stdin,
+            stdout: Some(stdout),
+            stderr,
+            resize,
+            container_id: container_id.to_owned(),
+        }
+    }
+
     /// A handle that resizes this exec's terminal.
     pub fn resizer(&self) -> Resizer {
-        Resizer(self.pty.clone())
+        self.resize.clone()
     }
 
     /// Waits for the command, killing it if the container exits first or `cancel` resolves
-    /// first.
+    /// first. An attach session ends as [`ExecEnd::Exited`] `(0)` when the container does
+    /// (nothing is killed), and is disconnected on `cancel`.
     pub async fn wait(&mut self, cancel: impl std::future::Future<Output = ()>) -> Result<ExecEnd> {
         use std::os::unix::process::ExitStatusExt;
+        let (child, exited) = match &mut self.end {
+            Ending::Child { child, exited } => (child, exited),
+            Ending::Attach(conn) => {
+                return Ok(tokio::select! {
+                    () = conn.closed() => ExecEnd::Exited(0),
+                    () = cancel => {
+                        conn.disconnect();
+                        ExecEnd::Cancelled
+                    }
+                });
+            }
+        };
         let end = tokio::select! {
-            status = self.child.wait() => {
+            status = child.wait() => {
                 let status = status.map_err(RuntimeError::io("wait exec runner"))?;
                 return Ok(ExecEnd::Exited(
                     status
@@ -98,14 +170,14 @@ impl ExecProcess {
                 ));
             }
             () = async {
-                let _ = self.exited.wait_for(|e| *e).await;
+                let _ = exited.wait_for(|e| *e).await;
             } => ExecEnd::ContainerExited,
             () = cancel => ExecEnd::Cancelled,
         };
         tracing::debug!(container = %self.container_id, ?end, "killing exec runner");
         // Still our unreaped child: the PID cannot have been reused.
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
         Ok(end)
     }
 }
@@ -178,9 +250,8 @@ impl Runtime {
             stdin: stdin.then_some(Box::new(pipe) as ExecWriter),
             stdout: child.stdout.take().map(|p| Box::new(p) as ExecReader),
             stderr: child.stderr.take().map(|p| Box::new(p) as ExecReader),
-            pty: None,
-            child,
-            exited,
+            resize: Resizer(ResizeTarget::None),
+            end: Ending::Child { child, exited },
             container_id: c.meta.id.clone(),
         })
     }
@@ -258,9 +329,8 @@ impl Runtime {
                 reader,
             )))),
             stderr: None,
-            pty: Some(Arc::new(master)),
-            child,
-            exited,
+            resize: Resizer::for_master(master),
+            end: Ending::Child { child, exited },
             container_id: container_id.to_owned(),
         })
     }

@@ -6,6 +6,7 @@
 //! `StopContainer` racing a `RemoveContainer` see each other's effects in order, while
 //! operations on different objects run in parallel.
 
+mod attach;
 mod containers;
 mod events;
 mod exec_stream;

@@ -25,11 +25,6 @@ pub async fn create(
             "container image is empty".into(),
         ));
     }
-    if cfg.tty {
-        return Err(RuntimeError::Unimplemented(
-            "tty is not supported for wasm containers".into(),
-        ));
-    }
     if !cfg.devices.is_empty() {
         return Err(RuntimeError::Unimplemented(
             "devices cannot be given to wasm containers".into(),
@@ -76,6 +71,8 @@ pub async fn create(
         mounts,
         log_path: cfg.log_path,
         stdin: cfg.stdin,
+        stdin_once: cfg.stdin_once,
+        tty: cfg.tty,
         resources,
         oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
         user: user_request(&sc)?,

@@ -61,6 +61,7 @@ pub async fn exec(
         Pending::Exec(ExecRequest {
             container_id,
             cmd: r.cmd,
+            attach: false,
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
@@ -70,14 +71,39 @@ pub async fn exec(
     Ok(pb::ExecResponse { url })
 }
 
-/// Attach: not supported yet (the running guest's stdio is not reachable from outside its
-/// runner).
-pub async fn attach(_rt: &Arc<Runtime>, r: pb::AttachRequest) -> Result<pb::AttachResponse> {
-    Err(RuntimeError::Unimplemented(format!(
-        "attach to container {} is not supported by wasmcri yet: the guest's output is in its \
-         log (kubectl logs), and exec starts a new instance",
-        r.container_id
-    )))
+/// Attach: checks the request (at least one stream; not tty with stderr) and that the
+/// container is running and, if stdin is asked for, was created with stdin; returns the URL
+/// of the session, which reaches the guest's stdio through its runner's attach socket.
+pub async fn attach(
+    rt: &Arc<Runtime>,
+    streaming: Option<&Arc<StreamingServer>>,
+    r: pb::AttachRequest,
+) -> Result<pb::AttachResponse> {
+    if r.tty && r.stderr {
+        return Err(RuntimeError::InvalidArgument(
+            "tty and stderr cannot both be true".into(),
+        ));
+    }
+    if !r.stdin && !r.stdout && !r.stderr {
+        return Err(RuntimeError::InvalidArgument(
+            "one of stdin, stdout, or stderr must be set".into(),
+        ));
+    }
+    let streaming = server(streaming)?;
+    let (container_id, _) = rt.check_attach(&r.container_id, r.stdin)?;
+    let url = url(
+        streaming,
+        Pending::Attach(ExecRequest {
+            container_id,
+            cmd: Vec::new(),
+            attach: true,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            tty: r.tty,
+        }),
+    )?;
+    Ok(pb::AttachResponse { url })
 }
 
 /// PortForward: checks that the pod exists and is ready, and returns the URL of the session.

@@ -357,7 +357,13 @@ impl RuntimeService for Cri {
     ) -> Result<Response<pb::AttachResponse>, Status> {
         let r = r.into_inner();
         let id = r.container_id.clone();
-        rpc("Attach", &id, container_exec::attach(&self.rt, r)).await
+        let streaming = self.streaming.as_ref();
+        rpc(
+            "Attach",
+            &id,
+            container_exec::attach(&self.rt, streaming, r),
+        )
+        .await
     }
     async fn port_forward(
         &self,

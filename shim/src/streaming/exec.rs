@@ -1,7 +1,8 @@
-//! An exec session over SPDY (`channel.k8s.io` v1 to v4): wait for the client's streams
-//! (`streamType` `error`, and `stdin`/`stdout`/`stderr` as the request asked), start the
-//! command ([`Runtime::exec_stream`]), pump its stdio both ways while it runs, then report
-//! how it ended on the error stream and close the session.
+//! An exec or attach session over SPDY (`channel.k8s.io` v1 to v4): wait for the client's
+//! streams (`streamType` `error`, and `stdin`/`stdout`/`stderr` as the request asked), start
+//! the command ([`Runtime::exec_stream`]) or attach to the guest ([`Runtime::attach`]), pump
+//! its stdio both ways while it runs, then report how it ended on the error stream and close
+//! the session (an attach ends with `Success` when the container exits).
 //!
 //! The error stream carries, in v4, a `metav1.Status` as JSON: `{"metadata":{},"status":
 //! "Success"}`, or `Failure` with reason `NonZeroExitCode` and the code as the message of
@@ -19,6 +20,9 @@ use tokio::sync::watch;
 use super::spdy::{Session, Stream, StreamWriter, frame::status};
 use super::{ExecRequest, STREAM_CREATION_TIMEOUT};
 use crate::runtime::{ExecEnd, Runtime};
+
+/// How long a finished session waits for its client to hang up before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The streams of one exec, as the client opened them.
 #[derive(Default)]
@@ -178,6 +182,11 @@ pub(super) async fn serve(
             let _ = error.writer.write(&bytes).await;
         }
         let _ = error.writer.close().await;
+        // client-go hangs up once it has read the status; until then (at most LINGER) the
+        // connection stays up, so a peer that delivers frames lazily (node's
+        // spdy-transport drops what arrives together with the connection's end) reads it
+        // all.
+        let _ = tokio::time::timeout(LINGER, handle.closed()).await;
     }
     handle.shutdown().await;
 }
@@ -190,10 +199,7 @@ async fn run(
     handle: &super::spdy::SessionHandle,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Outcome> {
-    let mut proc = match rt
-        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
-        .await
-    {
+    let mut proc = match start(rt, req).await {
         Ok(p) => p,
         Err(e) => return Some(Outcome::Failed(e.to_string())),
     };
@@ -263,6 +269,19 @@ async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), outputs_done).await;
     pumps.abort_all();
     outcome_of(end, &req.container_id)
+}
+
+/// Starts what `req` asks for: the command, or an attach to the running guest.
+pub(super) async fn start(
+    rt: &Arc<Runtime>,
+    req: &ExecRequest,
+) -> crate::runtime::Result<crate::runtime::ExecProcess> {
+    if req.attach {
+        rt.attach(&req.container_id, req.stdin).await
+    } else {
+        rt.exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
+            .await
+    }
 }
 
 /// What the client is told of how an exec ended; `None` when it went away first.

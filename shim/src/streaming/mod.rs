@@ -8,14 +8,14 @@
 //! - `server`: the HTTP/1.1 listener, the protocol handshake (`X-Stream-Protocol-Version`
 //!   negotiation, `Upgrade: SPDY/3.1`), then one task per session.
 //! - [`spdy`]: the SPDY/3.1 codec and session.
-//! - `exec`: an exec session (streams typed by `streamType`, the v4 status on the error
-//!   stream), over [`crate::runtime::ExecProcess`].
+//! - `exec`: an exec or attach session (streams typed by `streamType`, the v4 status on the
+//!   error stream), over [`crate::runtime::ExecProcess`]. An attach connects to the running
+//!   guest's stdio through its runner's attach socket ([`Runtime::attach`]) and ends with
+//!   `Success` when the container exits, as `cri-streaming`'s attach does.
 //! - `portforward`: a `portforward.k8s.io` session, dialing inside the pod's network
 //!   namespace.
 //! - `websocket`: the same sessions over WebSocket (`v5`/`v4`/`v3`/`v2.channel.k8s.io`,
 //!   `channel.k8s.io`, the `base64.` flavours), for clients that come straight here.
-//!
-//! Not yet: Attach.
 
 mod exec;
 mod portforward;
@@ -53,13 +53,15 @@ pub(crate) async fn flipped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-/// An exec the kubelet asked for, waiting for its client.
+/// An exec (or an attach) the kubelet asked for, waiting for its client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRequest {
     /// Full container ID.
     pub container_id: String,
-    /// argv.
+    /// argv (empty for an attach).
     pub cmd: Vec<String>,
+    /// Attach to the running guest instead of starting `cmd`.
+    pub attach: bool,
     /// Stream stdin.
     pub stdin: bool,
     /// Stream stdout.
@@ -85,6 +87,8 @@ pub struct PortForwardRequest {
 pub enum Pending {
     /// `/exec/<token>`.
     Exec(ExecRequest),
+    /// `/attach/<token>` (an [`ExecRequest`] with `attach` set).
+    Attach(ExecRequest),
     /// `/portforward/<token>`.
     PortForward(PortForwardRequest),
 }
@@ -93,6 +97,7 @@ impl Pending {
     fn path_kind(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
             Pending::PortForward(_) => "portforward",
         }
     }

@@ -132,7 +132,7 @@ fn handle(
         return super::websocket::accept(srv, req, pending, shutdown);
     }
     let server_protocols = match pending {
-        Pending::Exec(_) => EXEC_PROTOCOLS,
+        Pending::Exec(_) | Pending::Attach(_) => EXEC_PROTOCOLS,
         Pending::PortForward(_) => PORT_FORWARD_PROTOCOLS,
     };
     if req.headers().get(PROTOCOL_HEADER).is_none() {
@@ -175,7 +175,7 @@ fn handle(
         };
         let session = Session::start(io, limits);
         match pending {
-            Pending::Exec(r) => {
+            Pending::Exec(r) | Pending::Attach(r) => {
                 super::exec::serve(srv.rt.clone(), r, protocol, session, shutdown).await
             }
             Pending::PortForward(r) => {

@@ -140,7 +140,7 @@ pub(super) fn accept(
     shutdown: watch::Receiver<bool>,
 ) -> Response<Full<Bytes>> {
     let server_protocols = match pending {
-        Pending::Exec(_) => EXEC_WS_PROTOCOLS,
+        Pending::Exec(_) | Pending::Attach(_) => EXEC_WS_PROTOCOLS,
         Pending::PortForward(_) => PORT_FORWARD_WS_PROTOCOLS,
     };
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
@@ -159,7 +159,7 @@ pub(super) fn accept(
             Ok(p) => p,
             Err(m) => return reply(StatusCode::BAD_REQUEST, &m),
         },
-        Pending::Exec(_) => Vec::new(),
+        Pending::Exec(_) | Pending::Attach(_) => Vec::new(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     // As for SPDY sessions: a client silent this long is gone.
@@ -177,7 +177,9 @@ pub(super) fn accept(
             .max_frame_size(Some(MAX_MESSAGE));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match pending {
-            Pending::Exec(r) => exec(srv.rt.clone(), r, protocol, ws, idle, shutdown).await,
+            Pending::Exec(r) | Pending::Attach(r) => {
+                exec(srv.rt.clone(), r, protocol, ws, idle, shutdown).await
+            }
             Pending::PortForward(r) => {
                 port_forward(srv.rt.clone(), r, ports, protocol, ws, idle, shutdown).await
             }
@@ -285,10 +287,7 @@ async fn exec(
     };
     let (sink, mut source) = ws.split();
     let (tx, writer) = spawn_writer(sink, base64);
-    let mut proc = match rt
-        .exec_stream(&req.container_id, req.cmd.clone(), req.stdin, req.tty)
-        .await
-    {
+    let mut proc = match super::exec::start(&rt, &req).await {
         Ok(p) => p,
         Err(e) => {
             let status = status_bytes(status_protocol, &Outcome::Failed(e.to_string()));

@@ -4,6 +4,7 @@
 // against an implementation nobody on wasmcri wrote.
 //
 //   node client.js exec <url> <protocol> <stdin text or "-" for none>
+//   node client.js attach <url> <protocol> <stdin text or "-" for none>
 //   node client.js portforward <url> <port> <payload>
 //
 // Prints one JSON object: what arrived on each stream and the HTTP status line.
@@ -40,13 +41,16 @@ function collect (stream) {
     const chunks = []
     stream.on('data', (d) => chunks.push(d))
     stream.on('end', () => resolve(Buffer.concat(chunks).toString()))
+    // A session that ends with the stream still open (an attach whose container exits)
+    // closes it without an end.
+    stream.on('close', () => resolve(Buffer.concat(chunks).toString()))
     stream.on('error', (e) => resolve('STREAM ERROR: ' + e.message))
   })
 }
 
 async function main () {
   const [mode, url, a, b] = process.argv.slice(2)
-  const protocol = mode === 'exec' ? a : 'portforward.k8s.io'
+  const protocol = mode === 'portforward' ? 'portforward.k8s.io' : a
   const { sock, head } = await upgrade(url, protocol)
   const status = head.split('\r\n')[0]
   const out = { status }
@@ -63,14 +67,18 @@ async function main () {
   await new Promise((resolve) => conn.ping(resolve))
   out.pinged = true
   const open = (headers) => conn.request({ method: 'POST', path: '/', host: 'localhost', headers })
-  if (mode === 'exec') {
+  if (mode === 'exec' || mode === 'attach') {
     const input = b
     const error = open({ streamtype: 'error' })
     const stdin = input !== '-' ? open({ streamtype: 'stdin' }) : null
     const stdout = open({ streamtype: 'stdout' })
     const stderr = open({ streamtype: 'stderr' })
     const parts = [collect(error), collect(stdout), collect(stderr)]
-    if (stdin) {
+    if (stdin && mode === 'attach') {
+      // An attach sends what a user typed, once.
+      stdin.write(input)
+      stdin.end()
+    } else if (stdin) {
       // More than one default window (64 KiB), so flow control is exercised both ways.
       stdin.write(input.repeat(Math.ceil(100000 / input.length)).slice(0, 100000))
       stdin.end()
