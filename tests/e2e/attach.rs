@@ -467,3 +467,21 @@ async fn a_tty_container_is_a_terminal_that_attach_types_into_and_resizes() {
     assert!(!log.contains("stderr"), "{log}");
     d.shutdown().await;
 }
+
+/// critest and crictl create containers without a CRI log path: their output still reaches
+/// attach sessions (it went nowhere before).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_without_a_log_path_still_serves_attach() {
+    let d = Daemon::start().await;
+    let mut rt = d.rt().await;
+    let f = Fixture::new(&d, &mut rt).await;
+    let mut cfg = container_config("nolog", "localhost/attachee:v1");
+    cfg.stdin = true;
+    cfg.log_path.clear();
+    let c = create(&mut rt, &f.pod, &f.pod_cfg, cfg).await;
+    start(&mut rt, &c).await;
+    let url = attach_url(&mut rt, &c, true).await;
+    ws_echo(&url, "no log\n", "echo: no log").await;
+    assert!(!f.log("nolog").exists());
+    d.shutdown().await;
+}

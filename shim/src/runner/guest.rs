@@ -99,7 +99,7 @@ pub(crate) struct Outcome {
 pub(crate) enum Output {
     /// The CRI log file.
     Log(Arc<CriLogWriter>),
-    /// Discarded (no log path).
+    /// No log path: the output reaches only attach sessions.
     Discard,
     /// The runner's own stdout/stderr (exec).
     Inherit,
@@ -152,13 +152,15 @@ pub(crate) fn wasi_builder(
         b.inherit_stdin();
     }
     match output {
-        Output::Log(w) => {
+        // Without a log path the output still reaches attach sessions (critest and crictl
+        // create containers without one).
+        Output::Log(_) | Output::Discard => {
+            let w = match output {
+                Output::Log(w) => Some(w.clone()),
+                _ => None,
+            };
             b.stdout(LogOutput::new(w.clone(), Stream::Stdout));
-            b.stderr(LogOutput::new(w.clone(), Stream::Stderr));
-        }
-        Output::Discard => {
-            b.stdout(std::io::empty());
-            b.stderr(std::io::empty());
+            b.stderr(LogOutput::new(w, Stream::Stderr));
         }
         Output::Inherit => {
             b.inherit_stdout().inherit_stderr();

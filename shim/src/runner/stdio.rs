@@ -30,17 +30,18 @@ pub(crate) fn set_terminal(slave: File) {
     let _ = TERMINAL.set(Arc::new(slave));
 }
 
-/// One stream of a container's log.
+/// One stream of a container's output: its CRI log (when the container has a log path) and
+/// its attach sessions.
 #[derive(Clone)]
 pub(crate) struct LogOutput {
-    writer: Arc<CriLogWriter>,
+    writer: Option<Arc<CriLogWriter>>,
     stream: Stream,
     warned: Arc<AtomicBool>,
     terminal: Option<Arc<File>>,
 }
 
 impl LogOutput {
-    pub(crate) fn new(writer: Arc<CriLogWriter>, stream: Stream) -> Self {
+    pub(crate) fn new(writer: Option<Arc<CriLogWriter>>, stream: Stream) -> Self {
         Self {
             writer,
             stream,
@@ -63,15 +64,18 @@ impl LogOutput {
             let _ = (&**t).write_all(bytes);
             return;
         }
-        let logged = self.writer.write(self.stream, bytes);
+        let logged = self
+            .writer
+            .as_ref()
+            .map(|w| (w, w.write(self.stream, bytes)));
         super::attach::broadcast(self.stream, bytes);
-        if let Err(e) = logged
+        if let Some((w, Err(e))) = logged
             && !self.warned.swap(true, Ordering::Relaxed)
         {
             eprintln!(
                 "runner: writing {} to {}: {e}; dropping output",
                 self.stream.as_str(),
-                self.writer.path().display()
+                w.path().display()
             );
         }
     }
