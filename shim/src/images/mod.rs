@@ -83,6 +83,7 @@ use manifest::Manifest;
 pub use pinned::{Pinned, PinnedRef};
 pub use reference::{ImageRef, normalize_tag};
 pub use registry::{PullAuth, PushResult, RegistryConfig};
+#[cfg(feature = "runtime")]
 pub(crate) use rootfs::{resolve_entry_in_root, resolve_in_root};
 pub use store::ImageStore;
 pub(crate) use store::Lease;
