@@ -23,7 +23,11 @@ pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResp
     let timestamp = crate::ids::now_ns();
     let rec = pod.record();
     let mut containers = rt.containers_of(&pod.meta.id);
-    containers.sort_by_key(|c| c.meta.created_at);
+    // Newest first, as the kubelet's own relist sorts them: with EventedPLEG on it takes this
+    // list as it is and looks containers up by name, first match wins, so an exited attempt
+    // listed before its restart made it restart the running one ("name ... is reserved").
+    containers
+        .sort_by(|a, b| (b.meta.created_at, &b.meta.id).cmp(&(a.meta.created_at, &a.meta.id)));
     let containers_statuses = containers
         .iter()
         .map(|c| super::container_status::to_pb(c, false).0)
