@@ -851,7 +851,18 @@ pub(crate) async fn ws_drain(
                     .decode(&t.as_bytes()[1..])
                     .unwrap(),
             ),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(frame))) => {
+                // client-go's WebSocket executors fail a session closed any other way.
+                assert_eq!(
+                    frame.map(|f| f.code),
+                    Some(
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal
+                    ),
+                    "the server ends a session with a normal closure"
+                );
+                break;
+            }
+            None | Some(Err(_)) => break,
             Some(Ok(other)) => panic!("unexpected {other:?}"),
         };
         got.entry(ch).or_default().extend_from_slice(&data);

@@ -25,7 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::exec::{Outcome, outcome_of, status_bytes};
 use super::{ExecRequest, Pending, PortForwardRequest, StreamingServer};
@@ -244,7 +245,12 @@ fn spawn_writer(
         while let Some(m) = rx.recv().await {
             let msg = match m {
                 Some((ch, data)) => encode(base64, ch, &data),
-                None => Message::Close(None),
+                // client-go's WebSocket executors take anything but a normal closure as a
+                // failed session ("close 1005 (no status)").
+                None => Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                })),
             };
             let last = msg.is_close();
             if sink.send(msg).await.is_err() || last {
