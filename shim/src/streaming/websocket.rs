@@ -7,7 +7,9 @@
 //! terminal's size, as JSON); `v5.channel.k8s.io` adds channel 255, whose message `[0]` closes stdin.
 //! Port-forward uses channels 2i (data) and 2i+1 (error) for the i-th port of the `port`
 //! query parameters (else the ports of the CRI request), and the server's first message on
-//! each channel is that port, two bytes little-endian.
+//! each channel is that port, two bytes little-endian. Port-forward also accepts
+//! `SPDY/3.1+portforward.k8s.io`, the ordinary SPDY session tunnelled through the socket
+//! (`tunnel`), which is what client-go's WebSocket port-forward dialer speaks.
 //!
 //! Messages are bounded ([`MAX_MESSAGE`]); the session ends when the client closes the
 //! socket or stays silent for the session idle timeout, which also kills the exec command.
@@ -47,6 +49,7 @@ pub const EXEC_WS_PROTOCOLS: &[&str] = &[
 ];
 /// Port-forward subprotocols served over WebSocket.
 pub const PORT_FORWARD_WS_PROTOCOLS: &[&str] = &[
+    super::tunnel::SPDY_PORT_FORWARD_TUNNEL,
     "v4.channel.k8s.io",
     "v4.base64.channel.k8s.io",
     "channel.k8s.io",
@@ -155,7 +158,10 @@ pub(super) fn accept(
             ),
         );
     };
+    let tunnel = protocol == super::tunnel::SPDY_PORT_FORWARD_TUNNEL;
     let ports = match &pending {
+        // A tunnelled SPDY session names the port of each connection in its streams.
+        Pending::PortForward(_) if tunnel => Vec::new(),
         Pending::PortForward(pf) => match ports_of(req.uri().query(), &pf.ports) {
             Ok(p) => p,
             Err(m) => return reply(StatusCode::BAD_REQUEST, &m),
@@ -165,6 +171,7 @@ pub(super) fn accept(
     let on_upgrade = hyper::upgrade::on(&mut req);
     // As for SPDY sessions: a client silent this long is gone.
     let idle = srv.limits.idle_timeout;
+    let limits = srv.limits;
     tokio::spawn(async move {
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
@@ -180,6 +187,10 @@ pub(super) fn accept(
         match pending {
             Pending::Exec(r) | Pending::Attach(r) => {
                 exec(srv.rt.clone(), r, protocol, ws, idle, shutdown).await
+            }
+            Pending::PortForward(r) if tunnel => {
+                let session = super::spdy::Session::start(super::tunnel::WsTunnel::new(ws), limits);
+                super::portforward::serve(srv.rt.clone(), r, session, shutdown).await
             }
             Pending::PortForward(r) => {
                 port_forward(srv.rt.clone(), r, ports, protocol, ws, idle, shutdown).await
