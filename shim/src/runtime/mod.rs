@@ -18,6 +18,7 @@ mod recover;
 mod standby;
 mod stats;
 mod users;
+mod views;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
 pub use stats::{PodSample, Usage};
 pub use users::{Credentials, GroupsPolicy, UserRequest};
+pub use views::{ContainerView, FsUsage, ImageView, PodView, RuntimeStatus};
 
 /// Everything that can go wrong in a runtime operation, with the object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,7 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct Pod {
     /// Fixed at creation.
-    pub meta: crate::pod::PodMeta,
+    meta: crate::pod::PodMeta,
     state: Mutex<PodState>,
     op: tokio::sync::Mutex<()>,
 }
@@ -174,20 +176,20 @@ impl Pod {
 #[derive(Debug)]
 pub struct Container {
     /// Immutable after creation (resources aside, which live in `state_meta`).
-    pub meta: crate::container::ContainerMeta,
+    meta: crate::container::ContainerMeta,
     /// Current state; short std lock, never held across an `.await`.
-    pub state: Mutex<ContainerState>,
+    state: Mutex<ContainerState>,
     /// Resource limits as last applied (changed by UpdateContainerResources).
-    pub resources: Mutex<crate::cgroups::Resources>,
+    resources: Mutex<crate::cgroups::Resources>,
     /// Serialises start/stop/remove of this container.
-    pub op: tokio::sync::Mutex<()>,
+    op: tokio::sync::Mutex<()>,
     /// Flips to `true` once the container has exited.
-    pub exited: tokio::sync::watch::Sender<bool>,
+    exited: tokio::sync::watch::Sender<bool>,
     /// Set once RemoveContainer has begun; no new operations after it.
-    pub removing: std::sync::atomic::AtomicBool,
+    removing: std::sync::atomic::AtomicBool,
     /// The guest's preopens, built (file-mount links included) on first start and reused by
     /// every ExecSync — exec probes run every few seconds.
-    pub preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
+    preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
     /// This container's exec runners (PID → start time): stopping or removing the container
     /// kills them, so nothing the container started outlives it.
     execs: Mutex<HashMap<i32, Option<u64>>>,
@@ -280,25 +282,25 @@ impl Drop for ExecGuard<'_> {
 /// The runtime: all pods, containers and images of this node.
 pub struct Runtime {
     /// Configuration in force.
-    pub config: Config,
+    config: Config,
     pods: RwLock<HashMap<String, Arc<Pod>>>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     /// Reserved names → holder ID (pods and containers have disjoint key spaces).
     names: Mutex<HashMap<String, String>>,
     /// The image store.
-    pub images: crate::images::ImageStore,
+    images: crate::images::ImageStore,
     /// cgroups, when the host has a usable hierarchy.
-    pub cgroups: Option<Arc<crate::cgroups::Cgroups>>,
+    cgroups: Option<Arc<crate::cgroups::Cgroups>>,
     /// The CNI client.
-    pub cni: crate::network::cni::Cni,
+    cni: crate::network::cni::Cni,
     /// The engine used to precompile modules (same configuration as the runners').
-    pub engine: wasmtime::Engine,
+    engine: wasmtime::Engine,
     /// Precompiled artifact per wasm path, so a start never hashes or compiles twice.
     precompiled: Mutex<HashMap<PathBuf, PathBuf>>,
     /// Binary to exec as the runner (this executable).
     runner_exe: PathBuf,
     /// Runtime-config values the kubelet pushed (pod CIDR).
-    pub pod_cidr: Mutex<String>,
+    pod_cidr: Mutex<String>,
     /// Last CPU sample per container/pod, for usage_nano_cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     /// Idle standby runners (see [`standby`]).

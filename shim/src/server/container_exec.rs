@@ -116,7 +116,7 @@ pub async fn port_forward(
     if !crate::runtime::pod_ready(&pod.state()) {
         return Err(RuntimeError::FailedPrecondition(format!(
             "pod sandbox {} is not ready",
-            pod.meta.id
+            pod.meta().id
         )));
     }
     if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
@@ -126,7 +126,7 @@ pub async fn port_forward(
     let url = url(
         streaming,
         Pending::PortForward(PortForwardRequest {
-            pod_id: pod.meta.id.clone(),
+            pod_id: pod.meta().id.clone(),
             // Checked above to be 1..=65535.
             ports: r.port.iter().map(|p| *p as u16).collect(),
         }),

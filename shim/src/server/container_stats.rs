@@ -72,13 +72,13 @@ fn container_stats_from(
 ) -> pb::ContainerStats {
     pb::ContainerStats {
         attributes: Some(pb::ContainerAttributes {
-            id: c.meta.id.clone(),
+            id: c.meta().id.clone(),
             metadata: Some(pb::ContainerMetadata {
-                name: c.meta.name.clone(),
-                attempt: c.meta.attempt,
+                name: c.meta().name.clone(),
+                attempt: c.meta().attempt,
             }),
-            labels: c.meta.labels.clone(),
-            annotations: c.meta.annotations.clone(),
+            labels: c.meta().labels.clone(),
+            annotations: c.meta().annotations.clone(),
         }),
         cpu: Some(cpu(u)),
         memory: Some(memory(u)),
@@ -86,7 +86,7 @@ fn container_stats_from(
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
             fs_id: Some(pb::FilesystemIdentifier {
-                mountpoint: rt.config.root.display().to_string(),
+                mountpoint: rt.filesystem().display().to_string(),
             }),
             used_bytes: u64v(u.writable_bytes),
             inodes_used: u64v(u.writable_inodes),
@@ -129,9 +129,9 @@ pub async fn list(
         .containers()
         .into_iter()
         .filter(|c| {
-            convert::id_matches(&c.meta.id, &f.id)
-                && convert::id_matches(&c.meta.pod_id, &f.pod_sandbox_id)
-                && convert::labels_match(&c.meta.labels, &f.label_selector)
+            convert::id_matches(&c.meta().id, &f.id)
+                && convert::id_matches(&c.meta().pod_id, &f.pod_sandbox_id)
+                && convert::labels_match(&c.meta().labels, &f.label_selector)
                 && c.snapshot().phase == crate::container::ContainerPhase::Running
         })
         .collect();
@@ -156,7 +156,7 @@ pub async fn list(
 }
 
 fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodSandboxStats> {
-    let m = &pod.meta;
+    let m = pod.meta();
     let (u, each) = rt.pod_usage(pod)?;
     let containers = each
         .iter()
@@ -220,8 +220,8 @@ pub async fn list_pods(
         .pods()
         .into_iter()
         .filter(|pod| {
-            convert::id_matches(&pod.meta.id, &f.id)
-                && convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
+            convert::id_matches(&pod.meta().id, &f.id)
+                && convert::labels_match(&pod.meta().spec.labels, &f.label_selector)
         })
         .collect();
     let stats = blocking(rt, move |rt| {
