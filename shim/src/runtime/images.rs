@@ -84,10 +84,11 @@ impl Runtime {
         let img = self.images.get(reference)?;
         for c in self.containers() {
             if c.meta.image_id == img.id {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "image {reference} is in use by container {}",
-                    c.meta.id
-                )));
+                return Err(RuntimeError::precondition(
+                    "image",
+                    reference,
+                    format!("is in use by container {}", c.meta.id),
+                ));
             }
             if let Some(m) = c
                 .meta
@@ -95,10 +96,14 @@ impl Runtime {
                 .iter()
                 .find(|m| m.image.as_ref().is_some_and(|v| v.image_id == img.id))
             {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "image {reference} is mounted as an image volume at {} by container {}",
-                    m.container_path, c.meta.id
-                )));
+                return Err(RuntimeError::precondition(
+                    "image",
+                    reference,
+                    format!(
+                        "is mounted as an image volume at {} by container {}",
+                        m.container_path, c.meta.id
+                    ),
+                ));
             }
         }
         // The artifact is keyed by the wasm's bytes: find it before the bytes are gone.

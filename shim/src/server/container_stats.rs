@@ -98,12 +98,13 @@ fn container_stats_from(
 /// Runs blocking stats reads (cgroup and proc files) on the blocking pool.
 async fn blocking<T: Send + 'static>(
     rt: &Arc<Runtime>,
+    object: impl Into<String>,
     f: impl FnOnce(&Arc<Runtime>) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let rt = rt.clone();
     match tokio::task::spawn_blocking(move || f(&rt)).await {
         Ok(r) => r,
-        Err(e) => Err(RuntimeError::io("stats task")(std::io::Error::other(e))),
+        Err(e) => Err(RuntimeError::task("read stats", object)(e)),
     }
 }
 
@@ -113,7 +114,8 @@ pub async fn stats(
     r: pb::ContainerStatsRequest,
 ) -> Result<pb::ContainerStatsResponse> {
     let c = rt.container(&r.container_id)?;
-    let stats = blocking(rt, move |rt| container_stats_of(rt, &c)).await?;
+    let object = format!("container {}", c.meta().id);
+    let stats = blocking(rt, object, move |rt| container_stats_of(rt, &c)).await?;
     Ok(pb::ContainerStatsResponse { stats: Some(stats) })
 }
 
@@ -206,7 +208,8 @@ pub async fn pod_stats(
     r: pb::PodSandboxStatsRequest,
 ) -> Result<pb::PodSandboxStatsResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
-    let stats = blocking(rt, move |rt| pod_stats_of(rt, &pod)).await?;
+    let object = format!("pod sandbox {}", pod.meta().id);
+    let stats = blocking(rt, object, move |rt| pod_stats_of(rt, &pod)).await?;
     Ok(pb::PodSandboxStatsResponse { stats: Some(stats) })
 }
 
@@ -224,7 +227,7 @@ pub async fn list_pods(
                 && convert::labels_match(&pod.meta().spec.labels, &f.label_selector)
         })
         .collect();
-    let stats = blocking(rt, move |rt| {
+    let stats = blocking(rt, "the listed pod sandboxes", move |rt| {
         Ok(pods
             .iter()
             .filter_map(|pod| pod_stats_of(rt, pod).ok())

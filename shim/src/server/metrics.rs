@@ -486,7 +486,10 @@ async fn collect(rt: &Arc<Runtime>) -> Result<Vec<pb::PodSandboxMetrics>> {
     let rt = rt.clone();
     tokio::task::spawn_blocking(move || rt.pod_samples().into_iter().map(pod_metrics).collect())
         .await
-        .map_err(|e| RuntimeError::io("reading pod metrics")(std::io::Error::other(e)))
+        .map_err(RuntimeError::task(
+            "read metrics",
+            "the ready pod sandboxes",
+        ))
 }
 
 /// ListPodSandboxMetrics.
