@@ -189,10 +189,7 @@ impl Runtime {
         if c.removing.load(std::sync::atomic::Ordering::SeqCst)
             || c.snapshot().phase != ContainerPhase::Running
         {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.meta.id
-            )));
+            return Err(RuntimeError::not_running(&c.meta.id));
         }
         Ok(c.meta.id.clone())
     }

@@ -386,7 +386,7 @@ async fn port_forward(
     let (sink, mut source) = ws.split();
     let (tx, writer) = spawn_writer(sink, base64);
     let netns = match rt.pod(&req.pod_id) {
-        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta.netns.clone(),
+        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta().netns.clone(),
         _ => {
             let _ = tx.send(None).await;
             let _ = writer.await;
