@@ -10,7 +10,7 @@
 //! `Unauthorized` → PERMISSION_DENIED; `DigestMismatch`, `HostileLayer`, `TooLarge` →
 //! DATA_LOSS (the content is bad or hostile, a retry will not help); `NoMatchingPlatform`,
 //! `UnsupportedMediaType`, `Malformed` → FAILED_PRECONDITION; `Registry`, `Distribution` →
-//! UNAVAILABLE; `Io`, `Internal` → INTERNAL.
+//! UNAVAILABLE; `Busy` → UNAVAILABLE; `Io`, `Internal` → INTERNAL.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +90,9 @@ pub enum ImageError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// Another process (or another open store) owns the store root (see [`super::lock`]).
+    #[error(transparent)]
+    Busy(#[from] super::lock::StoreBusy),
     /// A blocking task panicked or a coalesced pull vanished.
     #[error("internal image store error: {0}")]
     Internal(String),

@@ -5,6 +5,7 @@
 //! [`crate::runtime`] call and the answer back. [`rpc`] wraps every handler with a tracing
 //! span, start/failure logs and the single conversion of domain errors into gRPC statuses.
 
+pub mod admin;
 mod container_create;
 mod container_events;
 mod container_exec;
@@ -136,7 +137,7 @@ fn code_of(e: &RuntimeError) -> Code {
             I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
                 Code::FailedPrecondition
             }
-            I::Registry { .. } | I::Distribution { .. } => Code::Unavailable,
+            I::Registry { .. } | I::Distribution { .. } | I::Busy(_) => Code::Unavailable,
             I::Config(_) => Code::InvalidArgument,
             I::Io { .. } | I::Internal(_) => Code::Internal,
         },
