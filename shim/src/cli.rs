@@ -450,7 +450,7 @@ fn open_store(config: &Config, socket: &Path, precompile: bool) -> anyhow::Resul
     let root = config.images_dir();
     match ImageStore::open(&root, hook) {
         Ok(store) => Ok(store),
-        Err(ImageError::Busy(busy)) => Err(busy_error(busy, socket).into()),
+        Err(ImageError::Busy(busy)) => Err(busy_error(busy, socket)),
         Err(e) => {
             Err(anyhow::Error::new(e).context(format!("open image store {}", root.display())))
         }

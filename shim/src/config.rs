@@ -18,6 +18,7 @@
 //!
 //! [images]                         # see ImagesConfig
 //! pinned = ["registry.k8s.io/pause:3.10"]
+//! max_import_bytes = 1140850688    # largest `wasmcri image import` stream the daemon takes
 //!
 //! [streaming]                      # exec / port-forward URLs the kubelet proxies to
 //! address = "127.0.0.1"
