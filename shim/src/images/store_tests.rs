@@ -501,9 +501,9 @@ async fn precompile_hook_called_and_failure_rolls_back() {
     assert_empty(&store);
 }
 
-#[tokio::test]
-async fn open_sweeps_crash_leftovers() {
-    let (_d, store) = open_store();
+/// A store holding one Wasm artifact, tagged `x`.
+async fn store_with_artifact_x() -> (tempfile::TempDir, ImageStore, Image) {
+    let (d, store) = open_store();
     let mut layout = Layout::new();
     let m = layout.artifact(CORE_MODULE);
     layout.add(m, None);
@@ -512,6 +512,12 @@ async fn open_sweeps_crash_leftovers() {
         .await
         .unwrap()
         .remove(0);
+    (d, store, img)
+}
+
+#[tokio::test]
+async fn open_sweeps_crash_leftovers() {
+    let (_d, store, img) = store_with_artifact_x().await;
     let root = store.root().to_path_buf();
     drop(store);
     // What a kill -9 can leave: a temp blob, a half-unpacked dir, an orphaned rootfs, a blob
@@ -536,15 +542,7 @@ async fn open_sweeps_crash_leftovers() {
 /// in-flight temp files and images stay, and the owner's view is the whole truth.
 #[tokio::test]
 async fn second_opener_is_refused_and_sweeps_nothing() {
-    let (_d, store) = open_store();
-    let mut layout = Layout::new();
-    let m = layout.artifact(CORE_MODULE);
-    layout.add(m, None);
-    let img = store
-        .import_layout(layout.finish(), Some("x"))
-        .await
-        .unwrap()
-        .remove(0);
+    let (_d, store, img) = store_with_artifact_x().await;
     let root = store.root().to_path_buf();
     let in_flight = root.join("tmp/blob-in-flight");
     fs::write(&in_flight, b"partial").unwrap();
