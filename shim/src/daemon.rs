@@ -65,10 +65,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("open runtime")?;
     // The runtime holds the image store's lock now; say where it is served, so that a
-    // `wasmcri image` command pointed at another socket is told which one to use.
-    rt.images
+    // `wasmcri image` command pointed at another socket is told which one to use. Only a
+    // hint: without it such a command is still refused, naming the daemon's PID.
+    if let Err(e) = rt
+        .images
         .announce(&std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()))
-        .context("record the image store's holder")?;
+    {
+        tracing::warn!(error = %e, "cannot record the socket in the image store lock");
+    }
     let listener = bind(&socket)?;
     // Fail on a bad streaming address before serving anything.
     let streaming = crate::streaming::StreamingServer::bind(

@@ -10,12 +10,13 @@
 //! `[images] max_import_bytes`; the spool file goes when the call ends, whatever the outcome,
 //! and a daemon crash leaves it to the sweep of the temp directory at the next start.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cri::admin::v1 as pb;
 use cri::admin::v1::import_image_request::Part;
 use tokio::io::AsyncWriteExt;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -28,6 +29,11 @@ const MAX_CONCURRENT_IMPORTS: usize = 2;
 
 /// Largest message the service accepts: the CLI sends 1 MiB chunks.
 pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// Longest wait for the next message of an import: a client that stalls gives its place in
+/// the import queue up instead of holding it forever. The CLI sends chunks as fast as it
+/// reads a local file.
+const IMPORT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,12 @@ pub enum AdminError {
     /// The import stream held no archive bytes.
     #[error("import stream holds no archive")]
     Empty,
+    /// The client sent nothing for [`IMPORT_IDLE`].
+    #[error("import stream idle for {}s after {received} bytes", IMPORT_IDLE.as_secs())]
+    Idle {
+        /// Archive bytes received before it stalled.
+        received: u64,
+    },
     /// The client's stream failed (cancelled, reset, a message over the size limit).
     #[error("import stream failed after {received} bytes: {}", status.message())]
     Stream {
@@ -79,6 +91,7 @@ impl From<AdminError> for Status {
             | AdminError::SecondHeader { .. }
             | AdminError::Empty
             | AdminError::NoImage => Code::InvalidArgument,
+            AdminError::Idle { .. } => Code::DeadlineExceeded,
             AdminError::Stream { status, .. } => status.code(),
             AdminError::Spool { .. } => Code::Internal,
         };
@@ -141,22 +154,40 @@ fn to_pb(img: &Image) -> pb::Image {
     }
 }
 
-/// Receives the archive of an import stream into a spool file in the store's temp directory,
-/// enforcing `limit` on every chunk. Returns the name from the header and the spool file.
-async fn spool(
-    rt: &Runtime,
-    stream: &mut Streaming<pb::ImportImageRequest>,
+/// The next message of an import stream, `None` at its end.
+async fn next<S>(
+    stream: &mut S,
+    received: u64,
+) -> Result<Option<pb::ImportImageRequest>, AdminError>
+where
+    S: Stream<Item = Result<pb::ImportImageRequest, Status>> + Unpin,
+{
+    match tokio::time::timeout(IMPORT_IDLE, stream.next()).await {
+        Err(_) => Err(AdminError::Idle { received }),
+        Ok(next) => next
+            .transpose()
+            .map_err(|status| AdminError::Stream { received, status }),
+    }
+}
+
+/// Receives the archive of an import stream into a spool file in `dir` (the store's temp
+/// directory), enforcing `limit` on every chunk. Returns the name from the header and the
+/// spool file, which is removed on any failure.
+async fn spool<S>(
+    dir: &Path,
+    stream: &mut S,
     limit: u64,
-) -> Result<(String, tempfile::TempPath), AdminError> {
-    let failed = |received| move |status| AdminError::Stream { received, status };
-    let name = match stream.message().await.map_err(failed(0))? {
+) -> Result<(String, tempfile::TempPath), AdminError>
+where
+    S: Stream<Item = Result<pb::ImportImageRequest, Status>> + Unpin,
+{
+    let name = match next(stream, 0).await? {
         Some(pb::ImportImageRequest {
             part: Some(Part::Header(h)),
         }) => h.name,
         Some(_) => return Err(AdminError::NoHeader),
         None => return Err(AdminError::Empty),
     };
-    let dir = rt.images.tmp_dir();
     let spool_err = |path: PathBuf| move |source| AdminError::Spool { path, source };
     let file = tempfile::Builder::new()
         .prefix("import-")
@@ -165,7 +196,7 @@ async fn spool(
     let (file, path) = file.into_parts();
     let mut out = tokio::fs::File::from_std(file);
     let mut received = 0u64;
-    while let Some(msg) = stream.message().await.map_err(failed(received))? {
+    while let Some(msg) = next(stream, received).await? {
         match msg.part {
             Some(Part::Chunk(chunk)) => {
                 received = received.saturating_add(chunk.len() as u64);
@@ -201,7 +232,8 @@ impl pb::admin_server::Admin for AdminService {
                 .await
                 .expect("the import semaphore is never closed");
             let mut stream = r.into_inner();
-            let (name, path) = spool(&rt, &mut stream, rt.config.images.max_import_bytes).await?;
+            let limit = rt.config.images.max_import_bytes;
+            let (name, path) = spool(rt.images.tmp_dir(), &mut stream, limit).await?;
             tracing::debug!(spool = %path.display(), "archive received");
             // The import itself runs to completion (or rolls back) whatever the client does;
             // it owns the spool file and deletes it when done.
@@ -278,5 +310,92 @@ impl pb::admin_server::Admin for AdminService {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One message of a client's import stream, as the server receives it.
+    type Msg = Result<pb::ImportImageRequest, Status>;
+
+    fn header() -> Msg {
+        Ok(pb::ImportImageRequest {
+            part: Some(Part::Header(pb::ImportHeader { name: "x".into() })),
+        })
+    }
+
+    fn chunk(n: usize) -> Msg {
+        Ok(pb::ImportImageRequest {
+            part: Some(Part::Chunk(vec![1; n])),
+        })
+    }
+
+    fn empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).unwrap().next().is_none()
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_spooled_within_its_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = tokio_stream::iter(vec![header(), chunk(3), chunk(5)]);
+        let (name, path) = spool(d.path(), &mut s, 8).await.unwrap();
+        assert_eq!(name, "x");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![1; 8]);
+        drop(path);
+        assert!(empty(d.path()));
+    }
+
+    #[tokio::test]
+    async fn refused_streams_leave_no_spool_file() {
+        let d = tempfile::tempdir().unwrap();
+        let cases: Vec<(Vec<Msg>, Code, &str)> = vec![
+            (
+                vec![header(), chunk(5), chunk(4)],
+                Code::ResourceExhausted,
+                "exceeds the limit of 8 bytes",
+            ),
+            (
+                vec![chunk(1)],
+                Code::InvalidArgument,
+                "must start with a header",
+            ),
+            (
+                vec![header(), chunk(2), header()],
+                Code::InvalidArgument,
+                "second header after 2 bytes",
+            ),
+            (vec![header()], Code::InvalidArgument, "holds no archive"),
+            (vec![], Code::InvalidArgument, "holds no archive"),
+            (
+                vec![
+                    header(),
+                    chunk(2),
+                    Err(Status::cancelled("client went away")),
+                ],
+                Code::Cancelled,
+                "failed after 2 bytes: client went away",
+            ),
+        ];
+        for (parts, code, message) in cases {
+            let err = spool(d.path(), &mut tokio_stream::iter(parts), 8)
+                .await
+                .unwrap_err();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(message), "{status:?}");
+            assert!(empty(d.path()), "a spool file stayed after {status:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = tokio_stream::iter(vec![header(), chunk(3)]).chain(tokio_stream::pending());
+        let err = spool(d.path(), &mut s, 8).await.unwrap_err();
+        assert!(matches!(err, AdminError::Idle { received: 3 }), "{err:?}");
+        assert_eq!(Status::from(err).code(), Code::DeadlineExceeded);
+        assert!(empty(d.path()));
     }
 }
