@@ -18,6 +18,7 @@
 //!
 //! [images]                         # see ImagesConfig
 //! pinned = ["registry.k8s.io/pause:3.10"]
+//! max_import_bytes = 1140850688    # largest `wasmcri image import` stream the daemon takes
 //!
 //! [streaming]                      # exec / port-forward URLs the kubelet proxies to
 //! address = "127.0.0.1"
@@ -75,7 +76,7 @@ pub struct Config {
 }
 
 /// Image settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImagesConfig {
     /// Images the node must keep (the pause/sandbox image, typically): tags
@@ -84,6 +85,19 @@ pub struct ImagesConfig {
     /// present, as `pinned`, which the kubelet's image garbage collector skips. RemoveImage
     /// still removes them when asked, as the CRI requires.
     pub pinned: Vec<String>,
+    /// Largest archive `wasmcri image import` may stream to the daemon, in bytes; a longer
+    /// stream is refused while it arrives. Default: 1 GiB (the unpack limit on a layout's
+    /// data) plus 64 MiB for tar headers.
+    pub max_import_bytes: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            pinned: Vec::new(),
+            max_import_bytes: (1 << 30) + (64 << 20),
+        }
+    }
 }
 
 /// The delegate CRI runtime (containerd) that runs every pod whose runtime handler is not one

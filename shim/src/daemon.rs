@@ -1,4 +1,5 @@
 //! `wasmcri serve`: opens the runtime (recovering state), binds the CRI socket and serves
+//! the CRI, and wasmcri's admin service for `wasmcri image` ([`crate::server::admin`]), on it
 //! until SIGTERM/SIGINT. Stopping the daemon never stops containers: runners are separate
 //! processes in their own cgroups and process groups.
 
@@ -63,6 +64,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let rt = crate::runtime::Runtime::open(config)
         .await
         .context("open runtime")?;
+    // The runtime holds the image store's lock now; say where it is served, so that a
+    // `wasmcri image` command pointed at another socket is told which one to use. Only a
+    // hint: without it such a command is still refused, naming the daemon's PID.
+    if let Err(e) =
+        rt.announce_socket(&std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()))
+    {
+        tracing::warn!(error = %e, "cannot record the socket in the image store lock");
+    }
     let listener = bind(&socket)?;
     // Fail on a bad streaming address before serving anything.
     let streaming = crate::streaming::StreamingServer::bind(
@@ -91,10 +100,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let mut builder = tonic::transport::Server::builder();
-    // With a delegate, the routing layer serves both services; without one, the local
-    // service alone, as if delegation did not exist.
+    let admin = crate::server::admin::AdminService::new(rt.clone()).into_server();
+    // With a delegate, the routing layer serves both CRI services; without one, the local
+    // service alone, as if delegation did not exist. The admin service is wasmcri's own.
     let router = if rt.config().delegate.endpoint.is_empty() {
         builder
+            .add_service(admin)
             .add_service(
                 cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone())
                     .max_decoding_message_size(16 << 20)
@@ -108,6 +119,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let routing = crate::delegate::Delegating::new(cri, rt.clone())?;
         tracing::info!(delegate = %routing.endpoint(), "non-Wasm pods and images go to the delegate");
         builder
+            .add_service(admin)
             .add_service(
                 cri::v1::runtime_service_server::RuntimeServiceServer::new(routing.clone())
                     .max_decoding_message_size(16 << 20)

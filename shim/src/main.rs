@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use wasmcri::config::Config;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +24,7 @@ struct Cli {
     /// Volatile state directory (network namespaces).
     #[arg(long, global = true)]
     state: Option<PathBuf>,
-    /// CRI socket path.
+    /// CRI socket path (the `image` commands' way to the daemon too).
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Log filter (e.g. `info`, `wasmcri=debug`).
@@ -50,56 +51,11 @@ enum Cmd {
         #[arg(long, conflicts_with = "spec")]
         standby: bool,
     },
-    /// Manage the local image store.
+    /// Manage wasmcri's image store: through the daemon on `--socket` while one listens
+    /// there, else directly (refused while a daemon owns `--root`).
     Image {
         #[command(subcommand)]
-        cmd: ImageCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum ImageCmd {
-    /// Import an OCI image layout (directory or tar).
-    Import {
-        /// The layout directory or tar file.
-        path: PathBuf,
-        /// Tag the image with this reference.
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// List images.
-    Ls,
-    /// Remove an image by reference or ID.
-    Rm {
-        /// Reference or ID.
-        image: String,
-    },
-    /// Pull an image from a registry.
-    Pull {
-        /// Reference.
-        image: String,
-        /// Registry user.
-        #[arg(long)]
-        user: Option<String>,
-        /// Registry password.
-        #[arg(long, env = "WASMCRI_REGISTRY_PASSWORD")]
-        password: Option<String>,
-    },
-    /// Publish a .wasm module or component as an OCI Wasm artifact.
-    Push {
-        /// The .wasm file.
-        file: PathBuf,
-        /// Target reference (e.g. localhost:5000/hello:v1).
-        reference: String,
-        /// Registry user.
-        #[arg(long)]
-        user: Option<String>,
-        /// Registry password.
-        #[arg(long, env = "WASMCRI_REGISTRY_PASSWORD")]
-        password: Option<String>,
-        /// Speak plain HTTP to this registry.
-        #[arg(long)]
-        insecure: bool,
+        cmd: cli::ImageCmd,
     },
 }
 
@@ -156,70 +112,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Serve => wasmcri::daemon::serve(config).await,
             Cmd::Runner { .. } => unreachable!("handled above"),
-            Cmd::Image { cmd } => image_cmd(config, cmd).await,
+            Cmd::Image { cmd } => cli::run(config, cmd).await,
         }
     })
-}
-
-/// Registry credentials from the `--user`/`--password` flags.
-fn pull_auth(user: Option<String>, password: Option<String>) -> wasmcri::images::PullAuth {
-    wasmcri::images::PullAuth {
-        username: user.unwrap_or_default(),
-        password: password.unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
-async fn image_cmd(config: Config, cmd: ImageCmd) -> anyhow::Result<()> {
-    use wasmcri::images::ImageStore;
-    // The same precompile step the daemon runs on import/pull.
-    let hook = wasmcri::wasm::precompile_hook(wasmcri::wasm::engine()?, config.cache_dir());
-    let store = ImageStore::open(config.images_dir(), Some(hook)).context("open image store")?;
-    match cmd {
-        ImageCmd::Import { path, name } => {
-            for img in store.import_layout(&path, name.as_deref()).await? {
-                println!("{} {}", img.id, img.repo_tags.join(","));
-            }
-        }
-        ImageCmd::Ls => {
-            println!("{:<71} {:>10} TAGS", "ID", "SIZE");
-            for img in store.list(&Default::default())? {
-                println!(
-                    "{:<71} {:>10} {}",
-                    img.id,
-                    img.size,
-                    img.repo_tags.join(",")
-                );
-            }
-        }
-        ImageCmd::Rm { image } => {
-            store.remove(&image).await?;
-            println!("removed {image}");
-        }
-        ImageCmd::Pull {
-            image,
-            user,
-            password,
-        } => {
-            let auth = pull_auth(user, password);
-            let img = store.pull(&image, &auth, &config.registry).await?;
-            println!("{}", img.id);
-        }
-        ImageCmd::Push {
-            file,
-            reference,
-            user,
-            password,
-            insecure,
-        } => {
-            let auth = pull_auth(user, password);
-            let mut registry = config.registry.clone();
-            if insecure && let Some(host) = reference.split('/').next() {
-                registry.insecure.push(host.to_owned());
-            }
-            let pushed = store.push_wasm(&file, &reference, &auth, &registry).await?;
-            println!("{pushed:?}");
-        }
-    }
-    Ok(())
 }

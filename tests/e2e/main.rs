@@ -2,6 +2,7 @@
 //! Needs root (cgroups, namespaces) and the guests from `examples/guests` (see tests/run.sh).
 
 mod attach;
+mod cli;
 mod delegate;
 mod exec;
 mod harness;

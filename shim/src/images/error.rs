@@ -11,7 +11,7 @@
 //! INVALID_ARGUMENT; `Unauthorized` → PERMISSION_DENIED; `DigestMismatch`, `HostileLayer`,
 //! `TooLarge` → DATA_LOSS (the content is bad or hostile, a retry will not help);
 //! `NoMatchingPlatform`, `UnsupportedMediaType`, `Malformed` → FAILED_PRECONDITION;
-//! `Registry`, `Distribution` → UNAVAILABLE; `Io`, `Internal` (a blocking task panicked, a
+//! `Registry`, `Distribution`, `Busy` (the store is held by another process) → UNAVAILABLE; `Io`, `Internal` (a blocking task panicked, a
 //! coalesced pull vanished) → INTERNAL.
 
 use std::path::PathBuf;
@@ -92,6 +92,9 @@ pub enum ImageError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// Another process (or another open store) owns the store root (see [`super::lock`]).
+    #[error(transparent)]
+    Busy(#[from] super::lock::StoreBusy),
     /// A blocking task panicked or a coalesced pull vanished.
     #[error("internal image store error: {0}")]
     Internal(String),

@@ -11,6 +11,7 @@
 //! records/<id-hex>.json  one image record per image ID (see below), atomic writes
 //! rootfs/<id-hex>/       the unpacked root filesystem holding the .wasm
 //! tmp/                   temp files and unpack dirs; emptied on open
+//! .lock                  the store lock and its holder (see [`lock`])
 //! ```
 //! # Image IDs
 //! An image ID must name one content, or a name could be made to point at someone else's
@@ -39,10 +40,13 @@
 //! as `/app.wasm`.
 //!
 //! # Concurrency
-//! [`ImageStore`] is a cheap `Clone` over an `Arc`. Lookups read an in-memory map under a
-//! short std lock (never held across `.await`); filesystem work runs in `spawn_blocking`.
-//! Commits and removals are serialised by a second lock so a removal cannot delete a rootfs
-//! being committed; blobs of in-flight pulls are leased so removal's garbage collection skips
+//! One process at a time owns a store root: opening it takes an exclusive lock on the root
+//! (see [`lock`]), so the daemon and a `wasmcri image` command never write one store at the
+//! same time, and the in-memory map of the owning process is the whole truth (no rescans).
+//! [`ImageStore`] is a cheap `Clone` over an `Arc`. Lookups read that map under a short std
+//! lock (never held across `.await`); filesystem work runs in `spawn_blocking`. Commits and
+//! removals are serialised by a second lock so a removal cannot delete a rootfs being
+//! committed; blobs of in-flight pulls are leased so removal's garbage collection skips
 //! them. Concurrent pulls of one reference are coalesced (see [`registry`]).
 
 pub mod blobs;
@@ -51,6 +55,7 @@ pub mod detect;
 pub mod distribution;
 pub mod error;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod pinned;
 pub mod reference;

@@ -724,7 +724,8 @@ impl ImageStore {
         .await
     }
 
-    /// Publishes the `.wasm` at `file` as an OCI Wasm artifact at `reference`.
+    /// Publishes the `.wasm` at `file` as an OCI Wasm artifact at `reference` (see the free
+    /// [`push_wasm`]; nothing of the store is used).
     pub async fn push_wasm(
         &self,
         file: &Path,
@@ -732,79 +733,90 @@ impl ImageStore {
         auth: &PullAuth,
         config: &RegistryConfig,
     ) -> Result<PushResult> {
-        let r = ImageRef::parse(reference)?;
-        if r.digest.is_some() {
-            return Err(ImageError::InvalidReference {
-                reference: reference.to_string(),
-                reason: "cannot push to a digest reference".into(),
-            });
-        }
-        let data = tokio::fs::read(file).await.at(file)?;
-        let kind = detect::wasm_kind(&data).ok_or_else(|| {
-            ImageError::malformed(file.display().to_string(), "not a wasm module or component")
-        })?;
-        let (built, config_bytes) = wasm_artifact(&data, kind);
-        let manifest_bytes = serde_json::to_vec(&built)
-            .map_err(|e| ImageError::Internal(format!("serialising manifest: {e}")))?;
-        let manifest_digest = sha256_digest(&manifest_bytes);
-        let layer_digest = built.layers[0].digest.clone();
-        let config_digest = built
-            .config
-            .as_ref()
-            .map(|c| c.digest.clone())
-            .unwrap_or_default();
-        let canonical = r.canonical();
+        push_wasm(file, reference, auth, config).await
+    }
+}
 
-        let mut errors = Vec::new();
-        let eps = endpoints(&r.registry, config, false);
-        let mut i = 0;
-        while i < eps.len() {
-            let ep = &eps[i];
-            i += 1;
-            let registry_auth = registry_auth(auth_for(ep, &r.registry, auth, config, &canonical)?);
-            let client = push_client(ep, config)?;
-            let oci_ref = r.to_oci(&ep.host);
+/// Publishes the `.wasm` at `file` as an OCI Wasm artifact at `reference`. Needs no image
+/// store: `wasmcri image push` runs it without opening one.
+pub async fn push_wasm(
+    file: &Path,
+    reference: &str,
+    auth: &PullAuth,
+    config: &RegistryConfig,
+) -> Result<PushResult> {
+    let r = ImageRef::parse(reference)?;
+    if r.digest.is_some() {
+        return Err(ImageError::InvalidReference {
+            reference: reference.to_string(),
+            reason: "cannot push to a digest reference".into(),
+        });
+    }
+    let data = tokio::fs::read(file).await.at(file)?;
+    let kind = detect::wasm_kind(&data).ok_or_else(|| {
+        ImageError::malformed(file.display().to_string(), "not a wasm module or component")
+    })?;
+    let (built, config_bytes) = wasm_artifact(&data, kind);
+    let manifest_bytes = serde_json::to_vec(&built)
+        .map_err(|e| ImageError::Internal(format!("serialising manifest: {e}")))?;
+    let manifest_digest = sha256_digest(&manifest_bytes);
+    let layer_digest = built.layers[0].digest.clone();
+    let config_digest = built
+        .config
+        .as_ref()
+        .map(|c| c.digest.clone())
+        .unwrap_or_default();
+    let canonical = r.canonical();
+
+    let mut errors = Vec::new();
+    let eps = endpoints(&r.registry, config, false);
+    let mut i = 0;
+    while i < eps.len() {
+        let ep = &eps[i];
+        i += 1;
+        let registry_auth = registry_auth(auth_for(ep, &r.registry, auth, config, &canonical)?);
+        let client = push_client(ep, config)?;
+        let oci_ref = r.to_oci(&ep.host);
+        client
+            .store_auth_if_needed(oci_ref.resolve_registry(), &registry_auth)
+            .await;
+        let attempt = async {
             client
-                .store_auth_if_needed(oci_ref.resolve_registry(), &registry_auth)
-                .await;
-            let attempt = async {
-                client
-                    .push_blob(&oci_ref, data.clone(), &layer_digest)
-                    .await?;
-                client
-                    .push_blob(&oci_ref, config_bytes.clone(), &config_digest)
-                    .await?;
-                client
-                    .push_manifest_raw(
-                        &oci_ref,
-                        manifest_bytes.clone(),
-                        http::HeaderValue::from_static(manifest::MT_OCI_MANIFEST),
-                    )
-                    .await
-            };
-            match attempt.await {
-                Ok(_) => {
-                    return Ok(PushResult {
-                        reference: canonical,
-                        manifest_digest,
-                        config_digest,
-                        layer_digest,
-                        kind,
-                    });
-                }
-                Err(e) => {
-                    let transport = is_transport_error(&e);
-                    errors.push(map_err(&canonical, e));
-                    if ep.fallback_on_transport_only && !transport {
-                        i += 1;
-                    }
+                .push_blob(&oci_ref, data.clone(), &layer_digest)
+                .await?;
+            client
+                .push_blob(&oci_ref, config_bytes.clone(), &config_digest)
+                .await?;
+            client
+                .push_manifest_raw(
+                    &oci_ref,
+                    manifest_bytes.clone(),
+                    http::HeaderValue::from_static(manifest::MT_OCI_MANIFEST),
+                )
+                .await
+        };
+        match attempt.await {
+            Ok(_) => {
+                return Ok(PushResult {
+                    reference: canonical,
+                    manifest_digest,
+                    config_digest,
+                    layer_digest,
+                    kind,
+                });
+            }
+            Err(e) => {
+                let transport = is_transport_error(&e);
+                errors.push(map_err(&canonical, e));
+                if ep.fallback_on_transport_only && !transport {
+                    i += 1;
                 }
             }
         }
-        Err(errors
-            .pop()
-            .unwrap_or_else(|| ImageError::Internal("no registry endpoint".into())))
     }
+    Err(errors
+        .pop()
+        .unwrap_or_else(|| ImageError::Internal("no registry endpoint".into())))
 }
 
 /// Builds the OCI Wasm artifact manifest and config for `data`.

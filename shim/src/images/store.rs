@@ -1,6 +1,6 @@
 //! The store's state and bookkeeping: [`ImageStore`] itself, opening it (and sweeping what a
 //! crash left), listing, getting and removing images, image records on disk, blob leases,
-//! names, and the two locks (see the [`images`](super) module docs).
+//! names, and the locks (see the [`images`](super) module docs and [`super::lock`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::blobs::{self, BlobStore};
 use super::error::{ImageError, IoContext, Result};
+use super::lock::StoreLock;
 use super::lookup::{Match, find, find_match};
 use super::reference::{self, ImageRef, normalize_tag};
 use super::{
@@ -43,18 +44,8 @@ pub(crate) struct Inner {
     /// Serialises commits and removals (never taken while `state` is held).
     commit: Mutex<()>,
     pub(crate) inflight: registry::Inflight,
-    /// The shared flock held for the store's lifetime (see [`ImageStore::open`]).
-    _lock: fs::File,
-}
-
-fn flock(f: &fs::File, op: libc::c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    /// The exclusive lock on the root, held for the store's lifetime (see [`super::lock`]).
+    lock: Mutex<StoreLock>,
 }
 
 #[derive(Default)]
@@ -115,8 +106,9 @@ impl Inner {
 }
 
 impl ImageStore {
-    /// Opens (creating if needed) the store at `root` with default [`UnpackLimits`].
-    /// Blocking: call at startup or from `spawn_blocking`.
+    /// Opens (creating if needed) the store at `root` with default [`UnpackLimits`], taking
+    /// the store lock: fails with [`ImageError::Busy`] while another process (or another open
+    /// store in this one) has the root. Blocking: call at startup or from `spawn_blocking`.
     pub fn open(root: impl Into<PathBuf>, precompile: Option<PrecompileHook>) -> Result<Self> {
         Self::open_with_limits(root, precompile, UnpackLimits::default())
     }
@@ -135,24 +127,12 @@ impl ImageStore {
         for d in [&blob_dir, &records, &rootfs, &tmp] {
             fs::create_dir_all(d).at(d)?;
         }
-        // The daemon and `wasmcri image` commands may open the store at the same time. Every
-        // opener holds a shared flock for its lifetime; the crash-recovery sweeps below run
-        // only when this opener could take it exclusively first, i.e. nobody else is using
-        // the store and anything half-done really belongs to a crashed operation.
-        let lock_path = root.join(".lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
-        let exclusive = flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_ok();
-        if exclusive {
-            // Anything in tmp/ belongs to an operation a crash interrupted.
-            for entry in fs::read_dir(&tmp).at(&tmp)? {
-                let p = entry.at(&tmp)?.path();
-                remove_path(&p)?;
-            }
+        // Nobody else uses the store while this lock is held, so anything half-done below
+        // belongs to an operation a crash interrupted and can be swept.
+        let lock = StoreLock::acquire(&root)?;
+        for entry in fs::read_dir(&tmp).at(&tmp)? {
+            let p = entry.at(&tmp)?.path();
+            remove_path(&p)?;
         }
         let mut images = BTreeMap::new();
         let mut unreadable = false;
@@ -186,12 +166,7 @@ impl ImageStore {
         }
         // Rootfs dirs without a record: a crash between unpack and record write, or during
         // removal.
-        let sweep_rootfs = if exclusive {
-            fs::read_dir(&rootfs).at(&rootfs)?.collect()
-        } else {
-            Vec::new()
-        };
-        for entry in sweep_rootfs {
+        for entry in fs::read_dir(&rootfs).at(&rootfs)? {
             let entry = entry.at(&rootfs)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !records.join(format!("{name}.json")).exists() {
@@ -200,7 +175,7 @@ impl ImageStore {
             }
         }
         let blobs = BlobStore::new(blob_dir, tmp.clone());
-        if !unreadable && exclusive {
+        if !unreadable {
             let referenced: BTreeSet<&String> = images
                 .values()
                 .flat_map(|i: &Image| i.blobs.iter())
@@ -227,52 +202,19 @@ impl ImageStore {
                 }),
                 commit: Mutex::new(()),
                 inflight: Default::default(),
-                _lock: {
-                    flock(&lock, libc::LOCK_SH).at(&lock_path)?;
-                    lock
-                },
+                lock: Mutex::new(lock),
             }),
         })
     }
 
-    /// Picks up records another process (`wasmcri image import/pull/rm`) wrote or removed
-    /// since this store was opened.
-    fn refresh(&self) {
-        let inner = &self.inner;
-        let Ok(rd) = fs::read_dir(&inner.records) else {
-            return;
-        };
-        let on_disk: BTreeMap<String, PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
-            .filter_map(|p| {
-                let stem = p.file_stem()?.to_string_lossy().into_owned();
-                Some((format!("sha256:{stem}"), p))
-            })
-            .collect();
-        let mut st = inner.lock_state();
-        st.images.retain(|id, _| on_disk.contains_key(id));
-        for (id, p) in on_disk {
-            if st.images.contains_key(&id) {
-                continue;
-            }
-            let Some(mut img) = fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Image>(&b).ok())
-            else {
-                continue;
-            };
-            let Ok(hex) = reference::validate_digest(&img.id) else {
-                continue;
-            };
-            // As in `open`: paths are re-derived from this store's root.
-            img.rootfs = inner.rootfs.join(hex);
-            if let Some(w) = &mut img.wasm {
-                w.path = img.rootfs.join(w.guest_path.trim_start_matches('/'));
-            }
-            st.images.insert(img.id.clone(), img);
-        }
+    /// Records in the store lock that its holder serves the store on `socket`, so that a
+    /// command refused the lock can name the daemon's socket.
+    pub fn announce(&self, socket: &Path) -> Result<()> {
+        self.inner
+            .lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .announce(socket)
     }
 
     /// The store's root directory.
@@ -282,7 +224,6 @@ impl ImageStore {
 
     /// All images matching `filter`, ordered by ID.
     pub fn list(&self, filter: &ImageFilter) -> Result<Vec<Image>> {
-        self.refresh();
         match &filter.reference {
             None => Ok(self.inner.lock_state().images.values().cloned().collect()),
             Some(r) => match self.get(r) {
@@ -296,13 +237,6 @@ impl ImageStore {
     /// Looks an image up by full ID (`sha256:<hex>` or `<hex>`), tag (`hello` matches
     /// `docker.io/library/hello:latest`), repo digest (`name@sha256:...`) or unique ID prefix.
     pub fn get(&self, reference: &str) -> Result<Image> {
-        {
-            let st = self.inner.lock_state();
-            if let Ok(id) = find(&st.images, reference) {
-                return Ok(st.images[&id].clone());
-            }
-        }
-        self.refresh();
         let st = self.inner.lock_state();
         find(&st.images, reference).map(|id| st.images[&id].clone())
     }

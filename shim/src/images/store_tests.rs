@@ -231,19 +231,24 @@ async fn import_oci_image_gzip_zstd() {
     ));
     assert_eq!(count(&store.root().join("tmp")), 0);
 
-    // Persisted: a reopened store sees the same image.
-    let again = ImageStore::open(store.root(), None).unwrap();
+    // Persisted: a reopened store sees the same image (once the first one is closed: one
+    // owner at a time).
+    let root = store.root().to_path_buf();
+    drop(store);
+    let again = ImageStore::open(&root, None).unwrap();
     assert_eq!(again.get(&img.id).unwrap(), *img);
+    drop(again);
     // A moved store re-derives its paths.
-    let moved = store.root().with_file_name("moved");
-    fs::rename(store.root(), &moved).unwrap();
+    let moved = root.with_file_name("moved");
+    fs::rename(&root, &moved).unwrap();
     let m = ImageStore::open(&moved, None)
         .unwrap()
         .get(&img.id)
         .unwrap();
     assert_eq!(m.rootfs, moved.join("rootfs").join(&img.id[7..]));
     assert_eq!(fs::read(&m.wasm.unwrap().path).unwrap(), CORE_MODULE);
-    fs::rename(&moved, store.root()).unwrap();
+    fs::rename(&moved, &root).unwrap();
+    let again = ImageStore::open(&root, None).unwrap();
     let (bytes, inodes) = again.fs_usage().await.unwrap();
     assert!(bytes > 0 && inodes >= 10, "{bytes} {inodes}");
 }
@@ -496,9 +501,9 @@ async fn precompile_hook_called_and_failure_rolls_back() {
     assert_empty(&store);
 }
 
-#[tokio::test]
-async fn open_sweeps_crash_leftovers() {
-    let (_d, store) = open_store();
+/// A store holding one Wasm artifact, tagged `x`.
+async fn store_with_artifact_x() -> (tempfile::TempDir, ImageStore, Image) {
+    let (d, store) = open_store();
     let mut layout = Layout::new();
     let m = layout.artifact(CORE_MODULE);
     layout.add(m, None);
@@ -507,6 +512,12 @@ async fn open_sweeps_crash_leftovers() {
         .await
         .unwrap()
         .remove(0);
+    (d, store, img)
+}
+
+#[tokio::test]
+async fn open_sweeps_crash_leftovers() {
+    let (_d, store, img) = store_with_artifact_x().await;
     let root = store.root().to_path_buf();
     drop(store);
     // What a kill -9 can leave: a temp blob, a half-unpacked dir, an orphaned rootfs, a blob
@@ -525,6 +536,35 @@ async fn open_sweeps_crash_leftovers() {
     let kept = store.get(&img.id).unwrap();
     assert!(kept.wasm.unwrap().path.is_file());
     assert_eq!(count(&root.join("blobs/sha256")), img.blobs.len());
+}
+
+/// A second opener of a root in use is refused before it touches anything: the owner's
+/// in-flight temp files and images stay, and the owner's view is the whole truth.
+#[tokio::test]
+async fn second_opener_is_refused_and_sweeps_nothing() {
+    let (_d, store, img) = store_with_artifact_x().await;
+    let root = store.root().to_path_buf();
+    let in_flight = root.join("tmp/blob-in-flight");
+    fs::write(&in_flight, b"partial").unwrap();
+    let err = ImageStore::open(&root, None).unwrap_err();
+    match &err {
+        ImageError::Busy(b) => {
+            assert_eq!(b.root, root);
+            assert_eq!(b.holder.as_ref().unwrap().pid, std::process::id());
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(
+        in_flight.exists(),
+        "the refused opener swept the owner's temp file"
+    );
+    store.announce(Path::new("/run/x.sock")).unwrap();
+    let err = ImageStore::open(&root, None).unwrap_err().to_string();
+    assert!(err.contains("serving /run/x.sock"), "{err}");
+    assert_eq!(store.get("x").unwrap().id, img.id);
+    drop(store);
+    ImageStore::open(&root, None).unwrap();
+    assert!(!in_flight.exists());
 }
 
 #[tokio::test]

@@ -4,12 +4,13 @@
 //! image volume (both preopen the image's rootfs directly), and drops its precompiled
 //! artifact.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::views::{FsUsage, ImageView};
 use super::{Result, Runtime, RuntimeError};
 use crate::images::classify::ImageClass;
-use crate::images::{ImageError, ImageFilter, Pinned, PullAuth};
+use crate::images::{Image, ImageError, ImageFilter, Pinned, PullAuth};
 
 impl Runtime {
     /// ImageStatus by ID, tag or digest; `None` when no image matches (the kubelet pulls on
@@ -41,11 +42,42 @@ impl Runtime {
     /// PullImage with the configured registries (mirrors, credentials, CAs); returns the
     /// image ID.
     pub async fn pull_image(&self, reference: &str, auth: &PullAuth) -> Result<String> {
-        let image = self
+        Ok(self.pull_image_record(reference, auth).await?.id)
+    }
+
+    /// A pull with the configured registries, answering with the whole stored image (the
+    /// admin service's `wasmcri image pull`).
+    pub async fn pull_image_record(&self, reference: &str, auth: &PullAuth) -> Result<Image> {
+        Ok(self
             .images
             .pull(reference, auth, &self.config.registry)
-            .await?;
-        Ok(image.id)
+            .await?)
+    }
+
+    /// Where an admin import may spool its archive (the store's temp directory, swept at
+    /// start-up) and how many bytes it may take (`[images] max_import_bytes`).
+    pub fn import_spool(&self) -> (PathBuf, u64) {
+        (
+            self.images.tmp_dir().to_path_buf(),
+            self.config.images.max_import_bytes,
+        )
+    }
+
+    /// Imports an OCI layout (directory or tar archive) at `path` into the store, tagged
+    /// `name` if given.
+    pub async fn import_image(&self, path: &Path, name: Option<&str>) -> Result<Vec<Image>> {
+        Ok(self.images.import_layout(path, name).await?)
+    }
+
+    /// Records in the image store's lock file the socket this daemon serves, so a
+    /// `wasmcri image` command pointed elsewhere is told where to go.
+    pub fn announce_socket(&self, socket: &Path) -> Result<()> {
+        Ok(self.images.announce(socket)?)
+    }
+
+    /// Every image of wasmcri's own store, as stored (no pins, no delegate).
+    pub fn stored_images(&self) -> Result<Vec<Image>> {
+        Ok(self.images.list(&ImageFilter::default())?)
     }
 
     /// ImageFsInfo: bytes and inodes the image store uses.

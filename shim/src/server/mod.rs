@@ -5,6 +5,7 @@
 //! [`crate::runtime`] call and the answer back. [`rpc`] wraps every handler with a tracing
 //! span, start/failure logs and the single conversion of domain errors into gRPC statuses.
 
+pub mod admin;
 mod container_create;
 mod container_events;
 mod container_exec;
@@ -175,7 +176,7 @@ fn image_code(e: &crate::images::ImageError) -> Code {
         I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
             Code::FailedPrecondition
         }
-        I::Registry { .. } | I::Distribution { .. } => Code::Unavailable,
+        I::Registry { .. } | I::Distribution { .. } | I::Busy(_) => Code::Unavailable,
         I::Io { .. } | I::Internal(_) => Code::Internal,
     }
 }
