@@ -1,5 +1,6 @@
-//! Containers: fixed metadata ([`ContainerMeta`]) and changing state ([`ContainerState`]),
-//! persisted together as a [`ContainerRecord`].
+//! Containers: what the kubelet asked for ([`ContainerSpec`]), the fixed metadata creation
+//! resolved from it ([`ContainerMeta`]) and the state that changes over the container's life
+//! ([`ContainerState`]), persisted together as a [`ContainerRecord`].
 //!
 //! State machine (the CRI's): `Created` → `Running` → `Exited`; `Created` → `Exited` when a
 //! start fails (with exit code and reason recorded). `Unknown` only when the record says
@@ -39,11 +40,12 @@ pub struct ImageVolume {
     pub sub_path: String,
 }
 
-/// What the kubelet fixed when it created the container.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ContainerMeta {
-    /// 64-hex ID.
-    pub id: String,
+/// What the kubelet asked for in CreateContainer and the record keeps as asked; the runtime
+/// resolves the image volumes among `mounts` in place, and UpdateContainerResources changes
+/// `resources`. The process part of the request (command, args, working directory, env,
+/// user) is resolved against the image into [`ContainerMeta`] instead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerSpec {
     /// The sandbox it belongs to.
     pub pod_id: String,
     /// Container name from the pod spec.
@@ -54,20 +56,44 @@ pub struct ContainerMeta {
     pub labels: HashMap<String, String>,
     /// Annotations, verbatim.
     pub annotations: HashMap<String, String>,
-    /// The image as the kubelet named it.
+    /// The image as the kubelet named it (reference or ID).
     pub image: String,
+    /// The CRI `log_path`, relative to the sandbox log directory (as given).
+    pub log_path: String,
+    /// Mounts.
+    pub mounts: Vec<MountSpec>,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Close stdin when the first attach session that sent it ends (CRI `stdin_once`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// The guest's stdio is a pseudo-terminal (CRI `tty`).
+    #[serde(default)]
+    pub tty: bool,
+    /// oom_score_adj the kubelet asked for.
+    pub oom_score_adj: Option<i64>,
+    /// Resource limits: as asked at creation; in a record, as last applied.
+    pub resources: crate::cgroups::Resources,
+}
+
+/// A container's fixed metadata: the request plus what creation resolved and made for it.
+/// Persisted with the spec's fields inline (`flatten`), so the record's JSON keys are the
+/// same as before the spec was its own type.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerMeta {
+    /// 64-hex ID.
+    pub id: String,
+    /// What the kubelet asked for.
+    #[serde(flatten)]
+    pub spec: ContainerSpec,
     /// The image ID (see [`crate::images`]: the config digest when the config pins the layers).
     pub image_id: String,
     /// A repo digest of the image if known, else the image ID.
     pub image_ref: String,
     /// Creation time, Unix nanoseconds.
     pub created_at: i64,
-    /// The CRI `log_path`, relative to the sandbox log directory (as given).
-    pub log_path: String,
     /// The resolved log file, if any.
     pub log_file: Option<PathBuf>,
-    /// Mounts.
-    pub mounts: Vec<MountSpec>,
     /// argv (after Kubernetes' command/args vs entrypoint/cmd rules).
     pub args: Vec<String>,
     /// Environment (image env overridden by CRI env).
@@ -94,18 +120,6 @@ pub struct ContainerMeta {
     pub gid: Option<u32>,
     /// Supplementary groups.
     pub additional_gids: Vec<u32>,
-    /// Keep stdin open.
-    pub stdin: bool,
-    /// Close stdin when the first attach session that sent it ends (CRI `stdin_once`).
-    #[serde(default)]
-    pub stdin_once: bool,
-    /// The guest's stdio is a pseudo-terminal (CRI `tty`).
-    #[serde(default)]
-    pub tty: bool,
-    /// oom_score_adj the kubelet asked for.
-    pub oom_score_adj: Option<i64>,
-    /// Resource limits as last applied.
-    pub resources: crate::cgroups::Resources,
 }
 
 /// Container state as the CRI defines it.
@@ -233,6 +247,83 @@ mod tests {
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// A record as the code before [`ContainerSpec`] wrote it (every field at the top level
+    /// of `meta`), produced by serialising a fully populated record with that code.
+    const RECORD_BEFORE_SPEC: &str = r#"{"meta":{"id":"c0ffee","pod_id":"p0d","name":"app","attempt":2,"labels":{"io.kubernetes.container.name":"app"},"annotations":{"a":"b"},"image":"docker.io/library/hello:1","image_id":"sha256:aaaa","image_ref":"docker.io/library/hello@sha256:bbbb","created_at":1700000000000000001,"log_path":"app/2.log","log_file":"/var/log/pods/ns_p_u/app/2.log","mounts":[{"container_path":"/data","host_path":"/h/data","read_only":false,"image":null},{"container_path":"/img","host_path":"/var/lib/wasmcri/images/x/rootfs/dir","read_only":true,"image":{"reference":"vol:1","image_id":"sha256:cccc","sub_path":"dir"}}],"args":["/app.wasm","--flag"],"env":[["PATH","/bin"],["A","1"]],"cwd":"/work","rootfs":"/var/lib/wasmcri/images/x/rootfs","wasm":"/var/lib/wasmcri/images/x/rootfs/app.wasm","precompiled":"/var/lib/wasmcri/cache/y.cwasm","http_port":8080,"cgroup_path":"/kubepods/p0d/c0ffee","cgroup":{"path":"/kubepods/p0d/c0ffee","procs_files":["/sys/fs/cgroup/kubepods/p0d/c0ffee/cgroup.procs"],"created":["/sys/fs/cgroup/kubepods/p0d/c0ffee"]},"dir":"/run/wasmcri/containers/c0ffee","uid":1000,"gid":2000,"additional_gids":[3000],"stdin":true,"stdin_once":true,"tty":false,"oom_score_adj":-997,"resources":{"cpu_period":100000,"cpu_quota":50000,"cpu_shares":512,"memory_limit":67108864,"memory_swap_limit":0,"cpuset_cpus":"0-1","cpuset_mems":"","pids_limit":null,"unified":{},"hugepage_limits":[]}},"state":{"phase":"Exited","pid":null,"pid_start":12345,"started_at":1700000000100000000,"finished_at":1700000000200000000,"exit_code":137,"reason":"OOMKilled","message":"memory limit exceeded; killed by the kernel OOM killer"}}"#;
+
+    #[test]
+    fn record_written_before_the_spec_loads_and_writes_the_same_keys() {
+        let rec: ContainerRecord = serde_json::from_str(RECORD_BEFORE_SPEC).unwrap();
+        let (m, sp) = (&rec.meta, &rec.meta.spec);
+        assert_eq!((m.id.as_str(), sp.pod_id.as_str()), ("c0ffee", "p0d"));
+        assert_eq!((sp.name.as_str(), sp.attempt), ("app", 2));
+        assert_eq!(sp.labels["io.kubernetes.container.name"], "app");
+        assert_eq!(sp.annotations["a"], "b");
+        assert_eq!(sp.image, "docker.io/library/hello:1");
+        assert_eq!(
+            (m.image_id.as_str(), m.created_at),
+            ("sha256:aaaa", 1700000000000000001)
+        );
+        assert_eq!(m.image_ref, "docker.io/library/hello@sha256:bbbb");
+        assert_eq!(sp.log_path, "app/2.log");
+        assert_eq!(
+            m.log_file.as_deref(),
+            Some(std::path::Path::new("/var/log/pods/ns_p_u/app/2.log"))
+        );
+        assert_eq!(sp.mounts.len(), 2);
+        assert_eq!(sp.mounts[0].host_path, "/h/data");
+        assert_eq!(
+            sp.mounts[1].image.as_ref().map(|v| v.image_id.as_str()),
+            Some("sha256:cccc")
+        );
+        assert_eq!(m.args, ["/app.wasm", "--flag"]);
+        assert_eq!(m.env[1], ("A".to_string(), "1".to_string()));
+        assert_eq!((m.cwd.as_str(), m.http_port), ("/work", Some(8080)));
+        assert_eq!(
+            m.wasm,
+            PathBuf::from("/var/lib/wasmcri/images/x/rootfs/app.wasm")
+        );
+        assert_eq!(m.precompiled, Some("/var/lib/wasmcri/cache/y.cwasm".into()));
+        assert_eq!(m.cgroup_path, "/kubepods/p0d/c0ffee");
+        assert_eq!(m.cgroup.as_ref().map(|h| h.created.len()), Some(1));
+        assert_eq!(m.dir, PathBuf::from("/run/wasmcri/containers/c0ffee"));
+        assert_eq!(
+            (m.uid, m.gid, m.additional_gids.as_slice()),
+            (Some(1000), Some(2000), &[3000][..])
+        );
+        assert_eq!((sp.stdin, sp.stdin_once, sp.tty), (true, true, false));
+        assert_eq!(sp.oom_score_adj, Some(-997));
+        assert_eq!(
+            (sp.resources.cpu_quota, sp.resources.memory_limit),
+            (50000, 64 << 20)
+        );
+        assert_eq!(sp.resources.cpuset_cpus, "0-1");
+        assert_eq!(
+            (rec.state.exit_code, rec.state.pid_start),
+            (137, Some(12345))
+        );
+        // Written back, it has exactly the keys and values it was read from.
+        assert_eq!(
+            serde_json::to_value(&rec).unwrap(),
+            serde_json::from_str::<serde_json::Value>(RECORD_BEFORE_SPEC).unwrap()
+        );
+    }
+
+    #[test]
+    fn record_without_later_fields_loads() {
+        // Records from before stdin_once and tty existed.
+        let mut v: serde_json::Value = serde_json::from_str(RECORD_BEFORE_SPEC).unwrap();
+        let meta = v["meta"].as_object_mut().unwrap();
+        meta.remove("stdin_once");
+        meta.remove("tty");
+        let rec: ContainerRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            (rec.meta.spec.stdin_once, rec.meta.spec.tty),
+            (false, false)
+        );
+        assert!(rec.meta.spec.stdin);
     }
 
     #[test]

@@ -79,13 +79,13 @@ impl Runtime {
                 c.meta.id
             )));
         }
-        if stdin && !c.meta.stdin {
+        if stdin && !c.meta.spec.stdin {
             return Err(RuntimeError::InvalidArgument(format!(
                 "container {} was not created with stdin; attach without it",
                 c.meta.id
             )));
         }
-        Ok((c.meta.id.clone(), c.meta.tty))
+        Ok((c.meta.id.clone(), c.meta.spec.tty))
     }
 
     /// Attaches to the running container `id`: its output from now on, and (with `stdin`)

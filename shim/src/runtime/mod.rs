@@ -173,7 +173,7 @@ impl Pod {
 /// A container in memory.
 #[derive(Debug)]
 pub struct Container {
-    /// Immutable after creation (resources aside, which live in `state_meta`).
+    /// Immutable after creation (resources aside, which live in `resources`).
     pub meta: crate::container::ContainerMeta,
     /// Current state; short std lock, never held across an `.await`.
     pub state: Mutex<ContainerState>,
@@ -197,7 +197,7 @@ impl Container {
     fn new(record: ContainerRecord) -> Arc<Self> {
         let exited = record.state.phase == crate::container::ContainerPhase::Exited;
         Arc::new(Self {
-            resources: Mutex::new(record.meta.resources.clone()),
+            resources: Mutex::new(record.meta.spec.resources.clone()),
             meta: record.meta,
             state: Mutex::new(record.state),
             op: tokio::sync::Mutex::new(()),
@@ -256,7 +256,7 @@ impl Container {
     /// The record as it should be persisted now.
     pub fn record(&self) -> ContainerRecord {
         let mut meta = self.meta.clone();
-        meta.resources = self.resources.lock().expect("resources lock").clone();
+        meta.spec.resources = self.resources.lock().expect("resources lock").clone();
         ContainerRecord {
             meta,
             state: self.snapshot(),
@@ -387,7 +387,7 @@ impl Runtime {
     /// Emits an event for a container of a pod that still exists (events of containers
     /// whose sandbox is gone would carry no status the kubelet can use).
     fn emit_container_event(&self, c: &Container, kind: ContainerEventKind) {
-        if let Ok(pod) = self.pod(&c.meta.pod_id) {
+        if let Ok(pod) = self.pod(&c.meta.spec.pod_id) {
             self.events.emit(&c.meta.id, &pod, kind);
         }
     }
@@ -463,7 +463,7 @@ impl Runtime {
             .read()
             .expect("containers lock")
             .values()
-            .filter(|c| c.meta.pod_id == pod_id)
+            .filter(|c| c.meta.spec.pod_id == pod_id)
             .cloned()
             .collect()
     }

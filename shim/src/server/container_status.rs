@@ -26,6 +26,7 @@ pub async fn status(
 pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<String, String>) {
     let st = c.snapshot();
     let m = &c.meta;
+    let spec = &m.spec;
     let mut info = HashMap::new();
     if verbose {
         let v = serde_json::json!({
@@ -42,8 +43,8 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
     let status = pb::ContainerStatus {
         id: m.id.clone(),
         metadata: Some(pb::ContainerMetadata {
-            name: m.name.clone(),
-            attempt: m.attempt,
+            name: spec.name.clone(),
+            attempt: spec.attempt,
         }),
         state: convert::container_state(&st) as i32,
         created_at: m.created_at,
@@ -51,7 +52,7 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
         finished_at: st.finished_at,
         exit_code: st.exit_code,
         image: Some(pb::ImageSpec {
-            image: m.image.clone(),
+            image: spec.image.clone(),
             ..Default::default()
         }),
         image_ref: m.image_ref.clone(),
@@ -66,9 +67,9 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
         }),
         reason: st.reason.clone(),
         message: st.message.clone(),
-        labels: m.labels.clone(),
-        annotations: m.annotations.clone(),
-        mounts: m
+        labels: spec.labels.clone(),
+        annotations: spec.annotations.clone(),
+        mounts: spec
             .mounts
             .iter()
             .map(|mt| pb::Mount {
@@ -99,7 +100,7 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         resources: Some(pb::ContainerResources {
-            linux: Some(convert::resources_back(&resources, m.oom_score_adj)),
+            linux: Some(convert::resources_back(&resources, spec.oom_score_adj)),
             windows: None,
         }),
         stop_signal: pb::Signal::Sigterm as i32,
