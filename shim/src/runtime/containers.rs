@@ -345,30 +345,16 @@ impl Runtime {
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let c = self.container(id)?;
         let _op = c.op.lock().await;
-        if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is being removed",
-                c.meta.id
-            )));
-        }
-        let phase = c.snapshot().phase;
-        if phase != ContainerPhase::Created {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is {phase:?}, not Created",
-                c.meta.id
-            )));
-        }
-        let mode = match c.meta.http_port {
-            Some(port) => RunMode::Http { port },
-            None => RunMode::Command,
-        };
-        let exit_file = c.exit_file();
-        if let Some(dir) = exit_file.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
-        }
+        c.transition(ContainerState::begin_start)?;
         let t0 = std::time::Instant::now();
-        let spec = self.runner_spec(&c, mode, exit_file)?;
+        let spec = match self.start_spec(&c) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // No runner exists yet: the container stays startable.
+                c.transition(ContainerState::cancel_start)?;
+                return Err(e);
+            }
+        };
         let t_spec = t0.elapsed();
         let (mut child, pid, pid_start) = match self.start_runner(&spec).await {
             Ok(v) => v,
@@ -380,12 +366,10 @@ impl Runtime {
                 });
             }
         };
-        {
-            let mut st = c.state.lock().expect("state lock");
-            st.phase = ContainerPhase::Running;
-            st.pid = Some(pid);
-            st.pid_start = pid_start;
-            st.started_at = crate::ids::now_ns();
+        if let Err(e) = c.transition(|st| st.started(pid, pid_start, crate::ids::now_ns())) {
+            let _ = child.start_kill();
+            self.watch_child(c.clone(), child);
+            return Err(e);
         }
         let t_runner = t0.elapsed();
         // Persist the PID while the runner loads its module (a write and a rename, no fsync:
@@ -421,6 +405,20 @@ impl Runtime {
                 })
             }
         }
+    }
+
+    /// The runner spec of a container's start, with the directory of its exit record made.
+    fn start_spec(&self, c: &Container) -> Result<RunnerSpec> {
+        let mode = match c.meta.http_port {
+            Some(port) => RunMode::Http { port },
+            None => RunMode::Command,
+        };
+        let exit_file = c.exit_file();
+        if let Some(dir) = exit_file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        }
+        self.runner_spec(c, mode, exit_file)
     }
 
     /// StopContainer: SIGTERM, then SIGKILL after `timeout_s` seconds (0: at once).
@@ -470,7 +468,8 @@ impl Runtime {
             Err(RuntimeError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        c.removing.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Before waiting for the lock: a start queued behind a stop must not run.
+        c.state.lock().expect("container state lock").begin_remove();
         let _op = c.op.lock().await;
         self.stop_locked(&c, 0).await?;
         if let Some(h) = c.meta.cgroup.clone() {

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;
-use crate::container::{ContainerRecord, ContainerState};
+use crate::container::{ContainerRecord, ContainerState, TransitionError};
 use crate::pod::{PodRecord, PodState};
 
 pub use containers::{ExecOutput, NewContainer};
@@ -183,8 +183,6 @@ pub struct Container {
     pub op: tokio::sync::Mutex<()>,
     /// Flips to `true` once the container has exited.
     pub exited: tokio::sync::watch::Sender<bool>,
-    /// Set once RemoveContainer has begun; no new operations after it.
-    pub removing: std::sync::atomic::AtomicBool,
     /// The guest's preopens, built (file-mount links included) on first start and reused by
     /// every ExecSync — exec probes run every few seconds.
     pub preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
@@ -202,7 +200,6 @@ impl Container {
             state: Mutex::new(record.state),
             op: tokio::sync::Mutex::new(()),
             exited: tokio::sync::watch::channel(exited).0,
-            removing: Default::default(),
             preopens: Default::default(),
             execs: Default::default(),
         })
@@ -246,6 +243,16 @@ impl Container {
     /// The runner's debug log (its stderr).
     pub fn runner_log(&self) -> PathBuf {
         self.meta.dir.join("runner.log")
+    }
+
+    /// Applies a lifecycle transition under the state lock; a refusal names the container.
+    fn transition<T>(
+        &self,
+        f: impl FnOnce(&mut ContainerState) -> std::result::Result<T, TransitionError>,
+    ) -> Result<T> {
+        f(&mut self.state.lock().expect("container state lock")).map_err(|e| {
+            RuntimeError::FailedPrecondition(format!("container {} {e}", self.meta.id))
+        })
     }
 
     /// A consistent copy of the state.

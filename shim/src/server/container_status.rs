@@ -65,7 +65,7 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
                 supplemental_groups: m.additional_gids.iter().map(|g| *g as i64).collect(),
             }),
         }),
-        reason: st.reason.clone(),
+        reason: st.reason.map(|r| r.to_string()).unwrap_or_default(),
         message: st.message.clone(),
         labels: spec.labels.clone(),
         annotations: spec.annotations.clone(),
