@@ -66,8 +66,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = bind(&socket)?;
     // Fail on a bad streaming address before serving anything.
     let streaming = crate::streaming::StreamingServer::bind(
-        &rt.config.streaming.address,
-        rt.config.streaming.port,
+        &rt.config().streaming.address,
+        rt.config().streaming.port,
         rt.clone(),
     )
     .await?;
@@ -93,7 +93,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut builder = tonic::transport::Server::builder();
     // With a delegate, the routing layer serves both services; without one, the local
     // service alone, as if delegation did not exist.
-    let router = if rt.config.delegate.endpoint.is_empty() {
+    let router = if rt.config().delegate.endpoint.is_empty() {
         builder
             .add_service(
                 cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone())

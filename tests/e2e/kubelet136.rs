@@ -628,3 +628,39 @@ async fn container_events_follow_the_lifecycle_with_pod_status() {
     .await;
     assert!(end.is_ok(), "event stream still open after shutdown");
 }
+
+/// With EventedPLEG on, the kubelet takes PodSandboxStatus's container list as it is and looks
+/// a container up by name, first match wins: the newest attempt must come first, or an exited
+/// attempt hides its running restart and the kubelet restarts it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_status_lists_the_newest_attempt_first() {
+    let d = Daemon::start().await;
+    import_guest(&d, P1, "hello", "localhost/hello:v1");
+    let mut rt = d.rt().await;
+    let logs = d.dir.path().join("logs");
+    let pod_cfg = pod_config(&unique("attempts"), &logs);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let mut ids = Vec::new();
+    for attempt in 0..3 {
+        let mut cfg = container_config("c", "localhost/hello:v1");
+        cfg.metadata.as_mut().unwrap().attempt = attempt;
+        cfg.log_path = format!("c/{attempt}.log");
+        ids.push(create(&mut rt, &pod, &pod_cfg, cfg).await);
+    }
+    let st = rt
+        .pod_sandbox_status(pb::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<_> = st
+        .containers_statuses
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    ids.reverse();
+    assert_eq!(listed, ids, "newest attempt first");
+    remove_pod(&mut rt, &pod).await;
+}

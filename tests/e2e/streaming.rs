@@ -851,7 +851,18 @@ pub(crate) async fn ws_drain(
                     .decode(&t.as_bytes()[1..])
                     .unwrap(),
             ),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(frame))) => {
+                // client-go's WebSocket executors fail a session closed any other way.
+                assert_eq!(
+                    frame.map(|f| f.code),
+                    Some(
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal
+                    ),
+                    "the server ends a session with a normal closure"
+                );
+                break;
+            }
+            None | Some(Err(_)) => break,
             Some(Ok(other)) => panic!("unexpected {other:?}"),
         };
         got.entry(ch).or_default().extend_from_slice(&data);
@@ -908,7 +919,7 @@ async fn exec_and_port_forward_over_websocket() {
         .pod_sandbox_id;
     let url = rt
         .port_forward(pb::PortForwardRequest {
-            pod_sandbox_id: pod_id,
+            pod_sandbox_id: pod_id.clone(),
             port: vec![],
         })
         .await
@@ -937,6 +948,69 @@ async fn exec_and_port_forward_over_websocket() {
         got[&1],
         port.to_le_bytes().to_vec(),
         "no error, only the port"
+    );
+
+    // SPDY tunnelled through the WebSocket, as client-go's WebSocket port-forward dialer
+    // speaks it: no port parameter, the streams name the port.
+    let url = rt
+        .port_forward(pb::PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let ws = websocket(&url, "SPDY/3.1+portforward.k8s.io")
+        .await
+        .unwrap();
+    let (r, mut w) = tokio::io::split(wasmcri::streaming::tunnel::WsTunnel::new(ws));
+    let mut frames = FrameReader::new(r, Default::default());
+    let mut enc = HeaderEncoder::new();
+    let port_s = port.to_string();
+    let mut out = Vec::new();
+    for (id, kind) in [(1, "error"), (3, "data")] {
+        Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: Headers(
+                [("streamType", kind), ("port", &port_s), ("requestID", "0")]
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        }
+        .encode(&mut enc, &mut out);
+    }
+    Frame::Data {
+        stream_id: 3,
+        flags: 0,
+        data: Bytes::from_static(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    }
+    .encode(&mut enc, &mut out);
+    w.write_all(&out).await.unwrap();
+    w.flush().await.unwrap();
+    let mut body = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&body).contains("hello") {
+        match tokio::time::timeout_at(deadline, frames.next())
+            .await
+            .expect("tunnelled forward answers in time")
+            .unwrap()
+        {
+            Some(Frame::Data {
+                stream_id: 3, data, ..
+            }) => body.extend_from_slice(&data),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&body)
     );
     d.shutdown().await;
 }

@@ -38,7 +38,7 @@ impl Delegating {
             return o;
         }
         let name = r.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
-        if name.is_empty() || self.rt.images.get(name).is_ok() {
+        if name.is_empty() || self.rt.has_image(name) {
             return Owner::Local;
         }
         let auth = r
@@ -52,13 +52,8 @@ impl Delegating {
                 registry_token: a.registry_token,
             })
             .unwrap_or_default();
-        let classified = tokio::time::timeout(
-            CLASSIFY_TIMEOUT,
-            self.rt
-                .images
-                .classify_remote(name, &auth, &self.rt.config.registry),
-        )
-        .await;
+        let classified =
+            tokio::time::timeout(CLASSIFY_TIMEOUT, self.rt.classify_image(name, &auth)).await;
         match classified {
             Ok(Ok(ImageClass::Wasm)) => Owner::Local,
             Ok(Ok(ImageClass::Other)) => Owner::Delegate,

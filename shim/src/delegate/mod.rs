@@ -156,9 +156,9 @@ pub struct Delegating {
 
 impl Delegating {
     /// Routes between `local` (serving `rt`) and the delegate configured in
-    /// `rt.config.delegate`. Nothing is dialled yet.
+    /// `rt.config().delegate`. Nothing is dialled yet.
     pub fn new(local: Cri, rt: Arc<Runtime>) -> Result<Self, DelegateError> {
-        let remote = Arc::new(Remote::new(&rt.config.delegate)?);
+        let remote = Arc::new(Remote::new(&rt.config().delegate)?);
         Ok(Self { local, rt, remote })
     }
 
@@ -168,7 +168,13 @@ impl Delegating {
     }
 
     fn is_wasm_handler(&self, handler: &str) -> bool {
-        !handler.is_empty() && self.rt.config.runtime_handlers.iter().any(|h| h == handler)
+        !handler.is_empty()
+            && self
+                .rt
+                .config()
+                .runtime_handlers
+                .iter()
+                .any(|h| h == handler)
     }
 
     fn owner(found: Result<(), RuntimeError>) -> Owner {
@@ -572,7 +578,7 @@ impl RuntimeService for Delegating {
             local?.into_inner(),
             remote,
             &self.remote.endpoint,
-            &self.rt.config.runtime_handlers,
+            &self.rt.config().runtime_handlers,
         )))
     }
     async fn checkpoint_container(
@@ -748,7 +754,7 @@ impl Delegating {
         let Some(spec) = r.config.as_ref().and_then(|c| c.image.clone()) else {
             return Ok(());
         };
-        if spec.image.is_empty() || self.rt.images.get(&spec.image).is_ok() {
+        if spec.image.is_empty() || self.rt.has_image(&spec.image) {
             return Ok(());
         }
         let mut c = self.remote.img();

@@ -5,12 +5,14 @@
 //! The enum is `Clone` (sources are behind `Arc`) because one coalesced pull hands the same
 //! result to every caller waiting on it.
 //!
-//! gRPC codes, as `crate::server`'s `code_of` maps them: `NotFound` → NOT_FOUND;
-//! `InvalidReference`, `InvalidDigest`, `Ambiguous`, `Config` → INVALID_ARGUMENT;
-//! `Unauthorized` → PERMISSION_DENIED; `DigestMismatch`, `HostileLayer`, `TooLarge` →
-//! DATA_LOSS (the content is bad or hostile, a retry will not help); `NoMatchingPlatform`,
-//! `UnsupportedMediaType`, `Malformed` → FAILED_PRECONDITION; `Registry`, `Distribution` →
-//! UNAVAILABLE; `Io`, `Internal` → INTERNAL.
+//! gRPC codes, as `crate::server` maps them (a test there reads this paragraph and checks
+//! every variant, bare and nested in a runtime error, against the mapping):
+//! `NotFound` → NOT_FOUND; `InvalidReference`, `InvalidDigest`, `Ambiguous`, `Config` →
+//! INVALID_ARGUMENT; `Unauthorized` → PERMISSION_DENIED; `DigestMismatch`, `HostileLayer`,
+//! `TooLarge` → DATA_LOSS (the content is bad or hostile, a retry will not help);
+//! `NoMatchingPlatform`, `UnsupportedMediaType`, `Malformed` → FAILED_PRECONDITION;
+//! `Registry`, `Distribution` → UNAVAILABLE; `Io`, `Internal` (a blocking task panicked, a
+//! coalesced pull vanished) → INTERNAL.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -71,10 +71,7 @@ impl Runtime {
     pub fn check_attach(&self, id: &str, stdin: bool) -> Result<(String, bool)> {
         let c = self.container(id)?;
         if !c.snapshot().is_serving() {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.meta.id
-            )));
+            return Err(RuntimeError::not_running(&c.meta.id));
         }
         if stdin && !c.meta.spec.stdin {
             return Err(RuntimeError::InvalidArgument(format!(
@@ -91,11 +88,10 @@ impl Runtime {
         let (id, _) = self.check_attach(id, stdin)?;
         let c = self.container(&id)?;
         let path = c.attach_socket();
-        let unavailable = |e: std::io::Error| {
-            RuntimeError::FailedPrecondition(format!(
-                "container {id} cannot be attached to: its attach socket {}: {e}",
-                path.display()
-            ))
+        let unavailable = |source: std::io::Error| RuntimeError::AttachUnavailable {
+            id: id.clone(),
+            path: path.clone(),
+            source,
         };
         let (_dir, addr) = crate::runner::attach::socket_address(&path).map_err(unavailable)?;
         let mut sock = UnixStream::connect(&addr).await.map_err(unavailable)?;
@@ -111,10 +107,11 @@ impl Runtime {
         let tty = match answer {
             Some((ACCEPT, flags)) => flags.first().is_some_and(|f| f & IS_TTY != 0),
             Some((REFUSED, why)) => {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "container {id} refused the attach: {}",
-                    String::from_utf8_lossy(&why)
-                )));
+                return Err(RuntimeError::precondition(
+                    "container",
+                    id,
+                    format!("refused the attach: {}", String::from_utf8_lossy(&why)),
+                ));
             }
             _ => {
                 return Err(unavailable(std::io::Error::new(

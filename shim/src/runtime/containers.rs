@@ -78,13 +78,15 @@ impl Runtime {
         }
         let pod = self.pod(&req.spec.pod_id)?;
         if !super::pod_ready(&pod.state()) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "pod sandbox {} is not ready",
-                pod.meta.id
-            )));
+            return Err(RuntimeError::precondition(
+                "pod sandbox",
+                &pod.meta.id,
+                "is not ready",
+            ));
         }
         let this = self.clone();
         let pod_meta = pod.meta.clone();
+        let pod_id = pod.meta.id.clone();
         tokio::spawn(async move {
             let id = crate::ids::new_id();
             let key = container_name_key(&pod_meta.id, &req.spec.name, req.spec.attempt);
@@ -103,7 +105,10 @@ impl Runtime {
             }
         })
         .await
-        .map_err(|e| RuntimeError::FailedPrecondition(format!("create task: {e}")))?
+        .map_err(RuntimeError::task(
+            "create container",
+            format!("pod sandbox {pod_id}"),
+        ))?
     }
 
     async fn create_steps(
@@ -117,10 +122,7 @@ impl Runtime {
         self.resolve_image_volumes(&mut req.spec.mounts)?;
         let image = self.images.get(&req.spec.image)?;
         let entry = image.wasm.clone().ok_or_else(|| {
-            RuntimeError::FailedPrecondition(format!(
-                "image {} holds no wasm module to run",
-                req.spec.image
-            ))
+            RuntimeError::precondition("image", &req.spec.image, "holds no wasm module to run")
         })?;
         let argv = resolve_argv(
             &req.command,
@@ -163,7 +165,7 @@ impl Runtime {
         {
             let dir = dir.clone();
             undo.push(Box::pin(async move {
-                crate::store::remove(&dir).map_err(|e| e.to_string())
+                crate::store::remove(&dir).map_err(RuntimeError::from)
             }));
         }
 
@@ -192,7 +194,6 @@ impl Runtime {
                 rt.cgroups_blocking(move |cg| cg.remove_handle(&h))
                     .await
                     .map(drop)
-                    .map_err(|e| e.to_string())
             }));
         }
 
@@ -302,10 +303,11 @@ impl Runtime {
                 mappings: mappings.clone(),
             }),
             (Some(_), None) => {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "pod sandbox {} has a user namespace mapping but no namespace",
-                    pod.meta.id
-                )));
+                return Err(RuntimeError::precondition(
+                    "pod sandbox",
+                    &pod.meta.id,
+                    "has a user namespace mapping but no namespace",
+                ));
             }
         };
         Ok(RunnerSpec {
@@ -453,10 +455,11 @@ impl Runtime {
         self.signal(c, nix::sys::signal::Signal::SIGKILL);
         match tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v)).await {
             Ok(_) => Ok(()),
-            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
-                "container {} did not exit 10s after SIGKILL",
-                c.meta.id
-            ))),
+            Err(_) => Err(RuntimeError::deadline(
+                "container",
+                &c.meta.id,
+                "did not exit 10s after SIGKILL",
+            )),
         }
     }
 
@@ -495,10 +498,7 @@ impl Runtime {
     pub async fn reopen_log(self: &Arc<Self>, id: &str) -> Result<()> {
         let c = self.container(id)?;
         if c.snapshot().phase != ContainerPhase::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.meta.id
-            )));
+            return Err(RuntimeError::not_running(&c.meta.id));
         }
         let Some(log) = c.meta.log_file.clone() else {
             return Ok(());
@@ -510,11 +510,11 @@ impl Runtime {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(RuntimeError::DeadlineExceeded(format!(
-            "container {} did not reopen {}",
-            c.meta.id,
-            log.display()
-        )))
+        Err(RuntimeError::deadline(
+            "container",
+            &c.meta.id,
+            format!("did not reopen {}", log.display()),
+        ))
     }
 
     /// ExecSync: runs `cmd` as a fresh instance of the container's module (or of the `.wasm`
@@ -531,10 +531,7 @@ impl Runtime {
             return Err(RuntimeError::InvalidArgument("exec cmd is empty".into()));
         }
         if c.snapshot().phase != ContainerPhase::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.meta.id
-            )));
+            return Err(RuntimeError::not_running(&c.meta.id));
         }
         let timeout_ms = (timeout_s.max(0) as u64) * 1000;
         let spec = self

@@ -186,10 +186,7 @@ impl Runtime {
     pub fn check_exec(&self, id: &str) -> Result<String> {
         let c = self.container(id)?;
         if !c.snapshot().is_serving() {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.meta.id
-            )));
+            return Err(RuntimeError::not_running(&c.meta.id));
         }
         Ok(c.meta.id.clone())
     }

@@ -1,21 +1,94 @@
-//! Image operations that touch containers: removal refuses an image a container still runs
-//! from or mounts as an image volume (both preopen the image's rootfs directly), and drops
-//! its precompiled artifact.
+//! Image operations as the image RPCs ask for them, one call each: status and listing with
+//! the configuration's pins applied, pulls with the configured registries, usage of the
+//! store's filesystem. Removal refuses an image a container still runs from or mounts as an
+//! image volume (both preopen the image's rootfs directly), and drops its precompiled
+//! artifact.
 
 use std::sync::Arc;
 
+use super::views::{FsUsage, ImageView};
 use super::{Result, Runtime, RuntimeError};
+use crate::images::classify::ImageClass;
+use crate::images::{ImageError, ImageFilter, Pinned, PullAuth};
 
 impl Runtime {
+    /// ImageStatus by ID, tag or digest; `None` when no image matches (the kubelet pulls on
+    /// an empty answer).
+    pub fn image_status(&self, reference: &str) -> Result<Option<ImageView>> {
+        match self.images.get(reference) {
+            Ok(image) => Ok(Some(ImageView {
+                pinned: self.pinned().contains(&image),
+                image,
+            })),
+            Err(ImageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// ListImages, all of them or those matching `reference`.
+    pub fn list_images(&self, reference: Option<String>) -> Result<Vec<ImageView>> {
+        let images = self.images.list(&ImageFilter { reference })?;
+        let pinned = self.pinned();
+        Ok(images
+            .into_iter()
+            .map(|image| ImageView {
+                pinned: pinned.contains(&image),
+                image,
+            })
+            .collect())
+    }
+
+    /// PullImage with the configured registries (mirrors, credentials, CAs); returns the
+    /// image ID.
+    pub async fn pull_image(&self, reference: &str, auth: &PullAuth) -> Result<String> {
+        let image = self
+            .images
+            .pull(reference, auth, &self.config.registry)
+            .await?;
+        Ok(image.id)
+    }
+
+    /// ImageFsInfo: bytes and inodes the image store uses.
+    pub async fn image_fs_usage(&self) -> Result<FsUsage> {
+        let (used_bytes, inodes_used) = self.images.fs_usage().await?;
+        Ok(FsUsage {
+            mountpoint: self.filesystem(),
+            used_bytes,
+            inodes_used,
+        })
+    }
+
+    /// Whether an image matching `reference` is stored here.
+    pub fn has_image(&self, reference: &str) -> bool {
+        self.images.get(reference).is_ok()
+    }
+
+    /// Classifies a remote image by its manifest (Wasm or not) with the configured
+    /// registries, without pulling it.
+    pub async fn classify_image(
+        &self,
+        reference: &str,
+        auth: &PullAuth,
+    ) -> crate::images::Result<ImageClass> {
+        self.images
+            .classify_remote(reference, auth, &self.config.registry)
+            .await
+    }
+
+    fn pinned(&self) -> Pinned {
+        Pinned::new(&self.config.images.pinned)
+    }
+
     /// RemoveImage by ID, tag or digest.
     pub async fn remove_image(self: &Arc<Self>, reference: &str) -> Result<()> {
         let img = self.images.get(reference)?;
         for c in self.containers() {
             if c.meta.image_id == img.id {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "image {reference} is in use by container {}",
-                    c.meta.id
-                )));
+                return Err(RuntimeError::precondition(
+                    "image",
+                    reference,
+                    format!("is in use by container {}", c.meta.id),
+                ));
             }
             if let Some(m) = c
                 .meta
@@ -24,10 +97,14 @@ impl Runtime {
                 .iter()
                 .find(|m| m.image.as_ref().is_some_and(|v| v.image_id == img.id))
             {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "image {reference} is mounted as an image volume at {} by container {}",
-                    m.container_path, c.meta.id
-                )));
+                return Err(RuntimeError::precondition(
+                    "image",
+                    reference,
+                    format!(
+                        "is mounted as an image volume at {} by container {}",
+                        m.container_path, c.meta.id
+                    ),
+                ));
             }
         }
         // The artifact is keyed by the wasm's bytes: find it before the bytes are gone.

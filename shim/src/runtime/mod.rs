@@ -18,6 +18,7 @@ mod recover;
 mod standby;
 mod stats;
 mod users;
+mod views;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,8 +36,14 @@ pub use pods::{NewPod, POD_IFNAME};
 pub use process::{pid_start_time, same_process};
 pub use stats::{PodSample, Usage};
 pub use users::{Credentials, GroupsPolicy, UserRequest};
+pub use views::{ContainerView, FsUsage, ImageView, PodView, RuntimeStatus};
 
 /// Everything that can go wrong in a runtime operation, with the object it concerns.
+///
+/// Variants name the pod, container or image (or the path) that failed; wrapped module
+/// errors keep their own type so the gRPC edge picks a code per cause (`crate::server`'s
+/// `code_of`, tested per variant). Only request validation, where no object exists yet,
+/// carries a bare message naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// No such pod, container or image.
@@ -65,18 +72,81 @@ pub enum RuntimeError {
         /// ID of the holder.
         holder: String,
     },
-    /// A request field is missing or invalid.
+    /// A request field is missing or invalid. The object the request would create or act on
+    /// is not known yet, so the message names the field and its value instead.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The object is not in a state that allows the operation.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The operation did not finish in time.
-    #[error("{0}")]
-    DeadlineExceeded(String),
+    #[error("{kind} {id} {reason}")]
+    FailedPrecondition {
+        /// `pod sandbox`, `container` or `image`.
+        kind: &'static str,
+        /// Its ID (or, for an image, the reference it was asked by).
+        id: String,
+        /// What is wrong, as a predicate (`is not running`).
+        reason: String,
+    },
+    /// An operation on the object did not finish in time.
+    #[error("{kind} {id} {reason}")]
+    DeadlineExceeded {
+        /// Object kind.
+        kind: &'static str,
+        /// Its ID.
+        id: String,
+        /// What did not happen (`did not exit 10s after SIGKILL`).
+        reason: String,
+    },
+    /// An ExecSync command ran past its timeout.
+    #[error("exec in container {id}: command timed out after {seconds}s")]
+    ExecTimedOut {
+        /// Container ID.
+        id: String,
+        /// The timeout the kubelet gave.
+        seconds: u64,
+    },
     /// Not supported by this runtime.
     #[error("{0}")]
     Unimplemented(String),
+    /// The host has no usable cgroup hierarchy, so there is nothing to read stats from.
+    #[error("no cgroups on this host: no stats")]
+    NoCgroups,
+    /// A task running part of an operation panicked or was cancelled: a bug or the daemon
+    /// going away, never the request's fault.
+    #[error("{task} of {object}: task failed: {source}")]
+    TaskFailed {
+        /// What the task did (`create container`, `remove network namespace`, ...).
+        task: &'static str,
+        /// What it worked on, as `kind ID` (`pod sandbox 3f2a...`).
+        object: String,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The attach socket of a running container cannot be reached.
+    #[error("container {id} cannot be attached to: its attach socket {}: {source}", path.display())]
+    AttachUnavailable {
+        /// Container ID.
+        id: String,
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Exec, Attach and PortForward need the streaming server, and it is not running.
+    #[error("the streaming server is not running")]
+    NoStreamingServer,
+    /// The streaming server holds too many unused session URLs to hand out one more.
+    #[error("{kind} {id}: {source}")]
+    StreamingBusy {
+        /// `container` or `pod sandbox`.
+        kind: &'static str,
+        /// Its ID.
+        id: String,
+        /// The cache's refusal.
+        #[source]
+        source: crate::streaming::CacheFull,
+    },
     /// Image store failure.
     #[error(transparent)]
     Image(#[from] crate::images::ImageError),
@@ -89,6 +159,12 @@ pub enum RuntimeError {
     /// Network (netns/CNI) failure.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// A pod sysctl refused by this runtime or the kernel, or one that could not be written.
+    #[error(transparent)]
+    Sysctl(#[from] crate::network::sysctl::SysctlError),
+    /// A pod user namespace that is refused or cannot be made.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
     /// Metadata store failure.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -108,20 +184,75 @@ pub enum RuntimeError {
         /// The runner's one-line reason.
         message: String,
     },
-    /// An operation failed and so did its cleanup: both are reported.
-    #[error("{error}; cleanup also failed: {cleanup}")]
+    /// An operation failed and so did some of its cleanup steps: the cause and every
+    /// cleanup failure are reported, each with its own type (as youki's
+    /// `CreateContainerError` does).
+    #[error("{error}; cleanup also failed: {}", join(cleanup))]
     CleanupFailed {
         /// The original failure.
         error: Box<RuntimeError>,
-        /// What the cleanup said.
-        cleanup: String,
+        /// The failed cleanup steps, in the order they ran.
+        cleanup: Vec<RuntimeError>,
     },
+}
+
+/// `e1; e2; ...`
+fn join(errors: &[RuntimeError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl RuntimeError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
         let what = what.into();
         move |source| RuntimeError::Io { what, source }
+    }
+
+    /// [`RuntimeError::FailedPrecondition`] of an object.
+    pub(crate) fn precondition(
+        kind: &'static str,
+        id: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> RuntimeError {
+        RuntimeError::FailedPrecondition {
+            kind,
+            id: id.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A container that is not running.
+    pub(crate) fn not_running(id: impl Into<String>) -> RuntimeError {
+        RuntimeError::precondition("container", id, "is not running")
+    }
+
+    /// [`RuntimeError::DeadlineExceeded`] of an object.
+    pub(crate) fn deadline(
+        kind: &'static str,
+        id: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> RuntimeError {
+        RuntimeError::DeadlineExceeded {
+            kind,
+            id: id.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps the join error of a task doing `task` on `object` (`kind ID`).
+    pub(crate) fn task(
+        task: &'static str,
+        object: impl Into<String>,
+    ) -> impl FnOnce(tokio::task::JoinError) -> RuntimeError {
+        let object = object.into();
+        move |source| RuntimeError::TaskFailed {
+            task,
+            object,
+            source,
+        }
     }
 }
 
@@ -138,7 +269,7 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct Pod {
     /// Fixed at creation.
-    pub meta: crate::pod::PodMeta,
+    meta: crate::pod::PodMeta,
     state: Mutex<PodState>,
     op: tokio::sync::Mutex<()>,
 }
@@ -174,18 +305,18 @@ impl Pod {
 #[derive(Debug)]
 pub struct Container {
     /// Immutable after creation (resources aside, which live in `resources`).
-    pub meta: crate::container::ContainerMeta,
+    meta: crate::container::ContainerMeta,
     /// Current state; short std lock, never held across an `.await`.
-    pub state: Mutex<ContainerState>,
+    state: Mutex<ContainerState>,
     /// Resource limits as last applied (changed by UpdateContainerResources).
-    pub resources: Mutex<crate::cgroups::Resources>,
+    resources: Mutex<crate::cgroups::Resources>,
     /// Serialises start/stop/remove of this container.
-    pub op: tokio::sync::Mutex<()>,
+    op: tokio::sync::Mutex<()>,
     /// Flips to `true` once the container has exited.
-    pub exited: tokio::sync::watch::Sender<bool>,
+    exited: tokio::sync::watch::Sender<bool>,
     /// The guest's preopens, built (file-mount links included) on first start and reused by
     /// every ExecSync — exec probes run every few seconds.
-    pub preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
+    preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
     /// This container's exec runners (PID → start time): stopping or removing the container
     /// kills them, so nothing the container started outlives it.
     execs: Mutex<HashMap<i32, Option<u64>>>,
@@ -250,9 +381,8 @@ impl Container {
         &self,
         f: impl FnOnce(&mut ContainerState) -> std::result::Result<T, TransitionError>,
     ) -> Result<T> {
-        f(&mut self.state.lock().expect("container state lock")).map_err(|e| {
-            RuntimeError::FailedPrecondition(format!("container {} {e}", self.meta.id))
-        })
+        f(&mut self.state.lock().expect("container state lock"))
+            .map_err(|e| RuntimeError::precondition("container", &self.meta.id, e.to_string()))
     }
 
     /// A consistent copy of the state.
@@ -287,25 +417,25 @@ impl Drop for ExecGuard<'_> {
 /// The runtime: all pods, containers and images of this node.
 pub struct Runtime {
     /// Configuration in force.
-    pub config: Config,
+    config: Config,
     pods: RwLock<HashMap<String, Arc<Pod>>>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     /// Reserved names → holder ID (pods and containers have disjoint key spaces).
     names: Mutex<HashMap<String, String>>,
     /// The image store.
-    pub images: crate::images::ImageStore,
+    images: crate::images::ImageStore,
     /// cgroups, when the host has a usable hierarchy.
-    pub cgroups: Option<Arc<crate::cgroups::Cgroups>>,
+    cgroups: Option<Arc<crate::cgroups::Cgroups>>,
     /// The CNI client.
-    pub cni: crate::network::cni::Cni,
+    cni: crate::network::cni::Cni,
     /// The engine used to precompile modules (same configuration as the runners').
-    pub engine: wasmtime::Engine,
+    engine: wasmtime::Engine,
     /// Precompiled artifact per wasm path, so a start never hashes or compiles twice.
     precompiled: Mutex<HashMap<PathBuf, PathBuf>>,
     /// Binary to exec as the runner (this executable).
     runner_exe: PathBuf,
     /// Runtime-config values the kubelet pushed (pod CIDR).
-    pub pod_cidr: Mutex<String>,
+    pod_cidr: Mutex<String>,
     /// Last CPU sample per container/pod, for usage_nano_cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     /// Idle standby runners (see [`standby`]).
@@ -444,6 +574,20 @@ impl Runtime {
         .map(|(_, c)| c)
     }
 
+    /// Checks that a port-forward to `id` can be served (the sandbox is ready); returns its
+    /// full ID.
+    pub fn check_port_forward(&self, id: &str) -> Result<String> {
+        let pod = self.pod(id)?;
+        if !pod_ready(&pod.state()) {
+            return Err(RuntimeError::precondition(
+                "pod sandbox",
+                &pod.meta.id,
+                "is not ready",
+            ));
+        }
+        Ok(pod.meta.id.clone())
+    }
+
     /// All pods.
     pub fn pods(&self) -> Vec<Arc<Pod>> {
         self.pods
@@ -540,7 +684,7 @@ pub fn pod_ready(state: &PodState) -> bool {
 }
 
 /// Runs undo steps last-in-first-out, all of them, even if some fail; returns the failures.
-pub(crate) async fn run_undo(undo: Vec<Undo>) -> Vec<String> {
+pub(crate) async fn run_undo(undo: Vec<Undo>) -> Vec<RuntimeError> {
     let mut failures = Vec::new();
     for step in undo.into_iter().rev() {
         if let Err(e) = step.await {
@@ -550,18 +694,17 @@ pub(crate) async fn run_undo(undo: Vec<Undo>) -> Vec<String> {
     failures
 }
 
-/// One registered cleanup step.
-pub(crate) type Undo =
-    std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>>;
+/// One registered cleanup step; its error names what it could not undo.
+pub(crate) type Undo = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 /// Combines an operation's error with the failures of its cleanup.
-pub(crate) fn with_cleanup(err: RuntimeError, failures: Vec<String>) -> RuntimeError {
+pub(crate) fn with_cleanup(err: RuntimeError, failures: Vec<RuntimeError>) -> RuntimeError {
     if failures.is_empty() {
         err
     } else {
         RuntimeError::CleanupFailed {
             error: Box::new(err),
-            cleanup: failures.join("; "),
+            cleanup: failures,
         }
     }
 }
@@ -600,7 +743,7 @@ mod tests {
             undo.push(Box::pin(async move {
                 log.lock().unwrap().push(i);
                 if i == 1 {
-                    Err("one failed".into())
+                    Err(RuntimeError::Unimplemented("one failed".into()))
                 } else {
                     Ok(())
                 }
@@ -608,8 +751,16 @@ mod tests {
         }
         let failures = run_undo(undo).await;
         assert_eq!(*log.lock().unwrap(), vec![2, 1, 0]);
-        assert_eq!(failures, vec!["one failed".to_string()]);
+        let texts: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, vec!["one failed".to_string()]);
         let e = with_cleanup(RuntimeError::InvalidArgument("x".into()), failures);
         assert!(e.to_string().contains("cleanup also failed: one failed"));
+        // The cleanup failure keeps its type next to the cause.
+        assert!(matches!(
+            &e,
+            RuntimeError::CleanupFailed { error, cleanup }
+                if matches!(**error, RuntimeError::InvalidArgument(_))
+                    && matches!(cleanup[..], [RuntimeError::Unimplemented(_)])
+        ));
     }
 }

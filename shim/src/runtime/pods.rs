@@ -41,10 +41,11 @@ impl Runtime {
         crate::network::sysctl::validate(&req.sysctls, req.host_network)
             .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
         let this = self.clone();
+        let object = format!("pod {}/{}", req.namespace, req.name);
         // Run to completion even if the kubelet gives up: the undo list must run.
         tokio::spawn(async move { this.run_pod_inner(req).await })
             .await
-            .map_err(|e| RuntimeError::FailedPrecondition(format!("sandbox task: {e}")))?
+            .map_err(RuntimeError::task("run pod sandbox", object))?
     }
 
     async fn run_pod_inner(self: Arc<Self>, req: NewPod) -> Result<String> {
@@ -81,7 +82,7 @@ impl Runtime {
         {
             let dir = dir.clone();
             undo.push(Box::pin(async move {
-                crate::store::remove(&dir).map_err(|e| e.to_string())
+                crate::store::remove(&dir).map_err(RuntimeError::from)
             }));
         }
         if req.hostname.is_empty() {
@@ -131,7 +132,7 @@ impl Runtime {
         {
             let (this, id) = (self.clone(), id.to_owned());
             undo.push(Box::pin(async move {
-                crate::store::remove(&this.pod_meta_path(&id)).map_err(|e| e.to_string())
+                crate::store::remove(&this.pod_meta_path(&id)).map_err(RuntimeError::from)
             }));
         }
 
@@ -140,15 +141,18 @@ impl Runtime {
             let path =
                 tokio::task::spawn_blocking(move || crate::userns::create(&dir, &name, &mappings))
                     .await
-                    .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?
-                    .map_err(userns_error)?;
+                    .map_err(RuntimeError::task(
+                        "create user namespace",
+                        format!("pod sandbox {id}"),
+                    ))?
+                    .map_err(RuntimeError::from)?;
             {
-                let path = path.clone();
+                let (path, object) = (path.clone(), format!("pod sandbox {id}"));
                 undo.push(Box::pin(async move {
                     tokio::task::spawn_blocking(move || crate::userns::remove(&path))
                         .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())
+                        .map_err(RuntimeError::task("remove user namespace", object))?
+                        .map_err(RuntimeError::from)
                 }));
             }
             debug_assert_eq!(meta.userns.as_ref(), Some(&path));
@@ -160,14 +164,17 @@ impl Runtime {
                 crate::network::netns::create(&netns_dir, &netns_name)
             })
             .await
-            .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
+            .map_err(RuntimeError::task(
+                "create network namespace",
+                format!("pod sandbox {id}"),
+            ))??;
             {
-                let path = path.clone();
+                let (path, object) = (path.clone(), format!("pod sandbox {id}"));
                 undo.push(Box::pin(async move {
                     tokio::task::spawn_blocking(move || crate::network::netns::remove(&path))
                         .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())
+                        .map_err(RuntimeError::task("remove network namespace", object))?
+                        .map_err(RuntimeError::from)
                 }));
             }
             debug_assert_eq!(meta.netns.as_ref(), Some(&path));
@@ -177,9 +184,7 @@ impl Runtime {
             {
                 let this = self.clone();
                 let att = att.clone();
-                undo.push(Box::pin(async move {
-                    this.cni_del(att).await.map_err(|e| e.to_string())
-                }));
+                undo.push(Box::pin(async move { this.cni_del(att).await }));
             }
             let result = self.cni.add(&att).await?;
             state.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
@@ -190,14 +195,10 @@ impl Runtime {
                 let (path, sysctls) = (path.clone(), meta.spec.sysctls.clone());
                 tokio::task::spawn_blocking(move || crate::network::sysctl::apply(&path, &sysctls))
                     .await
-                    .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?
-                    .map_err(|e| {
-                        if e.is_invalid_argument() {
-                            RuntimeError::InvalidArgument(e.to_string())
-                        } else {
-                            RuntimeError::FailedPrecondition(e.to_string())
-                        }
-                    })?;
+                    .map_err(RuntimeError::task(
+                        "write sysctls",
+                        format!("pod sandbox {id}"),
+                    ))??;
             }
         }
 
@@ -335,10 +336,11 @@ impl Runtime {
         // RemovePodSandbox may have finished while this call waited for the lock.
         self.pod(&pod.meta.id)?;
         if pod.state().phase != PodPhase::Ready {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "pod sandbox {} is not ready",
-                pod.meta.id
-            )));
+            return Err(RuntimeError::precondition(
+                "pod sandbox",
+                &pod.meta.id,
+                "is not ready",
+            ));
         }
         let before = pod.state().resources;
         pod.update(|s| s.resources = Some(resources));
@@ -379,28 +381,22 @@ impl Runtime {
         if let Some(ns) = m.netns.clone() {
             tokio::task::spawn_blocking(move || crate::network::netns::remove(&ns))
                 .await
-                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))??;
+                .map_err(RuntimeError::task(
+                    "remove network namespace",
+                    format!("pod sandbox {}", m.id),
+                ))??;
         }
         if let Some(ns) = m.userns.clone() {
             tokio::task::spawn_blocking(move || crate::userns::remove(&ns))
                 .await
-                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?
-                .map_err(userns_error)?;
+                .map_err(RuntimeError::task(
+                    "remove user namespace",
+                    format!("pod sandbox {}", m.id),
+                ))?
+                .map_err(RuntimeError::from)?;
         }
         crate::store::remove(&m.dir)?;
         crate::store::remove(&self.pod_meta_path(&m.id))?;
         Ok(())
-    }
-}
-
-/// A user namespace failure as the kubelet should see it: a refused mapping is its argument,
-/// the rest the node's.
-fn userns_error(e: crate::userns::UsernsError) -> RuntimeError {
-    match e {
-        crate::userns::UsernsError::Invalid { .. }
-        | crate::userns::UsernsError::Unmapped { .. } => {
-            RuntimeError::InvalidArgument(e.to_string())
-        }
-        crate::userns::UsernsError::Os { .. } => RuntimeError::FailedPrecondition(e.to_string()),
     }
 }

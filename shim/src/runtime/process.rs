@@ -255,10 +255,7 @@ impl Runtime {
         let _tracked = pid.map(|p| c.track_exec(p));
         if c.snapshot().phase != crate::container::ContainerPhase::Running {
             // Stopped while we spawned: the stop's sweep may have missed this one.
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.meta.id
-            )));
+            return Err(RuntimeError::not_running(&c.meta.id));
         }
         let mut stdin = child.stdin.take().expect("piped");
         stdin
@@ -295,10 +292,10 @@ impl Runtime {
                     128 + status.signal().unwrap_or(0)
                 });
                 if code == EXIT_TIMEOUT && timeout_ms > 0 {
-                    return Err(RuntimeError::DeadlineExceeded(format!(
-                        "command timed out after {}s",
-                        timeout_ms / 1000
-                    )));
+                    return Err(RuntimeError::ExecTimedOut {
+                        id: c.meta.id.clone(),
+                        seconds: timeout_ms / 1000,
+                    });
                 }
                 Ok(ExecOutput {
                     stdout,
@@ -306,10 +303,10 @@ impl Runtime {
                     exit_code: code,
                 })
             }
-            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
-                "command timed out after {}s",
-                timeout_ms / 1000
-            ))),
+            Err(_) => Err(RuntimeError::ExecTimedOut {
+                id: c.meta.id.clone(),
+                seconds: timeout_ms / 1000,
+            }),
         }
     }
 }

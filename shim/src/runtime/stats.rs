@@ -56,14 +56,12 @@ impl Runtime {
         };
         match tokio::task::spawn_blocking(move || f(&cg)).await {
             Ok(r) => Ok(Some(r?)),
-            Err(e) => Err(RuntimeError::io("cgroup task")(std::io::Error::other(e))),
+            Err(e) => Err(RuntimeError::task("cgroup operation", "the node's cgroups")(e)),
         }
     }
 
     fn cgroups_or_fail(&self) -> Result<&Cgroups> {
-        self.cgroups.as_deref().ok_or_else(|| {
-            RuntimeError::FailedPrecondition("no cgroups on this host: no stats".into())
-        })
+        self.cgroups.as_deref().ok_or(RuntimeError::NoCgroups)
     }
 
     /// The raw cgroup sample of one container. Blocking file I/O.

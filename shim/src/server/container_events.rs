@@ -49,7 +49,7 @@ pub async fn events(
 }
 
 fn to_pb(rt: &Runtime, ev: &ContainerEvent) -> pb::ContainerEventResponse {
-    let status = super::sandbox_status::to_pb(rt, &ev.pod, false);
+    let status = super::sandbox_status::to_pb(&rt.pod_view(&ev.pod), false);
     pb::ContainerEventResponse {
         container_id: ev.id.clone(),
         container_event_type: match ev.kind {

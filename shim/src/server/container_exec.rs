@@ -20,17 +20,17 @@ pub async fn exec_sync(rt: &Arc<Runtime>, r: pb::ExecSyncRequest) -> Result<pb::
 }
 
 fn server(streaming: Option<&Arc<StreamingServer>>) -> Result<&Arc<StreamingServer>> {
-    streaming.ok_or_else(|| {
-        RuntimeError::FailedPrecondition("the streaming server is not running".into())
-    })
+    streaming.ok_or(RuntimeError::NoStreamingServer)
 }
 
 fn url(streaming: &StreamingServer, req: Pending) -> Result<String> {
-    // A full cache is a transient overload; FailedPrecondition is the nearest code the
-    // domain error has.
+    let (kind, id) = match &req {
+        Pending::Exec(r) | Pending::Attach(r) => ("container", r.container_id.clone()),
+        Pending::PortForward(r) => ("pod sandbox", r.pod_id.clone()),
+    };
     streaming
         .url_for(req)
-        .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))
+        .map_err(|source| RuntimeError::StreamingBusy { kind, id, source })
 }
 
 /// Exec: checks the request as the kubelet expects (a command; at least one of stdin,
@@ -112,13 +112,7 @@ pub async fn port_forward(
     streaming: Option<&Arc<StreamingServer>>,
     r: pb::PortForwardRequest,
 ) -> Result<pb::PortForwardResponse> {
-    let pod = rt.pod(&r.pod_sandbox_id)?;
-    if !crate::runtime::pod_ready(&pod.state()) {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "pod sandbox {} is not ready",
-            pod.meta.id
-        )));
-    }
+    let pod_id = rt.check_port_forward(&r.pod_sandbox_id)?;
     if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
         return Err(RuntimeError::InvalidArgument(format!("invalid port {p}")));
     }
@@ -126,7 +120,7 @@ pub async fn port_forward(
     let url = url(
         streaming,
         Pending::PortForward(PortForwardRequest {
-            pod_id: pod.meta.id.clone(),
+            pod_id,
             // Checked above to be 1..=65535.
             ports: r.port.iter().map(|p| *p as u16).collect(),
         }),

@@ -15,7 +15,7 @@ pub async fn list(
     let f = r.filter.unwrap_or_default();
     let mut containers = Vec::new();
     for c in rt.containers() {
-        let m = &c.meta;
+        let m = &c.meta();
         let spec = &m.spec;
         let st = c.snapshot();
         let state = convert::container_state(&st) as i32;

@@ -72,13 +72,13 @@ fn container_stats_from(
 ) -> pb::ContainerStats {
     pb::ContainerStats {
         attributes: Some(pb::ContainerAttributes {
-            id: c.meta.id.clone(),
+            id: c.meta().id.clone(),
             metadata: Some(pb::ContainerMetadata {
-                name: c.meta.spec.name.clone(),
-                attempt: c.meta.spec.attempt,
+                name: c.meta().spec.name.clone(),
+                attempt: c.meta().spec.attempt,
             }),
-            labels: c.meta.spec.labels.clone(),
-            annotations: c.meta.spec.annotations.clone(),
+            labels: c.meta().spec.labels.clone(),
+            annotations: c.meta().spec.annotations.clone(),
         }),
         cpu: Some(cpu(u)),
         memory: Some(memory(u)),
@@ -86,7 +86,7 @@ fn container_stats_from(
         writable_layer: Some(pb::FilesystemUsage {
             timestamp: u.timestamp,
             fs_id: Some(pb::FilesystemIdentifier {
-                mountpoint: rt.config.root.display().to_string(),
+                mountpoint: rt.filesystem().display().to_string(),
             }),
             used_bytes: u64v(u.writable_bytes),
             inodes_used: u64v(u.writable_inodes),
@@ -98,12 +98,13 @@ fn container_stats_from(
 /// Runs blocking stats reads (cgroup and proc files) on the blocking pool.
 async fn blocking<T: Send + 'static>(
     rt: &Arc<Runtime>,
+    object: impl Into<String>,
     f: impl FnOnce(&Arc<Runtime>) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let rt = rt.clone();
     match tokio::task::spawn_blocking(move || f(&rt)).await {
         Ok(r) => r,
-        Err(e) => Err(RuntimeError::io("stats task")(std::io::Error::other(e))),
+        Err(e) => Err(RuntimeError::task("read stats", object)(e)),
     }
 }
 
@@ -113,7 +114,8 @@ pub async fn stats(
     r: pb::ContainerStatsRequest,
 ) -> Result<pb::ContainerStatsResponse> {
     let c = rt.container(&r.container_id)?;
-    let stats = blocking(rt, move |rt| container_stats_of(rt, &c)).await?;
+    let object = format!("container {}", c.meta().id);
+    let stats = blocking(rt, object, move |rt| container_stats_of(rt, &c)).await?;
     Ok(pb::ContainerStatsResponse { stats: Some(stats) })
 }
 
@@ -129,9 +131,9 @@ pub async fn list(
         .containers()
         .into_iter()
         .filter(|c| {
-            convert::id_matches(&c.meta.id, &f.id)
-                && convert::id_matches(&c.meta.spec.pod_id, &f.pod_sandbox_id)
-                && convert::labels_match(&c.meta.spec.labels, &f.label_selector)
+            convert::id_matches(&c.meta().id, &f.id)
+                && convert::id_matches(&c.meta().spec.pod_id, &f.pod_sandbox_id)
+                && convert::labels_match(&c.meta().spec.labels, &f.label_selector)
                 && c.snapshot().phase == crate::container::ContainerPhase::Running
         })
         .collect();
@@ -156,7 +158,7 @@ pub async fn list(
 }
 
 fn pod_stats_of(rt: &Arc<Runtime>, pod: &crate::runtime::Pod) -> Result<pb::PodSandboxStats> {
-    let m = &pod.meta;
+    let m = pod.meta();
     let (u, each) = rt.pod_usage(pod)?;
     let containers = each
         .iter()
@@ -206,7 +208,8 @@ pub async fn pod_stats(
     r: pb::PodSandboxStatsRequest,
 ) -> Result<pb::PodSandboxStatsResponse> {
     let pod = rt.pod(&r.pod_sandbox_id)?;
-    let stats = blocking(rt, move |rt| pod_stats_of(rt, &pod)).await?;
+    let object = format!("pod sandbox {}", pod.meta().id);
+    let stats = blocking(rt, object, move |rt| pod_stats_of(rt, &pod)).await?;
     Ok(pb::PodSandboxStatsResponse { stats: Some(stats) })
 }
 
@@ -220,11 +223,11 @@ pub async fn list_pods(
         .pods()
         .into_iter()
         .filter(|pod| {
-            convert::id_matches(&pod.meta.id, &f.id)
-                && convert::labels_match(&pod.meta.spec.labels, &f.label_selector)
+            convert::id_matches(&pod.meta().id, &f.id)
+                && convert::labels_match(&pod.meta().spec.labels, &f.label_selector)
         })
         .collect();
-    let stats = blocking(rt, move |rt| {
+    let stats = blocking(rt, "the listed pod sandboxes", move |rt| {
         Ok(pods
             .iter()
             .filter_map(|pod| pod_stats_of(rt, pod).ok())

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::runtime::{Container, Result, Runtime};
+use crate::runtime::{ContainerView, Result, Runtime};
 
 /// ContainerStatus.
 pub async fn status(
     rt: &Arc<Runtime>,
     r: pb::ContainerStatusRequest,
 ) -> Result<pb::ContainerStatusResponse> {
-    let c = rt.container(&r.container_id)?;
-    let (status, info) = to_pb(&c, r.verbose);
+    let view = rt.container_status(&r.container_id)?;
+    let (status, info) = to_pb(&view, r.verbose);
     Ok(pb::ContainerStatusResponse {
         status: Some(status),
         info,
@@ -23,9 +23,9 @@ pub async fn status(
 
 /// The CRI status of a container (shared with PodSandboxStatus and container events), and
 /// with `verbose` its runtime details.
-pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<String, String>) {
-    let st = c.snapshot();
-    let m = &c.meta;
+pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<String, String>) {
+    let st = &v.state;
+    let m = &v.meta;
     let spec = &m.spec;
     let mut info = HashMap::new();
     if verbose {
@@ -39,14 +39,13 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
         });
         info.insert("info".to_string(), v.to_string());
     }
-    let resources = c.resources.lock().expect("lock").clone();
     let status = pb::ContainerStatus {
         id: m.id.clone(),
         metadata: Some(pb::ContainerMetadata {
             name: spec.name.clone(),
             attempt: spec.attempt,
         }),
-        state: convert::container_state(&st) as i32,
+        state: convert::container_state(st) as i32,
         created_at: m.created_at,
         started_at: st.started_at,
         finished_at: st.finished_at,
@@ -100,7 +99,7 @@ pub fn to_pb(c: &Container, verbose: bool) -> (pb::ContainerStatus, HashMap<Stri
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         resources: Some(pb::ContainerResources {
-            linux: Some(convert::resources_back(&resources, spec.oom_score_adj)),
+            linux: Some(convert::resources_back(&v.resources, spec.oom_score_adj)),
             windows: None,
         }),
         stop_signal: pb::Signal::Sigterm as i32,

@@ -11,14 +11,18 @@ pub async fn info(
     rt: &Arc<Runtime>,
     _r: pb::ImageFsInfoRequest,
 ) -> Result<pb::ImageFsInfoResponse> {
-    let (used_bytes, inodes_used) = rt.images.fs_usage().await?;
+    let usage = rt.image_fs_usage().await?;
     let fs = pb::FilesystemUsage {
         timestamp: crate::ids::now_ns(),
         fs_id: Some(pb::FilesystemIdentifier {
-            mountpoint: rt.config.root.display().to_string(),
+            mountpoint: usage.mountpoint.display().to_string(),
         }),
-        used_bytes: Some(pb::UInt64Value { value: used_bytes }),
-        inodes_used: Some(pb::UInt64Value { value: inodes_used }),
+        used_bytes: Some(pb::UInt64Value {
+            value: usage.used_bytes,
+        }),
+        inodes_used: Some(pb::UInt64Value {
+            value: usage.inodes_used,
+        }),
     };
     Ok(pb::ImageFsInfoResponse {
         image_filesystems: vec![fs.clone()],

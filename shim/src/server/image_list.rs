@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use cri::v1 as pb;
 
-use crate::images::{Image, ImageFilter, Pinned};
-use crate::runtime::{Result, Runtime};
+use crate::runtime::{ImageView, Result, Runtime};
 
 /// The CRI view of an image; `pinned` when the configuration lists it (see
 /// [`crate::config::ImagesConfig::pinned`]).
-pub fn to_pb(img: &Image, pinned: &Pinned) -> pb::Image {
+pub fn to_pb(view: &ImageView) -> pb::Image {
+    let img = &view.image;
     pb::Image {
         id: img.id.clone(),
         repo_tags: img.repo_tags.clone(),
@@ -24,7 +24,7 @@ pub fn to_pb(img: &Image, pinned: &Pinned) -> pb::Image {
             image: img.id.clone(),
             ..Default::default()
         }),
-        pinned: pinned.contains(img),
+        pinned: view.pinned,
     }
 }
 
@@ -46,12 +46,9 @@ pub async fn list(rt: &Arc<Runtime>, r: pb::ListImagesRequest) -> Result<pb::Lis
         .and_then(|f| f.image)
         .map(|i| i.image)
         .unwrap_or_default();
-    let images = rt.images.list(&ImageFilter {
-        reference: (!filter.is_empty()).then_some(filter),
-    })?;
-    let pinned = Pinned::new(&rt.config.images.pinned);
+    let images = rt.list_images((!filter.is_empty()).then_some(filter))?;
     Ok(pb::ListImagesResponse {
-        images: images.iter().map(|i| to_pb(i, &pinned)).collect(),
+        images: images.iter().map(to_pb).collect(),
     })
 }
 

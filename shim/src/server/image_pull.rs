@@ -23,6 +23,6 @@ pub async fn pull(rt: &Arc<Runtime>, r: pb::PullImageRequest) -> Result<pb::Pull
             registry_token: a.registry_token,
         })
         .unwrap_or_default();
-    let img = rt.images.pull(&name, &auth, &rt.config.registry).await?;
-    Ok(pb::PullImageResponse { image_ref: img.id })
+    let image_ref = rt.pull_image(&name, &auth).await?;
+    Ok(pb::PullImageResponse { image_ref })
 }

@@ -16,24 +16,18 @@ pub async fn status(
     if name.is_empty() {
         return Err(RuntimeError::InvalidArgument("image is empty".into()));
     }
-    match rt.images.get(&name) {
-        Ok(img) => {
-            let mut info = HashMap::new();
-            if r.verbose {
-                info.insert(
-                    "info".to_string(),
-                    serde_json::to_string(&img).unwrap_or_default(),
-                );
-            }
-            Ok(pb::ImageStatusResponse {
-                image: Some(super::image_list::to_pb(
-                    &img,
-                    &crate::images::Pinned::new(&rt.config.images.pinned),
-                )),
-                info,
-            })
-        }
-        Err(crate::images::ImageError::NotFound(_)) => Ok(pb::ImageStatusResponse::default()),
-        Err(e) => Err(e.into()),
+    let Some(view) = rt.image_status(&name)? else {
+        return Ok(pb::ImageStatusResponse::default());
+    };
+    let mut info = HashMap::new();
+    if r.verbose {
+        info.insert(
+            "info".to_string(),
+            serde_json::to_string(&view.image).unwrap_or_default(),
+        );
     }
+    Ok(pb::ImageStatusResponse {
+        image: Some(super::image_list::to_pb(&view)),
+        info,
+    })
 }

@@ -425,12 +425,12 @@ impl Series {
 
 /// The CRI metrics of one pod sample. Blocking (device names are read from sysfs).
 fn pod_metrics(s: PodSample) -> pb::PodSandboxMetrics {
-    let spec = &s.pod.meta.spec;
+    let spec = &s.pod.meta().spec;
     let mut own = Series::new([
         String::new(),
         spec.cgroup_parent.clone(),
         String::new(),
-        s.pod.meta.id.clone(),
+        s.pod.meta().id.clone(),
         spec.namespace.clone(),
         spec.name.clone(),
     ]);
@@ -440,22 +440,22 @@ fn pod_metrics(s: PodSample) -> pb::PodSandboxMetrics {
         .iter()
         .map(|(c, stats)| {
             let mut series = Series::new([
-                c.meta.spec.name.clone(),
-                c.meta.cgroup_path.clone(),
-                c.meta.spec.image.clone(),
-                c.meta.id.clone(),
+                c.meta().spec.name.clone(),
+                c.meta().cgroup_path.clone(),
+                c.meta().spec.image.clone(),
+                c.meta().id.clone(),
                 spec.namespace.clone(),
                 spec.name.clone(),
             ]);
             series.container(stats, c.snapshot().started_at);
             pb::ContainerMetrics {
-                container_id: c.meta.id.clone(),
+                container_id: c.meta().id.clone(),
                 metrics: series.out,
             }
         })
         .collect();
     pb::PodSandboxMetrics {
-        pod_sandbox_id: s.pod.meta.id.clone(),
+        pod_sandbox_id: s.pod.meta().id.clone(),
         metrics: own.out,
         container_metrics,
     }
@@ -486,7 +486,10 @@ async fn collect(rt: &Arc<Runtime>) -> Result<Vec<pb::PodSandboxMetrics>> {
     let rt = rt.clone();
     tokio::task::spawn_blocking(move || rt.pod_samples().into_iter().map(pod_metrics).collect())
         .await
-        .map_err(|e| RuntimeError::io("reading pod metrics")(std::io::Error::other(e)))
+        .map_err(RuntimeError::task(
+            "read metrics",
+            "the ready pod sandboxes",
+        ))
 }
 
 /// ListPodSandboxMetrics.

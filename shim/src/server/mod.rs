@@ -102,44 +102,38 @@ where
 /// off half-way (a runner started but never watched, a sandbox half set up) would leave an
 /// object that can never be stopped or removed. Detached, the call completes or rolls back
 /// whatever the client does, and the kubelet's retry finds the result.
-async fn detached<T, F>(fut: F) -> Result<T, RuntimeError>
+/// A task that panicked is a bug, reported as INTERNAL with the RPC and the ID it was for.
+async fn detached<T, F>(rpc: &'static str, id: &str, fut: F) -> Result<T, RuntimeError>
 where
     F: Future<Output = Result<T, RuntimeError>> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::spawn(fut.in_current_span()).await {
-        Ok(r) => r,
-        Err(e) => Err(RuntimeError::io("RPC task")(std::io::Error::other(e))),
-    }
+    tokio::spawn(fut.in_current_span())
+        .await
+        .map_err(RuntimeError::task(rpc, format!("{id:?}")))?
 }
 
-/// The gRPC code of each domain error.
+/// The gRPC code of each domain error. A wrapped module error is mapped by its own variant;
+/// an error whose cleanup also failed keeps the code of its cause.
 fn code_of(e: &RuntimeError) -> Code {
-    use crate::images::ImageError as I;
     use crate::runtime::ImageVolumeError;
+    use crate::userns::UsernsError;
     match e {
         RuntimeError::NotFound { .. } => Code::NotFound,
         RuntimeError::Ambiguous { .. } | RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
         RuntimeError::NameReserved { .. } => Code::AlreadyExists,
-        RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
-        RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        // A full streaming URL cache is a transient overload; FAILED_PRECONDITION is what the
+        // kubelet has always been told for it.
+        RuntimeError::FailedPrecondition { .. }
+        | RuntimeError::NoCgroups
+        | RuntimeError::AttachUnavailable { .. }
+        | RuntimeError::NoStreamingServer
+        | RuntimeError::StreamingBusy { .. } => Code::FailedPrecondition,
+        RuntimeError::DeadlineExceeded { .. } | RuntimeError::ExecTimedOut { .. } => {
+            Code::DeadlineExceeded
+        }
         RuntimeError::Unimplemented(_) => Code::Unimplemented,
-        RuntimeError::Image(ie) => match ie {
-            I::NotFound(_) => Code::NotFound,
-            I::InvalidReference { .. } | I::Ambiguous { .. } | I::InvalidDigest { .. } => {
-                Code::InvalidArgument
-            }
-            I::Unauthorized { .. } => Code::PermissionDenied,
-            I::DigestMismatch { .. } | I::HostileLayer { .. } | I::TooLarge { .. } => {
-                Code::DataLoss
-            }
-            I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
-                Code::FailedPrecondition
-            }
-            I::Registry { .. } | I::Distribution { .. } => Code::Unavailable,
-            I::Config(_) => Code::InvalidArgument,
-            I::Io { .. } | I::Internal(_) => Code::Internal,
-        },
+        RuntimeError::Image(ie) => image_code(ie),
         RuntimeError::ImageVolume(v) => match v {
             ImageVolumeError::NotPresent { .. } | ImageVolumeError::SubPathMissing { .. } => {
                 Code::NotFound
@@ -148,12 +142,41 @@ fn code_of(e: &RuntimeError) -> Code {
                 Code::InvalidArgument
             }
         },
+        // The request is at fault for a refused name or value, the node for the rest.
+        RuntimeError::Sysctl(s) if s.is_invalid_argument() => Code::InvalidArgument,
+        RuntimeError::Sysctl(_) => Code::FailedPrecondition,
+        RuntimeError::Userns(UsernsError::Invalid { .. } | UsernsError::Unmapped { .. }) => {
+            Code::InvalidArgument
+        }
+        RuntimeError::Userns(UsernsError::Os { .. }) => Code::FailedPrecondition,
         RuntimeError::Cgroup(_)
         | RuntimeError::Network(_)
         | RuntimeError::Store(_)
-        | RuntimeError::Io { .. } => Code::Internal,
+        | RuntimeError::Io { .. }
+        | RuntimeError::TaskFailed { .. } => Code::Internal,
         RuntimeError::StartFailed { .. } => Code::Unknown,
         RuntimeError::CleanupFailed { error, .. } => code_of(error),
+    }
+}
+
+/// The gRPC code of each image store error, as [`crate::images::ImageError`]'s docs list
+/// them.
+fn image_code(e: &crate::images::ImageError) -> Code {
+    use crate::images::ImageError as I;
+    match e {
+        I::NotFound(_) => Code::NotFound,
+        I::InvalidReference { .. }
+        | I::Ambiguous { .. }
+        | I::InvalidDigest { .. }
+        | I::Config(_) => Code::InvalidArgument,
+        I::Unauthorized { .. } => Code::PermissionDenied,
+        // The content is bad or hostile: a retry will not help.
+        I::DigestMismatch { .. } | I::HostileLayer { .. } | I::TooLarge { .. } => Code::DataLoss,
+        I::UnsupportedMediaType { .. } | I::NoMatchingPlatform { .. } | I::Malformed { .. } => {
+            Code::FailedPrecondition
+        }
+        I::Registry { .. } | I::Distribution { .. } => Code::Unavailable,
+        I::Io { .. } | I::Internal(_) => Code::Internal,
     }
 }
 
@@ -190,7 +213,9 @@ impl RuntimeService for Cri {
             .unwrap_or_default();
         rpc("RunPodSandbox", &name, {
             let rt = self.rt.clone();
-            detached(async move { sandbox_run::run(&rt, r).await })
+            detached("RunPodSandbox", &name, async move {
+                sandbox_run::run(&rt, r).await
+            })
         })
         .await
     }
@@ -202,7 +227,9 @@ impl RuntimeService for Cri {
         let id = r.pod_sandbox_id.clone();
         rpc("StopPodSandbox", &id, {
             let rt = self.rt.clone();
-            detached(async move { sandbox_stop::stop(&rt, r).await })
+            detached("StopPodSandbox", &id, async move {
+                sandbox_stop::stop(&rt, r).await
+            })
         })
         .await
     }
@@ -214,7 +241,9 @@ impl RuntimeService for Cri {
         let id = r.pod_sandbox_id.clone();
         rpc("RemovePodSandbox", &id, {
             let rt = self.rt.clone();
-            detached(async move { sandbox_remove::remove(&rt, r).await })
+            detached("RemovePodSandbox", &id, async move {
+                sandbox_remove::remove(&rt, r).await
+            })
         })
         .await
     }
@@ -245,7 +274,9 @@ impl RuntimeService for Cri {
         let id = r.pod_sandbox_id.clone();
         rpc("CreateContainer", &id, {
             let rt = self.rt.clone();
-            detached(async move { container_create::create(&rt, r).await })
+            detached("CreateContainer", &id, async move {
+                container_create::create(&rt, r).await
+            })
         })
         .await
     }
@@ -257,7 +288,9 @@ impl RuntimeService for Cri {
         let id = r.container_id.clone();
         rpc("StartContainer", &id, {
             let rt = self.rt.clone();
-            detached(async move { container_start::start(&rt, r).await })
+            detached("StartContainer", &id, async move {
+                container_start::start(&rt, r).await
+            })
         })
         .await
     }
@@ -269,7 +302,9 @@ impl RuntimeService for Cri {
         let id = r.container_id.clone();
         rpc("StopContainer", &id, {
             let rt = self.rt.clone();
-            detached(async move { container_stop::stop(&rt, r).await })
+            detached("StopContainer", &id, async move {
+                container_stop::stop(&rt, r).await
+            })
         })
         .await
     }
@@ -281,7 +316,9 @@ impl RuntimeService for Cri {
         let id = r.container_id.clone();
         rpc("RemoveContainer", &id, {
             let rt = self.rt.clone();
-            detached(async move { container_remove::remove(&rt, r).await })
+            detached("RemoveContainer", &id, async move {
+                container_remove::remove(&rt, r).await
+            })
         })
         .await
     }
@@ -317,7 +354,9 @@ impl RuntimeService for Cri {
         let id = r.container_id.clone();
         rpc("UpdateContainerResources", &id, {
             let rt = self.rt.clone();
-            detached(async move { container_update::update(&rt, r).await })
+            detached("UpdateContainerResources", &id, async move {
+                container_update::update(&rt, r).await
+            })
         })
         .await
     }
@@ -547,7 +586,9 @@ impl RuntimeService for Cri {
         let id = r.pod_sandbox_id.clone();
         rpc("UpdatePodSandboxResources", &id, {
             let rt = self.rt.clone();
-            detached(async move { sandbox_update::update(&rt, r).await })
+            detached("UpdatePodSandboxResources", &id, async move {
+                sandbox_update::update(&rt, r).await
+            })
         })
         .await
     }
@@ -596,7 +637,11 @@ impl ImageService for Cri {
             .unwrap_or_default();
         rpc("PullImage", &id, {
             let rt = self.rt.clone();
-            detached(async move { image_pull::pull(&rt, r).await })
+            detached(
+                "PullImage",
+                &id,
+                async move { image_pull::pull(&rt, r).await },
+            )
         })
         .await
     }
@@ -612,7 +657,9 @@ impl ImageService for Cri {
             .unwrap_or_default();
         rpc("RemoveImage", &id, {
             let rt = self.rt.clone();
-            detached(async move { image_remove::remove(&rt, r).await })
+            detached("RemoveImage", &id, async move {
+                image_remove::remove(&rt, r).await
+            })
         })
         .await
     }
@@ -676,12 +723,62 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (
-                RuntimeError::FailedPrecondition("x".into()),
+                RuntimeError::precondition("container", "c", "is not running"),
                 Code::FailedPrecondition,
             ),
             (
-                RuntimeError::DeadlineExceeded("x".into()),
+                RuntimeError::deadline("container", "c", "did not exit"),
                 Code::DeadlineExceeded,
+            ),
+            (
+                RuntimeError::ExecTimedOut {
+                    id: "c".into(),
+                    seconds: 5,
+                },
+                Code::DeadlineExceeded,
+            ),
+            (RuntimeError::NoCgroups, Code::FailedPrecondition),
+            (RuntimeError::NoStreamingServer, Code::FailedPrecondition),
+            (
+                RuntimeError::StreamingBusy {
+                    kind: "container",
+                    id: "c".into(),
+                    source: crate::streaming::CacheFull,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::AttachUnavailable {
+                    id: "c".into(),
+                    path: "/run/attach".into(),
+                    source: std::io::Error::other("e"),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                crate::network::sysctl::SysctlError::Invalid {
+                    name: "kernel.core_pattern".into(),
+                    reason: "not namespaced".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                crate::userns::UsernsError::Unmapped {
+                    which: "uid",
+                    id: 70000,
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                crate::userns::UsernsError::Os {
+                    path: "/run/userns/p".into(),
+                    op: "mount",
+                    source: std::io::Error::other("e"),
+                }
+                .into(),
+                Code::FailedPrecondition,
             ),
             (RuntimeError::Unimplemented("x".into()), Code::Unimplemented),
             (
@@ -737,7 +834,7 @@ mod tests {
                         kind: "image",
                         id: "i".into(),
                     }),
-                    cleanup: "c".into(),
+                    cleanup: vec![RuntimeError::Unimplemented("c".into())],
                 },
                 Code::NotFound,
             ),
@@ -748,5 +845,195 @@ mod tests {
             assert_eq!(s.code(), want, "{msg}");
             assert_eq!(s.message(), msg);
         }
+    }
+
+    /// One value of every image store error, named as its variant.
+    fn every_image_error() -> Vec<(&'static str, crate::images::ImageError)> {
+        use crate::images::ImageError as I;
+        let s = String::new;
+        vec![
+            ("NotFound", I::NotFound(s())),
+            (
+                "Ambiguous",
+                I::Ambiguous {
+                    reference: s(),
+                    candidates: vec![],
+                },
+            ),
+            (
+                "InvalidReference",
+                I::InvalidReference {
+                    reference: s(),
+                    reason: s(),
+                },
+            ),
+            (
+                "DigestMismatch",
+                I::DigestMismatch {
+                    what: s(),
+                    expected: s(),
+                    actual: s(),
+                },
+            ),
+            (
+                "InvalidDigest",
+                I::InvalidDigest {
+                    digest: s(),
+                    reason: s(),
+                },
+            ),
+            ("HostileLayer", I::hostile("e", "r")),
+            (
+                "UnsupportedMediaType",
+                I::UnsupportedMediaType {
+                    media_type: s(),
+                    what: s(),
+                },
+            ),
+            (
+                "NoMatchingPlatform",
+                I::NoMatchingPlatform {
+                    reference: s(),
+                    offered: vec![],
+                },
+            ),
+            ("Malformed", I::malformed("w", "r")),
+            (
+                "Unauthorized",
+                I::Unauthorized {
+                    reference: s(),
+                    reason: s(),
+                },
+            ),
+            (
+                "Registry",
+                I::Registry {
+                    reference: s(),
+                    source: Arc::new(oci_client::errors::OciDistributionError::GenericError(None)),
+                },
+            ),
+            (
+                "Distribution",
+                I::Distribution {
+                    reference: s(),
+                    source: Arc::new(
+                        crate::images::distribution::DistributionError::HttpsRequired { host: s() },
+                    ),
+                },
+            ),
+            ("Config", I::Config(s())),
+            (
+                "TooLarge",
+                I::TooLarge {
+                    what: s(),
+                    limit: 1,
+                },
+            ),
+            ("Io", I::io("/p", std::io::Error::other("e"))),
+            ("Internal", I::Internal(s())),
+        ]
+    }
+
+    /// The codes `images/error.rs` documents, by variant, read from its module docs.
+    fn documented_image_codes() -> std::collections::HashMap<String, Code> {
+        let src = include_str!("../images/error.rs");
+        let paragraph: String = src
+            .lines()
+            .map_while(|l| l.strip_prefix("//!"))
+            .skip_while(|l| !l.contains("gRPC codes"))
+            .take_while(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut codes = std::collections::HashMap::new();
+        for entry in paragraph.split(';') {
+            let (names, code) = entry.split_once('→').expect("`Variant` → CODE");
+            let code = match code
+                .split_whitespace()
+                .next()
+                .map(|c| c.trim_end_matches('.'))
+            {
+                Some("NOT_FOUND") => Code::NotFound,
+                Some("INVALID_ARGUMENT") => Code::InvalidArgument,
+                Some("PERMISSION_DENIED") => Code::PermissionDenied,
+                Some("DATA_LOSS") => Code::DataLoss,
+                Some("FAILED_PRECONDITION") => Code::FailedPrecondition,
+                Some("UNAVAILABLE") => Code::Unavailable,
+                Some("INTERNAL") => Code::Internal,
+                other => panic!("unknown code {other:?} in {entry:?}"),
+            };
+            // Variant names: the backticked identifiers (not the paths the prose cites).
+            for name in names.split('`').skip(1).step_by(2) {
+                if name.starts_with(|c: char| c.is_ascii_uppercase())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    codes.insert(name.to_owned(), code);
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn image_errors_map_as_documented_also_when_nested() {
+        let documented = documented_image_codes();
+        let all = every_image_error();
+        assert_eq!(documented.len(), all.len(), "{documented:?}");
+        for (name, e) in all {
+            let want = documented[name];
+            assert_eq!(image_code(&e), want, "{name}");
+            // Inside a runtime error, and as the cause next to a failed cleanup.
+            let msg = e.to_string();
+            let nested = RuntimeError::CleanupFailed {
+                error: Box::new(RuntimeError::Image(e)),
+                cleanup: vec![
+                    RuntimeError::io("remove /c")(std::io::Error::other("busy")),
+                    RuntimeError::NoCgroups,
+                ],
+            };
+            let s = Status::from(nested);
+            assert_eq!(s.code(), want, "{name}");
+            assert_eq!(
+                s.message(),
+                format!(
+                    "{msg}; cleanup also failed: remove /c: busy; no cgroups on this host: no stats"
+                ),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_is_internal_and_names_its_rpc_and_id() {
+        let r: Result<(), RuntimeError> = detached("StopContainer", "c1", async {
+            panic!("deliberate test panic");
+        })
+        .await;
+        let e = r.unwrap_err();
+        assert!(matches!(e, RuntimeError::TaskFailed { .. }), "{e}");
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(
+            s.message().contains("StopContainer of \"c1\""),
+            "{}",
+            s.message()
+        );
+        // A cleanup that panicked next to a cause keeps the cause's code.
+        let join = tokio::spawn(async { panic!("deliberate test panic") })
+            .await
+            .unwrap_err();
+        let e = RuntimeError::CleanupFailed {
+            error: Box::new(RuntimeError::not_running("c1")),
+            cleanup: vec![RuntimeError::task(
+                "remove network namespace",
+                "pod sandbox p",
+            )(join)],
+        };
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(
+            s.message().starts_with("container c1 is not running; cleanup also failed: remove network namespace of pod sandbox p: task failed"),
+            "{}",
+            s.message()
+        );
     }
 }

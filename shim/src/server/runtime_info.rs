@@ -26,7 +26,8 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
         reason: String::new(),
         message: String::new(),
     };
-    let network = match rt.cni.check_config() {
+    let st = rt.runtime_status();
+    let network = match st.network {
         Ok(()) => pb::RuntimeCondition {
             r#type: "NetworkReady".into(),
             status: true,
@@ -43,13 +44,13 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
     let mut info = HashMap::new();
     if r.verbose {
         let cfg = serde_json::json!({
-            "root": rt.config.root,
-            "state": rt.config.state,
+            "root": st.root,
+            "state": st.state,
             "cgroupDriver": "cgroupfs",
-            "cgroups": rt.cgroups.as_ref().map(|c| c.driver_name()),
-            "cni": rt.config.cni,
-            "runtimeHandlers": rt.config.runtime_handlers,
-            "podCIDR": rt.pod_cidr.lock().expect("lock").clone(),
+            "cgroups": st.cgroups,
+            "cni": st.cni,
+            "runtimeHandlers": st.runtime_handlers,
+            "podCIDR": st.pod_cidr,
         });
         info.insert("config".to_string(), cfg.to_string());
     }
@@ -64,7 +65,7 @@ pub async fn status(rt: &Arc<Runtime>, r: pb::StatusRequest) -> Result<pb::Statu
         }),
     };
     let mut runtime_handlers = vec![handler("")];
-    runtime_handlers.extend(rt.config.runtime_handlers.iter().map(|h| handler(h)));
+    runtime_handlers.extend(st.runtime_handlers.iter().map(|h| handler(h)));
     Ok(pb::StatusResponse {
         status: Some(pb::RuntimeStatus {
             conditions: vec![runtime, network],
@@ -108,7 +109,7 @@ pub async fn update_config(
         if !cidr.is_empty() {
             tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
         }
-        *rt.pod_cidr.lock().expect("lock") = cidr;
+        rt.set_pod_cidr(cidr);
     }
     Ok(pb::UpdateRuntimeConfigResponse {})
 }

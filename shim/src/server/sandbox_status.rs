@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::runtime::{Pod, Result, Runtime};
+use crate::runtime::{PodView, Result, Runtime};
 
 /// PodSandboxStatus, with IPs, namespace modes and (as the kubelet's evented PLEG expects)
 /// the statuses of the pod's containers; `verbose` adds the record as JSON.
@@ -14,17 +14,15 @@ pub async fn status(
     rt: &Arc<Runtime>,
     r: pb::PodSandboxStatusRequest,
 ) -> Result<pb::PodSandboxStatusResponse> {
-    let pod = rt.pod(&r.pod_sandbox_id)?;
-    Ok(to_pb(rt, &pod, r.verbose))
+    let view = rt.pod_status(&r.pod_sandbox_id)?;
+    Ok(to_pb(&view, r.verbose))
 }
 
 /// The CRI status of a sandbox and its containers, taken now.
-pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResponse {
-    let timestamp = crate::ids::now_ns();
-    let rec = pod.record();
-    let mut containers = rt.containers_of(&pod.meta.id);
-    containers.sort_by_key(|c| c.meta.created_at);
-    let containers_statuses = containers
+pub fn to_pb(view: &PodView, verbose: bool) -> pb::PodSandboxStatusResponse {
+    let rec = &view.record;
+    let containers_statuses = view
+        .containers
         .iter()
         .map(|c| super::container_status::to_pb(c, false).0)
         .collect();
@@ -43,7 +41,7 @@ pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResp
     if verbose {
         info.insert(
             "info".to_string(),
-            serde_json::to_string(&rec).unwrap_or_default(),
+            serde_json::to_string(rec).unwrap_or_default(),
         );
     }
     pb::PodSandboxStatusResponse {
@@ -70,7 +68,7 @@ pub fn to_pb(rt: &Runtime, pod: &Pod, verbose: bool) -> pb::PodSandboxStatusResp
         }),
         info,
         containers_statuses,
-        timestamp,
+        timestamp: view.taken_at,
     }
 }
 

@@ -16,12 +16,15 @@
 //!   namespace.
 //! - `websocket`: the same sessions over WebSocket (`v5`/`v4`/`v3`/`v2.channel.k8s.io`,
 //!   `channel.k8s.io`, the `base64.` flavours), for clients that come straight here.
+//! - [`tunnel`]: port-forward's SPDY session tunnelled through a WebSocket
+//!   (`SPDY/3.1+portforward.k8s.io`, client-go's WebSocket port-forward).
 
 mod exec;
 mod portforward;
 mod server;
 pub mod spdy;
 pub mod tokens;
+pub mod tunnel;
 mod websocket;
 
 use std::net::SocketAddr;

@@ -37,7 +37,7 @@ pub(super) async fn serve(
 ) {
     let handle = session.handle.clone();
     let netns = match rt.pod(&req.pod_id) {
-        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta.netns.clone(),
+        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta().netns.clone(),
         _ => {
             tracing::debug!(pod = %req.pod_id, "port-forward to a pod that is gone or not ready");
             handle.shutdown().await;

@@ -7,7 +7,9 @@
 //! terminal's size, as JSON); `v5.channel.k8s.io` adds channel 255, whose message `[0]` closes stdin.
 //! Port-forward uses channels 2i (data) and 2i+1 (error) for the i-th port of the `port`
 //! query parameters (else the ports of the CRI request), and the server's first message on
-//! each channel is that port, two bytes little-endian.
+//! each channel is that port, two bytes little-endian. Port-forward also accepts
+//! `SPDY/3.1+portforward.k8s.io`, the ordinary SPDY session tunnelled through the socket
+//! (`tunnel`), which is what client-go's WebSocket port-forward dialer speaks.
 //!
 //! Messages are bounded ([`MAX_MESSAGE`]); the session ends when the client closes the
 //! socket or stays silent for the session idle timeout, which also kills the exec command.
@@ -25,7 +27,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::exec::{Outcome, outcome_of, status_bytes};
 use super::{ExecRequest, Pending, PortForwardRequest, StreamingServer};
@@ -46,6 +49,7 @@ pub const EXEC_WS_PROTOCOLS: &[&str] = &[
 ];
 /// Port-forward subprotocols served over WebSocket.
 pub const PORT_FORWARD_WS_PROTOCOLS: &[&str] = &[
+    super::tunnel::SPDY_PORT_FORWARD_TUNNEL,
     "v4.channel.k8s.io",
     "v4.base64.channel.k8s.io",
     "channel.k8s.io",
@@ -154,7 +158,10 @@ pub(super) fn accept(
             ),
         );
     };
+    let tunnel = protocol == super::tunnel::SPDY_PORT_FORWARD_TUNNEL;
     let ports = match &pending {
+        // A tunnelled SPDY session names the port of each connection in its streams.
+        Pending::PortForward(_) if tunnel => Vec::new(),
         Pending::PortForward(pf) => match ports_of(req.uri().query(), &pf.ports) {
             Ok(p) => p,
             Err(m) => return reply(StatusCode::BAD_REQUEST, &m),
@@ -164,6 +171,7 @@ pub(super) fn accept(
     let on_upgrade = hyper::upgrade::on(&mut req);
     // As for SPDY sessions: a client silent this long is gone.
     let idle = srv.limits.idle_timeout;
+    let limits = srv.limits;
     tokio::spawn(async move {
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
@@ -179,6 +187,10 @@ pub(super) fn accept(
         match pending {
             Pending::Exec(r) | Pending::Attach(r) => {
                 exec(srv.rt.clone(), r, protocol, ws, idle, shutdown).await
+            }
+            Pending::PortForward(r) if tunnel => {
+                let session = super::spdy::Session::start(super::tunnel::WsTunnel::new(ws), limits);
+                super::portforward::serve(srv.rt.clone(), r, session, shutdown).await
             }
             Pending::PortForward(r) => {
                 port_forward(srv.rt.clone(), r, ports, protocol, ws, idle, shutdown).await
@@ -244,7 +256,12 @@ fn spawn_writer(
         while let Some(m) = rx.recv().await {
             let msg = match m {
                 Some((ch, data)) => encode(base64, ch, &data),
-                None => Message::Close(None),
+                // client-go's WebSocket executors take anything but a normal closure as a
+                // failed session ("close 1005 (no status)").
+                None => Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                })),
             };
             let last = msg.is_close();
             if sink.send(msg).await.is_err() || last {
@@ -369,7 +386,7 @@ async fn port_forward(
     let (sink, mut source) = ws.split();
     let (tx, writer) = spawn_writer(sink, base64);
     let netns = match rt.pod(&req.pod_id) {
-        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta.netns.clone(),
+        Ok(p) if crate::runtime::pod_ready(&p.state()) => p.meta().netns.clone(),
         _ => {
             let _ = tx.send(None).await;
             let _ = writer.await;
