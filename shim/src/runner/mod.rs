@@ -106,6 +106,7 @@ use std::time::Duration;
 
 pub use spec::{ExitRecord, FileBind, Preopen, RunMode, RunnerSpec, StdioSpec};
 
+use crate::container::ExitReason;
 use crate::logs::CriLogWriter;
 use guest::{Loaded, Output, StopState};
 
@@ -121,10 +122,10 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// runner exits without it (the guest is blocked in a host call that cannot be interrupted).
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// CRI reason for a clean exit.
-pub const REASON_COMPLETED: &str = "Completed";
-/// CRI reason for everything else the runner can record.
-pub const REASON_ERROR: &str = "Error";
+/// Reason for a clean exit.
+pub const REASON_COMPLETED: ExitReason = ExitReason::Completed;
+/// Reason for everything else the runner can record.
+pub const REASON_ERROR: ExitReason = ExitReason::Error;
 
 /// Runs the guest described by `spec` in this process and reports how it ended, without the
 /// process-level setup of [`run`] (cgroups, netns, credentials, signals, readiness) and
@@ -134,7 +135,7 @@ pub fn execute(spec: &RunnerSpec) -> ExitRecord {
     let started_at = crate::ids::now_ns();
     let fail = |message: String| ExitRecord {
         exit_code: EXIT_FAILURE,
-        reason: REASON_ERROR.into(),
+        reason: REASON_ERROR,
         message,
         started_at,
         finished_at: crate::ids::now_ns(),
@@ -187,12 +188,7 @@ fn run_loaded(
 fn record(exit_code: i32, message: String, started_at: i64) -> ExitRecord {
     ExitRecord {
         exit_code,
-        reason: if exit_code == 0 {
-            REASON_COMPLETED
-        } else {
-            REASON_ERROR
-        }
-        .into(),
+        reason: ExitReason::of_exit_code(exit_code),
         message,
         started_at,
         finished_at: crate::ids::now_ns(),

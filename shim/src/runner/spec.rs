@@ -163,8 +163,9 @@ pub struct ExitRecord {
     /// Process-style exit code: the guest's `exit(n)`, 0 on return, 1 for a trap or a module
     /// that cannot run, 128+signal when the runner was signalled (137 = killed / OOM).
     pub exit_code: i32,
-    /// CRI reason: `Completed`, `Error`, `OOMKilled`.
-    pub reason: String,
+    /// Why it ended (written as the CRI string: `Completed`, `Error`, `OOMKilled`, ...). A
+    /// record with a reason this daemon does not know reads as no record.
+    pub reason: crate::container::ExitReason,
     /// One line saying what happened (trap message, load error), or empty.
     pub message: String,
     /// When the guest started, Unix nanoseconds.

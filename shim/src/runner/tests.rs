@@ -388,7 +388,7 @@ fn exit_record_round_trip_is_atomic() {
     assert_eq!(read_exit_record(&path), None);
     let rec = ExitRecord {
         exit_code: 143,
-        reason: REASON_ERROR.into(),
+        reason: REASON_ERROR,
         message: "stopped by SIGTERM".into(),
         started_at: 1,
         finished_at: 2,
@@ -438,7 +438,7 @@ fn exit_record_reader_resists_what_the_container_user_plants() {
     let dir = tempfile::tempdir().unwrap();
     let rec = ExitRecord {
         exit_code: 3,
-        reason: "Error".into(),
+        reason: REASON_ERROR,
         message: String::new(),
         started_at: 1,
         finished_at: 2,

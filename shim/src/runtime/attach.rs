@@ -20,7 +20,6 @@ use tokio::task::JoinHandle;
 
 use super::exec_stream::{ExecProcess, ExecReader, ExecWriter, Resizer};
 use super::{Container, Result, Runtime, RuntimeError};
-use crate::container::ContainerPhase;
 use crate::runner::attach::{
     ACCEPT, HELLO, IS_TTY, MAX_FRAME, REFUSED, STDERR, STDIN, STDIN_EOF, STDOUT, WANT_STDIN, frame,
     parse_header,
@@ -71,18 +70,16 @@ impl Runtime {
     /// returns the full ID and whether the container has a terminal.
     pub fn check_attach(&self, id: &str, stdin: bool) -> Result<(String, bool)> {
         let c = self.container(id)?;
-        if c.removing.load(std::sync::atomic::Ordering::SeqCst)
-            || c.snapshot().phase != ContainerPhase::Running
-        {
+        if !c.snapshot().is_serving() {
             return Err(RuntimeError::not_running(&c.meta.id));
         }
-        if stdin && !c.meta.stdin {
+        if stdin && !c.meta.spec.stdin {
             return Err(RuntimeError::InvalidArgument(format!(
                 "container {} was not created with stdin; attach without it",
                 c.meta.id
             )));
         }
-        Ok((c.meta.id.clone(), c.meta.tty))
+        Ok((c.meta.id.clone(), c.meta.spec.tty))
     }
 
     /// Attaches to the running container `id`: its output from now on, and (with `stdin`)

@@ -11,7 +11,7 @@ use super::{
     run_undo, with_cleanup,
 };
 use crate::container::{
-    ContainerMeta, ContainerPhase, ContainerRecord, ContainerState, MountSpec, merge_env,
+    ContainerMeta, ContainerPhase, ContainerRecord, ContainerSpec, ContainerState, merge_env,
     resolve_argv,
 };
 use crate::runner::{RunMode, RunnerSpec};
@@ -28,43 +28,21 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// both streams at the cap, plus the note, still reaches it.
 pub(super) const EXEC_OUTPUT_LIMIT: usize = 8 * 1024 * 1024 - 4096;
 
-/// What CreateContainer asks for, in domain terms.
+/// What CreateContainer asks for, in domain terms: the [`ContainerSpec`] the record keeps,
+/// and the process part of the request, which creation resolves against the image into the
+/// container's argv, environment, working directory and credentials.
 #[derive(Debug, Clone, Default)]
 pub struct NewContainer {
-    /// The sandbox.
-    pub pod_id: String,
-    /// Container name.
-    pub name: String,
-    /// Attempt.
-    pub attempt: u32,
-    /// Labels.
-    pub labels: HashMap<String, String>,
-    /// Annotations.
-    pub annotations: HashMap<String, String>,
-    /// Image reference or ID.
-    pub image: String,
+    /// What the record keeps as asked.
+    pub spec: ContainerSpec,
     /// Replaces the image Entrypoint.
     pub command: Vec<String>,
     /// Replaces the image Cmd.
     pub args: Vec<String>,
     /// Working directory (else the image's, else `/`).
     pub working_dir: String,
-    /// Environment.
+    /// Environment (overrides the image's).
     pub env: Vec<(String, String)>,
-    /// Mounts.
-    pub mounts: Vec<MountSpec>,
-    /// Log path relative to the sandbox log directory.
-    pub log_path: String,
-    /// Keep stdin open.
-    pub stdin: bool,
-    /// CRI `stdin_once`.
-    pub stdin_once: bool,
-    /// CRI `tty`.
-    pub tty: bool,
-    /// Limits.
-    pub resources: crate::cgroups::Resources,
-    /// oom_score_adj.
-    pub oom_score_adj: Option<i64>,
     /// Who to run as (resolved against the image's user and files at creation).
     pub user: super::UserRequest,
 }
@@ -93,12 +71,12 @@ pub struct ExecOutput {
 impl Runtime {
     /// CreateContainer.
     pub async fn create_container(self: &Arc<Self>, req: NewContainer) -> Result<String> {
-        if req.name.is_empty() {
+        if req.spec.name.is_empty() {
             return Err(RuntimeError::InvalidArgument(
                 "container metadata.name is empty".into(),
             ));
         }
-        let pod = self.pod(&req.pod_id)?;
+        let pod = self.pod(&req.spec.pod_id)?;
         if !super::pod_ready(&pod.state()) {
             return Err(RuntimeError::precondition(
                 "pod sandbox",
@@ -111,7 +89,7 @@ impl Runtime {
         let pod_id = pod.meta.id.clone();
         tokio::spawn(async move {
             let id = crate::ids::new_id();
-            let key = container_name_key(&pod_meta.id, &req.name, req.attempt);
+            let key = container_name_key(&pod_meta.id, &req.spec.name, req.spec.attempt);
             this.reserve("container", &key, &id)?;
             let mut undo: Vec<Undo> = Vec::new();
             {
@@ -141,10 +119,10 @@ impl Runtime {
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let mut req = req;
-        self.resolve_image_volumes(&mut req.mounts)?;
-        let image = self.images.get(&req.image)?;
+        self.resolve_image_volumes(&mut req.spec.mounts)?;
+        let image = self.images.get(&req.spec.image)?;
         let entry = image.wasm.clone().ok_or_else(|| {
-            RuntimeError::precondition("image", &req.image, "holds no wasm module to run")
+            RuntimeError::precondition("image", &req.spec.image, "holds no wasm module to run")
         })?;
         let argv = resolve_argv(
             &req.command,
@@ -172,7 +150,11 @@ impl Runtime {
             "/".into()
         };
         let http_port = if entry.world == crate::images::detect::World::HttpProxy {
-            Some(http_port(&req.annotations, &pod.spec.annotations, &env)?)
+            Some(http_port(
+                &req.spec.annotations,
+                &pod.spec.annotations,
+                &env,
+            )?)
         } else {
             None
         };
@@ -187,10 +169,10 @@ impl Runtime {
             }));
         }
 
-        let log_file = if req.log_path.is_empty() || pod.spec.log_directory.is_empty() {
+        let log_file = if req.spec.log_path.is_empty() || pod.spec.log_directory.is_empty() {
             None
         } else {
-            let p = log_file_path(&pod.spec.log_directory, &req.log_path)?;
+            let p = log_file_path(&pod.spec.log_directory, &req.spec.log_path)?;
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(RuntimeError::io(format!(
                     "create log dir {}",
@@ -202,7 +184,7 @@ impl Runtime {
 
         let cgroup_path = format!("{}/{}", pod.spec.cgroup_parent.trim_end_matches('/'), id);
         let cgroup = {
-            let (path, res) = (cgroup_path.clone(), req.resources.clone());
+            let (path, res) = (cgroup_path.clone(), req.spec.resources.clone());
             self.cgroups_blocking(move |cg| cg.create(&path, &res))
                 .await?
         };
@@ -218,12 +200,6 @@ impl Runtime {
         let precompiled = self.precompiled_for(&wasm).await;
         let meta = ContainerMeta {
             id: id.to_owned(),
-            pod_id: pod.id.clone(),
-            name: req.name,
-            attempt: req.attempt,
-            labels: req.labels,
-            annotations: req.annotations,
-            image: req.image,
             image_id: image.id.clone(),
             image_ref: image
                 .repo_digests
@@ -231,9 +207,7 @@ impl Runtime {
                 .cloned()
                 .unwrap_or_else(|| image.id.clone()),
             created_at: crate::ids::now_ns(),
-            log_path: req.log_path,
             log_file,
-            mounts: req.mounts,
             args: argv,
             env,
             cwd,
@@ -247,11 +221,7 @@ impl Runtime {
             uid: Some(creds.uid),
             gid: Some(creds.gid),
             additional_gids: creds.additional_gids,
-            stdin: req.stdin,
-            stdin_once: req.stdin_once,
-            tty: req.tty,
-            oom_score_adj: req.oom_score_adj,
-            resources: req.resources,
+            spec: req.spec,
         };
         let record = ContainerRecord {
             meta,
@@ -312,7 +282,7 @@ impl Runtime {
         exit_file: PathBuf,
     ) -> Result<RunnerSpec> {
         let m = &c.meta;
-        let pod = self.pod(&m.pod_id)?;
+        let pod = self.pod(&m.spec.pod_id)?;
         let preopens = match c.preopens.get() {
             Some(p) => p.clone(),
             None => {
@@ -356,13 +326,13 @@ impl Runtime {
             uid: m.uid,
             gid: m.gid,
             additional_gids: m.additional_gids.clone(),
-            stdin: m.stdin,
+            stdin: m.spec.stdin,
             stdio: crate::runner::StdioSpec {
                 attach_socket: Some(c.attach_socket()),
-                stdin_once: m.stdin_once,
-                tty: m.tty,
+                stdin_once: m.spec.stdin_once,
+                tty: m.spec.tty,
             },
-            oom_score_adj: m.oom_score_adj,
+            oom_score_adj: m.spec.oom_score_adj,
             stop_grace_ms: None,
             debug_log: Some(c.runner_log()),
             jail: Some(Self::jail_dir(c)),
@@ -377,32 +347,16 @@ impl Runtime {
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let c = self.container(id)?;
         let _op = c.op.lock().await;
-        if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(RuntimeError::precondition(
-                "container",
-                &c.meta.id,
-                "is being removed",
-            ));
-        }
-        let phase = c.snapshot().phase;
-        if phase != ContainerPhase::Created {
-            return Err(RuntimeError::precondition(
-                "container",
-                &c.meta.id,
-                format!("is {phase:?}, not Created"),
-            ));
-        }
-        let mode = match c.meta.http_port {
-            Some(port) => RunMode::Http { port },
-            None => RunMode::Command,
-        };
-        let exit_file = c.exit_file();
-        if let Some(dir) = exit_file.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
-        }
+        c.transition(ContainerState::begin_start)?;
         let t0 = std::time::Instant::now();
-        let spec = self.runner_spec(&c, mode, exit_file)?;
+        let spec = match self.start_spec(&c) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // No runner exists yet: the container stays startable.
+                c.transition(ContainerState::cancel_start)?;
+                return Err(e);
+            }
+        };
         let t_spec = t0.elapsed();
         let (mut child, pid, pid_start) = match self.start_runner(&spec).await {
             Ok(v) => v,
@@ -414,12 +368,10 @@ impl Runtime {
                 });
             }
         };
-        {
-            let mut st = c.state.lock().expect("state lock");
-            st.phase = ContainerPhase::Running;
-            st.pid = Some(pid);
-            st.pid_start = pid_start;
-            st.started_at = crate::ids::now_ns();
+        if let Err(e) = c.transition(|st| st.started(pid, pid_start, crate::ids::now_ns())) {
+            let _ = child.start_kill();
+            self.watch_child(c.clone(), child);
+            return Err(e);
         }
         let t_runner = t0.elapsed();
         // Persist the PID while the runner loads its module (a write and a rename, no fsync:
@@ -455,6 +407,20 @@ impl Runtime {
                 })
             }
         }
+    }
+
+    /// The runner spec of a container's start, with the directory of its exit record made.
+    fn start_spec(&self, c: &Container) -> Result<RunnerSpec> {
+        let mode = match c.meta.http_port {
+            Some(port) => RunMode::Http { port },
+            None => RunMode::Command,
+        };
+        let exit_file = c.exit_file();
+        if let Some(dir) = exit_file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        }
+        self.runner_spec(c, mode, exit_file)
     }
 
     /// StopContainer: SIGTERM, then SIGKILL after `timeout_s` seconds (0: at once).
@@ -505,7 +471,8 @@ impl Runtime {
             Err(RuntimeError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        c.removing.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Before waiting for the lock: a start queued behind a stop must not run.
+        c.state.lock().expect("container state lock").begin_remove();
         let _op = c.op.lock().await;
         self.stop_locked(&c, 0).await?;
         if let Some(h) = c.meta.cgroup.clone() {
@@ -519,7 +486,7 @@ impl Runtime {
             .expect("containers lock")
             .remove(&c.meta.id);
         self.release(
-            &container_name_key(&c.meta.pod_id, &c.meta.name, c.meta.attempt),
+            &container_name_key(&c.meta.spec.pod_id, &c.meta.spec.name, c.meta.spec.attempt),
             &c.meta.id,
         );
         self.emit_container_event(&c, ContainerEventKind::Deleted);

@@ -17,7 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::Child;
 
 use super::{Result, Runtime, RuntimeError};
-use crate::container::ContainerPhase;
 use crate::runner::RunMode;
 
 /// A readable end of the command's output.
@@ -186,9 +185,7 @@ impl Runtime {
     /// Checks that `id` names a running container an exec can start in; returns its full ID.
     pub fn check_exec(&self, id: &str) -> Result<String> {
         let c = self.container(id)?;
-        if c.removing.load(std::sync::atomic::Ordering::SeqCst)
-            || c.snapshot().phase != ContainerPhase::Running
-        {
+        if !c.snapshot().is_serving() {
             return Err(RuntimeError::not_running(&c.meta.id));
         }
         Ok(c.meta.id.clone())

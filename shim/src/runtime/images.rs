@@ -124,6 +124,7 @@ impl Runtime {
             }
             if let Some(m) = c
                 .meta
+                .spec
                 .mounts
                 .iter()
                 .find(|m| m.image.as_ref().is_some_and(|v| v.image_id == img.id))

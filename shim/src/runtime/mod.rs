@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;
-use crate::container::{ContainerRecord, ContainerState};
+use crate::container::{ContainerRecord, ContainerState, TransitionError};
 use crate::pod::{PodRecord, PodState};
 
 pub use containers::{ExecOutput, NewContainer};
@@ -304,7 +304,7 @@ impl Pod {
 /// A container in memory.
 #[derive(Debug)]
 pub struct Container {
-    /// Immutable after creation (resources aside, which live in `state_meta`).
+    /// Immutable after creation (resources aside, which live in `resources`).
     meta: crate::container::ContainerMeta,
     /// Current state; short std lock, never held across an `.await`.
     state: Mutex<ContainerState>,
@@ -314,8 +314,6 @@ pub struct Container {
     op: tokio::sync::Mutex<()>,
     /// Flips to `true` once the container has exited.
     exited: tokio::sync::watch::Sender<bool>,
-    /// Set once RemoveContainer has begun; no new operations after it.
-    removing: std::sync::atomic::AtomicBool,
     /// The guest's preopens, built (file-mount links included) on first start and reused by
     /// every ExecSync — exec probes run every few seconds.
     preopens: std::sync::OnceLock<Vec<crate::runner::Preopen>>,
@@ -328,12 +326,11 @@ impl Container {
     fn new(record: ContainerRecord) -> Arc<Self> {
         let exited = record.state.phase == crate::container::ContainerPhase::Exited;
         Arc::new(Self {
-            resources: Mutex::new(record.meta.resources.clone()),
+            resources: Mutex::new(record.meta.spec.resources.clone()),
             meta: record.meta,
             state: Mutex::new(record.state),
             op: tokio::sync::Mutex::new(()),
             exited: tokio::sync::watch::channel(exited).0,
-            removing: Default::default(),
             preopens: Default::default(),
             execs: Default::default(),
         })
@@ -379,6 +376,15 @@ impl Container {
         self.meta.dir.join("runner.log")
     }
 
+    /// Applies a lifecycle transition under the state lock; a refusal names the container.
+    fn transition<T>(
+        &self,
+        f: impl FnOnce(&mut ContainerState) -> std::result::Result<T, TransitionError>,
+    ) -> Result<T> {
+        f(&mut self.state.lock().expect("container state lock"))
+            .map_err(|e| RuntimeError::precondition("container", &self.meta.id, e.to_string()))
+    }
+
     /// A consistent copy of the state.
     pub fn snapshot(&self) -> ContainerState {
         self.state.lock().expect("container state lock").clone()
@@ -387,7 +393,7 @@ impl Container {
     /// The record as it should be persisted now.
     pub fn record(&self) -> ContainerRecord {
         let mut meta = self.meta.clone();
-        meta.resources = self.resources.lock().expect("resources lock").clone();
+        meta.spec.resources = self.resources.lock().expect("resources lock").clone();
         ContainerRecord {
             meta,
             state: self.snapshot(),
@@ -518,7 +524,7 @@ impl Runtime {
     /// Emits an event for a container of a pod that still exists (events of containers
     /// whose sandbox is gone would carry no status the kubelet can use).
     fn emit_container_event(&self, c: &Container, kind: ContainerEventKind) {
-        if let Ok(pod) = self.pod(&c.meta.pod_id) {
+        if let Ok(pod) = self.pod(&c.meta.spec.pod_id) {
             self.events.emit(&c.meta.id, &pod, kind);
         }
     }
@@ -608,7 +614,7 @@ impl Runtime {
             .read()
             .expect("containers lock")
             .values()
-            .filter(|c| c.meta.pod_id == pod_id)
+            .filter(|c| c.meta.spec.pod_id == pod_id)
             .cloned()
             .collect()
     }

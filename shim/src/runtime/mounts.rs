@@ -144,7 +144,7 @@ impl Runtime {
             files: vec![],
         }];
         let mut files: Vec<(String, PathBuf, bool)> = Vec::new();
-        for mount in &m.mounts {
+        for mount in &m.spec.mounts {
             let host = PathBuf::from(&mount.host_path);
             let meta = std::fs::metadata(&host).map_err(RuntimeError::io(format!(
                 "mount source {} for {}",
@@ -228,6 +228,7 @@ impl Runtime {
             .or_else(|| existing("/etc/resolv.conf".into()));
         let hosts = c
             .meta
+            .spec
             .mounts
             .iter()
             .find(|m| m.container_path == "/etc/hosts")

@@ -14,11 +14,15 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::containers::EXEC_OUTPUT_LIMIT;
 use super::{Container, ExecOutput, Result, Runtime, RuntimeError};
+use crate::container::ExitReason;
 use crate::runner::{EXIT_TIMEOUT, ExitRecord, RunnerSpec};
 
 /// How long a runner may take to load its module and report ready. Generous: a runner that
 /// finds no precompiled artifact compiles the module itself.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The message of an OOM kill the runner could not record itself.
+const OOM_MESSAGE: &str = "memory limit exceeded; killed by the kernel OOM killer";
 
 /// The start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
 pub fn pid_start_time(pid: i32) -> Option<u64> {
@@ -88,7 +92,7 @@ impl Runtime {
                 .and_then(|s| s.code())
                 .filter(|c| *c != 0)
                 .unwrap_or(128),
-            reason: "StartError".into(),
+            reason: ExitReason::StartError,
             message: message.to_owned(),
             started_at: now,
             finished_at: now,
@@ -103,7 +107,10 @@ impl Runtime {
         {
             tracing::warn!(container = %c.meta.id, error = %e, "cannot write exit record");
         }
-        c.state.lock().expect("state lock").exit_with(rec);
+        if let Err(e) = c.transition(|st| st.exit_with(rec)) {
+            tracing::warn!(container = %c.meta.id, error = %e, "exit not recorded");
+            return;
+        }
         // Nothing the container started outlives it (runc's init-dies-all-die).
         c.kill_execs();
         if let Err(e) = self.save_container(c) {
@@ -131,38 +138,35 @@ impl Runtime {
             .as_ref()
             .is_some_and(|cg| cg.oom_killed(&c.meta.cgroup_path).unwrap_or(false));
         let (exit_code, reason, message) = match status {
-            Some(s) if s.signal() == Some(libc::SIGKILL) && oom => (
-                137,
-                "OOMKilled",
-                "memory limit exceeded; killed by the kernel OOM killer".to_owned(),
-            ),
+            Some(s) if s.signal() == Some(libc::SIGKILL) && oom => {
+                (137, ExitReason::OomKilled, OOM_MESSAGE.to_owned())
+            }
             Some(s) if s.signal().is_some() => {
                 let sig = s.signal().unwrap_or(0);
-                (128 + sig, "Error", format!("runner killed by signal {sig}"))
+                (
+                    128 + sig,
+                    ExitReason::Error,
+                    format!("runner killed by signal {sig}"),
+                )
             }
-            Some(s) => (
-                s.code().unwrap_or(255),
-                if s.code() == Some(0) {
-                    "Completed"
-                } else {
-                    "Error"
-                },
-                "runner exited without recording a status".to_owned(),
-            ),
-            None if oom => (
-                137,
-                "OOMKilled",
-                "memory limit exceeded; killed by the kernel OOM killer".to_owned(),
-            ),
+            Some(s) => {
+                let code = s.code().unwrap_or(255);
+                (
+                    code,
+                    ExitReason::of_exit_code(code),
+                    "runner exited without recording a status".to_owned(),
+                )
+            }
+            None if oom => (137, ExitReason::OomKilled, OOM_MESSAGE.to_owned()),
             None => (
                 255,
-                "Unknown",
+                ExitReason::Unknown,
                 "runner ended while the daemon was not running; status unknown".to_owned(),
             ),
         };
         ExitRecord {
             exit_code,
-            reason: reason.into(),
+            reason,
             message,
             started_at,
             finished_at,

@@ -46,7 +46,7 @@ impl Runtime {
             }
             let _ = self.reserve(
                 "container",
-                &container_name_key(&m.pod_id, &m.name, m.attempt),
+                &container_name_key(&m.spec.pod_id, &m.spec.name, m.spec.attempt),
                 &m.id,
             );
             self.containers

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cri::v1 as pb;
 
 use super::convert;
-use crate::container::{ImageVolume, MountSpec};
+use crate::container::{ContainerSpec, ImageVolume, MountSpec};
 use crate::runtime::{GroupsPolicy, NewContainer, Result, Runtime, RuntimeError, UserRequest};
 
 /// CreateContainer.
@@ -58,23 +58,25 @@ pub async fn create(
         mounts.push(mount_spec(m)?);
     }
     let req = NewContainer {
-        pod_id: r.pod_sandbox_id,
-        name: md.name,
-        attempt: md.attempt,
-        labels: cfg.labels,
-        annotations: cfg.annotations,
-        image,
+        spec: ContainerSpec {
+            pod_id: r.pod_sandbox_id,
+            name: md.name,
+            attempt: md.attempt,
+            labels: cfg.labels,
+            annotations: cfg.annotations,
+            image,
+            log_path: cfg.log_path,
+            mounts,
+            stdin: cfg.stdin,
+            stdin_once: cfg.stdin_once,
+            tty: cfg.tty,
+            oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
+            resources,
+        },
         command: cfg.command,
         args: cfg.args,
         working_dir: cfg.working_dir,
         env: env(cfg.envs)?,
-        mounts,
-        log_path: cfg.log_path,
-        stdin: cfg.stdin,
-        stdin_once: cfg.stdin_once,
-        tty: cfg.tty,
-        resources,
-        oom_score_adj: (res.oom_score_adj != 0).then_some(res.oom_score_adj),
         user: user_request(&sc)?,
     };
     let id = rt.create_container(req).await?;

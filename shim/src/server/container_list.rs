@@ -16,32 +16,33 @@ pub async fn list(
     let mut containers = Vec::new();
     for c in rt.containers() {
         let m = &c.meta();
+        let spec = &m.spec;
         let st = c.snapshot();
         let state = convert::container_state(&st) as i32;
         if !convert::id_matches(&m.id, &f.id)
-            || !convert::id_matches(&m.pod_id, &f.pod_sandbox_id)
+            || !convert::id_matches(&spec.pod_id, &f.pod_sandbox_id)
             || f.state.as_ref().is_some_and(|s| s.state != state)
-            || !convert::labels_match(&m.labels, &f.label_selector)
+            || !convert::labels_match(&spec.labels, &f.label_selector)
         {
             continue;
         }
         containers.push(pb::Container {
             id: m.id.clone(),
-            pod_sandbox_id: m.pod_id.clone(),
+            pod_sandbox_id: spec.pod_id.clone(),
             metadata: Some(pb::ContainerMetadata {
-                name: m.name.clone(),
-                attempt: m.attempt,
+                name: spec.name.clone(),
+                attempt: spec.attempt,
             }),
             image: Some(pb::ImageSpec {
-                image: m.image.clone(),
+                image: spec.image.clone(),
                 ..Default::default()
             }),
             image_ref: m.image_ref.clone(),
             image_id: m.image_id.clone(),
             state,
             created_at: m.created_at,
-            labels: m.labels.clone(),
-            annotations: m.annotations.clone(),
+            labels: spec.labels.clone(),
+            annotations: spec.annotations.clone(),
         });
     }
     containers.sort_by_key(|c| c.created_at);

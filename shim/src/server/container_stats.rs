@@ -74,11 +74,11 @@ fn container_stats_from(
         attributes: Some(pb::ContainerAttributes {
             id: c.meta().id.clone(),
             metadata: Some(pb::ContainerMetadata {
-                name: c.meta().name.clone(),
-                attempt: c.meta().attempt,
+                name: c.meta().spec.name.clone(),
+                attempt: c.meta().spec.attempt,
             }),
-            labels: c.meta().labels.clone(),
-            annotations: c.meta().annotations.clone(),
+            labels: c.meta().spec.labels.clone(),
+            annotations: c.meta().spec.annotations.clone(),
         }),
         cpu: Some(cpu(u)),
         memory: Some(memory(u)),
@@ -132,8 +132,8 @@ pub async fn list(
         .into_iter()
         .filter(|c| {
             convert::id_matches(&c.meta().id, &f.id)
-                && convert::id_matches(&c.meta().pod_id, &f.pod_sandbox_id)
-                && convert::labels_match(&c.meta().labels, &f.label_selector)
+                && convert::id_matches(&c.meta().spec.pod_id, &f.pod_sandbox_id)
+                && convert::labels_match(&c.meta().spec.labels, &f.label_selector)
                 && c.snapshot().phase == crate::container::ContainerPhase::Running
         })
         .collect();

@@ -26,6 +26,7 @@ pub async fn status(
 pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<String, String>) {
     let st = &v.state;
     let m = &v.meta;
+    let spec = &m.spec;
     let mut info = HashMap::new();
     if verbose {
         let v = serde_json::json!({
@@ -41,8 +42,8 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
     let status = pb::ContainerStatus {
         id: m.id.clone(),
         metadata: Some(pb::ContainerMetadata {
-            name: m.name.clone(),
-            attempt: m.attempt,
+            name: spec.name.clone(),
+            attempt: spec.attempt,
         }),
         state: convert::container_state(st) as i32,
         created_at: m.created_at,
@@ -50,7 +51,7 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
         finished_at: st.finished_at,
         exit_code: st.exit_code,
         image: Some(pb::ImageSpec {
-            image: m.image.clone(),
+            image: spec.image.clone(),
             ..Default::default()
         }),
         image_ref: m.image_ref.clone(),
@@ -63,11 +64,11 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
                 supplemental_groups: m.additional_gids.iter().map(|g| *g as i64).collect(),
             }),
         }),
-        reason: st.reason.clone(),
+        reason: st.reason.map(|r| r.to_string()).unwrap_or_default(),
         message: st.message.clone(),
-        labels: m.labels.clone(),
-        annotations: m.annotations.clone(),
-        mounts: m
+        labels: spec.labels.clone(),
+        annotations: spec.annotations.clone(),
+        mounts: spec
             .mounts
             .iter()
             .map(|mt| pb::Mount {
@@ -98,7 +99,7 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         resources: Some(pb::ContainerResources {
-            linux: Some(convert::resources_back(&v.resources, m.oom_score_adj)),
+            linux: Some(convert::resources_back(&v.resources, spec.oom_score_adj)),
             windows: None,
         }),
         stop_signal: pb::Signal::Sigterm as i32,

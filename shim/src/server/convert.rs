@@ -38,7 +38,7 @@ pub fn pod_state(p: PodPhase) -> pb::PodSandboxState {
 /// CRI container state.
 pub fn container_state(s: &ContainerState) -> pb::ContainerState {
     match s.phase {
-        ContainerPhase::Created => pb::ContainerState::ContainerCreated,
+        ContainerPhase::Created | ContainerPhase::Starting => pb::ContainerState::ContainerCreated,
         ContainerPhase::Running => pb::ContainerState::ContainerRunning,
         ContainerPhase::Exited => pb::ContainerState::ContainerExited,
         ContainerPhase::Unknown => pb::ContainerState::ContainerUnknown,

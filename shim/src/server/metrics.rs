@@ -440,9 +440,9 @@ fn pod_metrics(s: PodSample) -> pb::PodSandboxMetrics {
         .iter()
         .map(|(c, stats)| {
             let mut series = Series::new([
-                c.meta().name.clone(),
+                c.meta().spec.name.clone(),
                 c.meta().cgroup_path.clone(),
-                c.meta().image.clone(),
+                c.meta().spec.image.clone(),
                 c.meta().id.clone(),
                 spec.namespace.clone(),
                 spec.name.clone(),
