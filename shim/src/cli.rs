@@ -506,6 +506,7 @@ fn container_using(config: &Config, id: &str) -> anyhow::Result<Option<String>> 
         let uses = rec.meta.image_id == id
             || rec
                 .meta
+                .spec
                 .mounts
                 .iter()
                 .any(|m| m.image.as_ref().is_some_and(|v| v.image_id == id));
