@@ -21,7 +21,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::images::{Image, PullAuth};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::Runtime;
 
 /// Imports spooling at the same time; more wait (their clients are held by flow control), so
 /// concurrent imports cannot fill the disk with more than this many maximal archives.
@@ -241,7 +241,7 @@ impl pb::admin_server::Admin for AdminService {
                 let name = (!name.is_empty()).then_some(name);
                 let imported = rt.import_image(&path, name.as_deref()).await;
                 drop(path);
-                Ok::<_, RuntimeError>(imported?)
+                imported
             })
             .await?;
             Ok(pb::ImportImageResponse {
