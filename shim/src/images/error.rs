@@ -11,8 +11,8 @@
 //! INVALID_ARGUMENT; `Unauthorized` → PERMISSION_DENIED; `DigestMismatch`, `HostileLayer`,
 //! `TooLarge` → DATA_LOSS (the content is bad or hostile, a retry will not help);
 //! `NoMatchingPlatform`, `UnsupportedMediaType`, `Malformed` → FAILED_PRECONDITION;
-//! `Registry`, `Distribution`, `Busy` (the store is held by another process) → UNAVAILABLE; `Io`, `Internal` (a blocking task panicked, a
-//! coalesced pull vanished) → INTERNAL.
+//! `Registry`, `Distribution`, `Busy` (another process holds the store) → UNAVAILABLE;
+//! `Io`, `Internal` (a blocking task panicked, a coalesced pull vanished) → INTERNAL.
 
 use std::path::PathBuf;
 use std::sync::Arc;

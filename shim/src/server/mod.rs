@@ -931,6 +931,13 @@ mod tests {
                 },
             ),
             ("Io", I::io("/p", std::io::Error::other("e"))),
+            (
+                "Busy",
+                I::Busy(crate::images::lock::StoreBusy {
+                    root: "/r".into(),
+                    holder: None,
+                }),
+            ),
             ("Internal", I::Internal(s())),
         ]
     }
