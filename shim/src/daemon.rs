@@ -43,11 +43,26 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 /// How long in-flight RPCs may run on after a shutdown signal.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// SIGTERM and SIGINT, caught from the moment they are installed: before the socket exists,
+/// so a stop that comes as soon as the socket appears is a graceful one, not the signal's
+/// default action.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+async fn shutdown_signal(ShutdownSignals { mut term, mut int }: ShutdownSignals) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down, containers keep running"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down, containers keep running"),
@@ -57,6 +72,7 @@ async fn shutdown_signal() {
 /// Runs the daemon until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let socket = config.socket.clone();
+    let signals = ShutdownSignals::install().context("install signal handlers")?;
     // Fail on a bad delegate endpoint before touching any state.
     if !config.delegate.endpoint.is_empty() {
         crate::delegate::remote::socket_path(&config.delegate.endpoint)?;
@@ -91,7 +107,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let rt = rt.clone();
         let streaming_stop = streaming_stop.clone();
         async move {
-            shutdown_signal().await;
+            shutdown_signal(signals).await;
             // Open event streams would otherwise hold the graceful shutdown forever.
             rt.close_events();
             // Streaming sessions end too; their exec commands are killed.

@@ -227,3 +227,14 @@ async fn standby_runners_end_with_the_daemon() {
     d.spawn().await;
     d.shutdown().await;
 }
+
+/// A stop that comes as soon as the socket appears (a service manager's stop right after its
+/// start) is graceful: the signal handlers are in place before the socket exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_stopped_as_soon_as_it_serves_exits_cleanly() {
+    for _ in 0..5 {
+        let mut d = Daemon::start().await;
+        let st = d.terminate();
+        assert!(st.success(), "{st:?}\n{}", d.log());
+    }
+}
