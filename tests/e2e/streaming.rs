@@ -828,6 +828,21 @@ pub(crate) async fn websocket(
     }
 }
 
+/// A port-forward URL for the pod, with no ports in the CRI request.
+async fn port_forward_url(
+    rt: &mut cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod_id: &str,
+) -> String {
+    rt.port_forward(pb::PortForwardRequest {
+        pod_sandbox_id: pod_id.into(),
+        port: vec![],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .url
+}
+
 /// Reads channel messages until the server closes: bytes per channel.
 pub(crate) async fn ws_drain(
     ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
@@ -917,15 +932,7 @@ async fn exec_and_port_forward_over_websocket() {
         .find(|x| x.id == web)
         .unwrap()
         .pod_sandbox_id;
-    let url = rt
-        .port_forward(pb::PortForwardRequest {
-            pod_sandbox_id: pod_id.clone(),
-            port: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = port_forward_url(&mut rt, &pod_id).await;
     let mut ws = websocket(&format!("{url}?port={port}"), "v4.channel.k8s.io")
         .await
         .unwrap();
@@ -952,15 +959,7 @@ async fn exec_and_port_forward_over_websocket() {
 
     // SPDY tunnelled through the WebSocket, as client-go's WebSocket port-forward dialer
     // speaks it: no port parameter, the streams name the port.
-    let url = rt
-        .port_forward(pb::PortForwardRequest {
-            pod_sandbox_id: pod_id.clone(),
-            port: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = port_forward_url(&mut rt, &pod_id).await;
     let ws = websocket(&url, "SPDY/3.1+portforward.k8s.io")
         .await
         .unwrap();
