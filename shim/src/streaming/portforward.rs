@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -27,6 +28,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_UNPAIRED: usize = 128;
 /// How long the second direction of a connection may go on after the first ended.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Room for each read from the pod: a read takes whatever the socket holds, up to this, and
+/// it goes out as one or more data frames without being copied.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Serves one port-forward session to its end.
 pub(super) async fn serve(
@@ -131,12 +135,15 @@ async fn forward(netns: Option<PathBuf>, pod_id: String, error: Stream, mut data
     };
     let writer = data.writer.clone();
     let from_pod = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        // Each read's bytes are handed to the session as they are; the buffer's space is
+        // reused once the session has written them (memory is bounded by its queue).
+        let mut buf = BytesMut::new();
         loop {
-            match rd.read(&mut buf).await {
+            buf.reserve(READ_CHUNK);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if writer.write(&buf[..n]).await.is_err() {
+                Ok(_) => {
+                    if writer.write_bytes(buf.split().freeze()).await.is_err() {
                         return;
                     }
                 }
@@ -158,11 +165,19 @@ async fn forward(netns: Option<PathBuf>, pod_id: String, error: Stream, mut data
     let _ = error.writer.close().await;
 }
 
-/// Connects to `127.0.0.1:port` in the network namespace `netns` (the host's if `None`).
+/// Connects to `127.0.0.1:port` in the network namespace `netns` (the host's if `None`),
+/// with `TCP_NODELAY` as Go's dialer sets it (containerd's port-forward): what the client
+/// sends in small pieces reaches the pod without waiting for the previous piece's ACK.
 pub(super) async fn dial(
     netns: Option<PathBuf>,
     port: u16,
 ) -> std::io::Result<tokio::net::TcpStream> {
+    let s = dial_in(netns, port).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+async fn dial_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Some(netns) = netns else {
         return tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr))
@@ -188,4 +203,103 @@ pub(super) async fn dial(
         .await
         .map_err(|_| std::io::Error::other("dial thread ended without an answer"))??;
     tokio::net::TcpStream::from_std(std_stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::streaming::spdy::frame::{Frame, FrameReader, HeaderEncoder, Headers, Limits};
+    use crate::streaming::spdy::session::{MAX_QUEUED, MAX_SEND_FRAME, SessionLimits};
+
+    /// The most the kernel may hold of one loopback connection: the sender's and the
+    /// receiver's buffers at their largest.
+    fn kernel_buffers() -> usize {
+        let max = |f: &str| -> usize {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+                .unwrap_or(64 << 20)
+        };
+        max("/proc/sys/net/ipv4/tcp_rmem") + max("/proc/sys/net/ipv4/tcp_wmem")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_stalls_the_pod_not_the_daemon() {
+        // The "pod": a host loopback server that writes as fast as it can, counting.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let written = Arc::new(AtomicUsize::new(0));
+        let w = written.clone();
+        let total = kernel_buffers() + 64 * MAX_SEND_FRAME + (64 << 20);
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // A stalled write gives up, so the thread ends with the test.
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let block = vec![7u8; 1 << 20];
+            while w.load(Ordering::SeqCst) < total {
+                match s.write(&block) {
+                    Ok(n) => w.fetch_add(n, Ordering::SeqCst),
+                    Err(_) => return,
+                };
+            }
+        });
+        // The client: a session over a 64 KiB pipe that opens the two streams, then reads
+        // nothing.
+        const PIPE: usize = 64 * 1024;
+        let (a, b) = tokio::io::duplex(PIPE);
+        let (r, mut w) = tokio::io::split(b);
+        let mut session = Session::start(a, SessionLimits::default());
+        let mut enc = HeaderEncoder::new();
+        let mut buf = Vec::new();
+        for (id, kind) in [(1u32, "error"), (3, "data")] {
+            Frame::SynStream {
+                stream_id: id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: Headers(vec![
+                    ("streamType".into(), kind.into()),
+                    ("port".into(), port.to_string()),
+                ]),
+            }
+            .encode(&mut enc, &mut buf);
+        }
+        w.write_all(&buf).await.unwrap();
+        let error = session.streams.recv().await.unwrap();
+        let data = session.streams.recv().await.unwrap();
+        let fwd = tokio::spawn(forward(None, "pod".into(), error, data));
+        // Until the pod's writes stall.
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = written.load(Ordering::SeqCst);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let bound = kernel_buffers() + PIPE + MAX_QUEUED + READ_CHUNK + MAX_SEND_FRAME;
+        assert!(
+            last <= bound,
+            "the pod wrote {last} bytes to a client that reads nothing (bound {bound})"
+        );
+        // Once the client reads, the data flows again.
+        let mut reader = FrameReader::new(r, Limits::default());
+        let mut got = 0;
+        while got < last + (1 << 20) {
+            match reader.next().await.unwrap() {
+                Some(Frame::Data {
+                    stream_id: 3, data, ..
+                }) => got += data.len(),
+                Some(Frame::SynReply { .. }) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        fwd.abort();
+    }
 }

@@ -55,6 +55,8 @@ pub(super) async fn accept_loop(
             },
             () = crate::streaming::flipped(&mut shutdown) => break,
         };
+        // As Go's listeners do: frames and small interactive writes go out at once.
+        let _ = conn.set_nodelay(true);
         let srv = srv.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -11,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
@@ -19,6 +19,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// The tunnelled port-forward subprotocol.
 pub const SPDY_PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// Most bytes one vectored write sends as a single message.
+const MAX_BATCH: usize = 1 << 20;
 
 /// A WebSocket read and written as the byte stream its binary messages carry.
 pub struct WsTunnel<S> {
@@ -93,6 +96,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsTunnel<S> {
         Poll::Ready(Ok(data.len()))
     }
 
+    /// The SPDY writer hands over frame headers and payloads as one vectored batch: they go
+    /// out as one message (up to [`MAX_BATCH`]), not a message each.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
+        let mut batch = BytesMut::new();
+        for b in bufs {
+            let room = MAX_BATCH - batch.len();
+            if room == 0 {
+                break;
+            }
+            batch.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        let n = batch.len();
+        Pin::new(&mut self.ws)
+            .start_send(Message::binary(batch.freeze()))
+            .map_err(io_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(io_error)
     }
@@ -151,6 +181,19 @@ mod tests {
         tunnel.flush().await.unwrap();
         match client.next().await {
             Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], b"back"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_is_one_message() {
+        let (mut client, mut tunnel) = pair(1 << 20).await;
+        let bufs = [io::IoSlice::new(b"head"), io::IoSlice::new(b"er+payload")];
+        let n = tunnel.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 14);
+        tunnel.flush().await.unwrap();
+        match client.next().await {
+            Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], b"header+payload"),
             other => panic!("{other:?}"),
         }
     }

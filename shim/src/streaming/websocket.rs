@@ -13,11 +13,16 @@
 //!
 //! Messages are bounded ([`MAX_MESSAGE`]); the session ends when the client closes the
 //! socket or stays silent for the session idle timeout, which also kills the exec command.
+//!
+//! Output (a port-forward's download above all) is read straight into the message's own
+//! buffer behind its channel byte, handed to the writer task without copying, and everything
+//! queued is flushed at once; the queue holds at most [`OUTBOX`] messages of at most
+//! [`READ_CHUNK`] bytes, so a client that reads slowly stalls the readers, not the daemon.
 
 use std::sync::Arc;
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -36,6 +41,10 @@ use crate::runtime::Runtime;
 
 /// Largest message or frame accepted from a client.
 pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest read from a pipe or a pod connection, hence data per message we send.
+pub const READ_CHUNK: usize = 256 * 1024;
+/// Messages queued for the writer task, per session.
+pub const OUTBOX: usize = 4;
 
 /// Exec subprotocols served over WebSocket, preferred first.
 pub const EXEC_WS_PROTOCOLS: &[&str] = &[
@@ -64,8 +73,25 @@ const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-/// What the writer task is fed: a channel message, or `None` to close.
-type Outbox = mpsc::Sender<Option<(u8, Vec<u8>)>>;
+/// What the writer task is fed: a channel message (see [`framed`]), or `None` to close.
+type Outbox = mpsc::Sender<Option<Bytes>>;
+
+/// A channel message for the writer task: the channel byte, then the data (the binary
+/// protocols' wire form).
+fn framed(channel: u8, data: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(1 + data.len());
+    v.push(channel);
+    v.extend_from_slice(data);
+    v.into()
+}
+
+/// The message that carries `framed` (see [`framed`]): itself, or base64 text.
+fn to_message(base64: bool, framed: Bytes) -> Message {
+    match framed.split_first() {
+        Some((channel, data)) if base64 => encode(true, *channel, data),
+        _ => Message::Binary(framed),
+    }
+}
 
 fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     h.get_all(name)
@@ -245,26 +271,38 @@ fn ports_of(query: Option<&str>, requested: &[u16]) -> Result<Vec<u16>, String> 
     Ok(ports)
 }
 
-/// The writer half: a task that owns the sink, fed (channel, bytes) messages; `None` sends
-/// a close frame and ends it.
+/// The writer half: a task that owns the sink, fed channel messages (see [`framed`]); `None`
+/// sends a close frame and ends it. Whatever is queued goes out with one flush.
 fn spawn_writer(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
     base64: bool,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Option<(u8, Vec<u8>)>>(16);
+    let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(OUTBOX);
     let task = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let msg = match m {
-                Some((ch, data)) => encode(base64, ch, &data),
-                // client-go's WebSocket executors take anything but a normal closure as a
-                // failed session ("close 1005 (no status)").
-                None => Message::Close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "".into(),
-                })),
+        'session: while let Some(mut m) = rx.recv().await {
+            let last = loop {
+                let msg = match m {
+                    Some(f) => to_message(base64, f),
+                    // client-go's WebSocket executors take anything but a normal closure
+                    // as a failed session ("close 1005 (no status)").
+                    None => Message::Close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    })),
+                };
+                let last = msg.is_close();
+                if sink.feed(msg).await.is_err() {
+                    break 'session;
+                }
+                if last {
+                    break true;
+                }
+                match rx.try_recv() {
+                    Ok(next) => m = next,
+                    Err(_) => break false,
+                }
             };
-            let last = msg.is_close();
-            if sink.send(msg).await.is_err() || last {
+            if sink.flush().await.is_err() || last {
                 break;
             }
         }
@@ -273,13 +311,18 @@ fn spawn_writer(
     (tx, task)
 }
 
+/// Copies `pipe` to `channel`, each read going out as one message (see the module docs).
 async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, channel: u8, tx: Outbox) {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = BytesMut::new();
     loop {
-        match pipe.read(&mut buf).await {
+        buf.clear();
+        buf.reserve(1 + READ_CHUNK);
+        buf.put_u8(channel);
+        // At most READ_CHUNK bytes behind the channel byte, whatever the buffer's capacity.
+        match (&mut pipe).take(READ_CHUNK as u64).read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if tx.send(Some((channel, buf[..n].to_vec()))).await.is_err() {
+            Ok(_) => {
+                if tx.send(Some(buf.split().freeze())).await.is_err() {
                     // Client gone: keep draining so the command never blocks on a full pipe.
                     continue;
                 }
@@ -308,7 +351,7 @@ async fn exec(
         Ok(p) => p,
         Err(e) => {
             let status = status_bytes(status_protocol, &Outcome::Failed(e.to_string()));
-            let _ = tx.send(Some((ERROR, status))).await;
+            let _ = tx.send(Some(framed(ERROR, &status))).await;
             let _ = tx.send(None).await;
             let _ = writer.await;
             return;
@@ -363,7 +406,7 @@ async fn exec(
     if let Some(outcome) = outcome {
         let status = status_bytes(status_protocol, &outcome);
         if !status.is_empty() {
-            let _ = tx.send(Some((ERROR, status))).await;
+            let _ = tx.send(Some(framed(ERROR, &status))).await;
         }
     }
     let _ = tx.send(None).await;
@@ -397,8 +440,8 @@ async fn port_forward(
     let mut pumps = tokio::task::JoinSet::new();
     for (i, port) in ports.iter().enumerate() {
         let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
-        let _ = tx.send(Some((data_ch, port.to_le_bytes().to_vec()))).await;
-        let _ = tx.send(Some((err_ch, port.to_le_bytes().to_vec()))).await;
+        let _ = tx.send(Some(framed(data_ch, &port.to_le_bytes()))).await;
+        let _ = tx.send(Some(framed(err_ch, &port.to_le_bytes()))).await;
         match super::portforward::dial(netns.clone(), *port).await {
             Ok(conn) => {
                 let (rd, wr) = conn.into_split();
@@ -410,7 +453,7 @@ async fn port_forward(
                     "error forwarding port {port} to pod {}, uid : {e}",
                     req.pod_id
                 );
-                let _ = tx.send(Some((err_ch, msg.into_bytes()))).await;
+                let _ = tx.send(Some(framed(err_ch, msg.as_bytes()))).await;
                 to_pod.push(None);
             }
         }

@@ -332,6 +332,21 @@ fn parse_nv(raw: &[u8]) -> Result<Headers, FrameError> {
     Ok(Headers(out))
 }
 
+/// Appends the eight-byte header of a data frame carrying `len` bytes (its payload follows
+/// it on the wire; a sender may write the two separately).
+///
+/// # Panics
+/// If `len` does not fit the 24-bit length field.
+pub fn encode_data_header(stream_id: u32, flags: u8, len: usize, out: &mut Vec<u8>) {
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l < 1 << 24)
+        .expect("a data frame carries less than 16 MiB");
+    put_u31(out, stream_id);
+    out.push(flags);
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+}
+
 /// Appends a 31-bit field (stream IDs, window deltas): the top bit is reserved and sent as 0.
 fn put_u31(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&(v & 0x7fff_ffff).to_be_bytes());
@@ -414,9 +429,7 @@ impl Frame {
                 flags,
                 data,
             } => {
-                put_u31(out, *stream_id);
-                out.push(*flags);
-                out.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+                encode_data_header(*stream_id, *flags, data.len(), out);
                 out.extend_from_slice(data);
             }
             Frame::Unknown { frame_type } => control(out, *frame_type, 0, &[]),
@@ -490,8 +503,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         left: usize,
     ) -> Result<Frame, FrameError> {
         let n = left.min(DATA_CHUNK);
-        let mut data = vec![0u8; n];
-        self.r.read_exact(&mut data).await?;
+        // Read into spare capacity: nothing is zeroed only to be overwritten.
+        let mut data = bytes::BytesMut::with_capacity(n);
+        while data.len() < n {
+            let want = (n - data.len()) as u64;
+            if (&mut self.r).take(want).read_buf(&mut data).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
         let rest = left - n;
         let chunk_flags = if rest == 0 {
             flags
@@ -502,7 +521,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Frame::Data {
             stream_id,
             flags: chunk_flags,
-            data: data.into(),
+            data: data.freeze(),
         })
     }
 

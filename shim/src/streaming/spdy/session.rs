@@ -14,28 +14,49 @@
 //! at most [`MAX_BUFFERED`] unread bytes and the reader waits for room, stalling the
 //! connection, as spdystream does.
 //!
+//! # Sending
+//! Bulk data (a port-forward's download) is what this path is tuned for: a writer hands its
+//! buffer over as [`Bytes`] ([`StreamWriter::write_bytes`]), it is cut into frames of up to
+//! [`MAX_SEND_FRAME`] bytes without copying, and the writer task sends everything queued with
+//! one vectored write (frame headers and payloads side by side, never concatenated). Queued
+//! data is bounded in bytes per session ([`MAX_QUEUED`]): against a client that reads slowly
+//! the writers wait, the daemon does not buffer.
+//!
 //! # Bounds
 //! Frames and header blocks are bounded by [`Limits`]; at most [`SessionLimits::max_streams`]
 //! streams are open at once (more are refused with RST_STREAM); a session with no frame from
 //! the peer for [`SessionLimits::idle_timeout`] is closed.
 
 use std::collections::{HashMap, HashSet};
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::frame::{
-    FLAG_FIN, Frame, FrameError, FrameReader, HeaderEncoder, Headers, Limits,
+    self, FLAG_FIN, Frame, FrameError, FrameReader, HeaderEncoder, Headers, Limits,
     SETTINGS_INITIAL_WINDOW_SIZE, status,
 };
 
 /// The window every stream and the session start with (SPDY/3.1).
 const DEFAULT_WINDOW: i64 = 64 * 1024;
-/// Largest data frame we send.
-const MAX_SEND_FRAME: usize = 32 * 1024;
+/// Largest data frame we send. Go's spdystream (kubectl, the kubelet) reads each frame with
+/// a few small reads of its own and hands it to the stream as one buffer, so per-frame costs
+/// on both sides are amortised over this much data; the wire allows 16 MiB - 1.
+pub const MAX_SEND_FRAME: usize = 256 * 1024;
+/// Data bytes queued for the writer task, per session, at most (see "Sending" above).
+pub const MAX_QUEUED: usize = 1024 * 1024;
+/// Payloads shorter than this are copied next to their frame header rather than given an
+/// I/O vector of their own.
+const COPY_BELOW: usize = 4 * 1024;
+/// Encoded control frames, headers and small payloads gathered into one write, at most
+/// (past it the batch is written and the next one started).
+const MAX_BATCH_HEAD: usize = 256 * 1024;
+/// I/O vectors per vectored write (well under every kernel's `IOV_MAX`).
+const MAX_IOVECS: usize = 64;
 /// Unread bytes a stream may hold from a peer without flow control before the reader waits.
 const MAX_BUFFERED: usize = 256 * 1024;
 /// Unread bytes a stream may hold from a flow-controlling peer (twice the window we grant,
@@ -84,6 +105,13 @@ pub enum StreamError {
 
 enum Out {
     Frame(Frame),
+    /// A data frame whose payload is queued without copying, holding its share of
+    /// [`MAX_QUEUED`] until written.
+    Data {
+        stream_id: u32,
+        data: Bytes,
+        permit: OwnedSemaphorePermit,
+    },
     /// GOAWAY, then close the connection.
     Shutdown(u32),
 }
@@ -101,6 +129,8 @@ struct Flow {
 
 struct Shared {
     out: mpsc::Sender<Out>,
+    /// [`MAX_QUEUED`] permits, one per byte of data queued for the writer.
+    queued: Arc<Semaphore>,
     /// Highest stream id accepted, for GOAWAY (a peer fails streams above it).
     last_accepted: std::sync::atomic::AtomicU32,
     flow: Mutex<Flow>,
@@ -120,6 +150,7 @@ impl Shared {
     fn close(&self) {
         self.flow.lock().expect("flow lock").closed = true;
         self.notify.notify_waiters();
+        self.queued.close();
         self.closed_tx.send_replace(true);
     }
 }
@@ -214,18 +245,33 @@ impl StreamWriter {
         self.id
     }
 
-    /// Sends `data`, in frames of at most 32 KiB, within the peer's windows if it does flow
-    /// control.
-    pub async fn write(&self, mut data: &[u8]) -> Result<(), StreamError> {
+    /// Sends a copy of `data` (see [`StreamWriter::write_bytes`]).
+    pub async fn write(&self, data: &[u8]) -> Result<(), StreamError> {
+        self.write_bytes(Bytes::copy_from_slice(data)).await
+    }
+
+    /// Sends `data` without copying it, in frames of at most [`MAX_SEND_FRAME`] bytes,
+    /// within the peer's windows if it does flow control. Returns once every frame is queued
+    /// for the writer task; waits while the session already has [`MAX_QUEUED`] bytes queued.
+    pub async fn write_bytes(&self, mut data: Bytes) -> Result<(), StreamError> {
         while !data.is_empty() {
             let n = self.reserve(data.len().min(MAX_SEND_FRAME)).await?;
-            self.send(Frame::Data {
-                stream_id: self.id,
-                flags: 0,
-                data: Bytes::copy_from_slice(&data[..n]),
-            })
-            .await?;
-            data = &data[n..];
+            let permit = self
+                .shared
+                .queued
+                .clone()
+                .acquire_many_owned(u32::try_from(n).expect("a frame is under 16 MiB"))
+                .await
+                .map_err(|_| StreamError::SessionClosed)?;
+            self.shared
+                .out
+                .send(Out::Data {
+                    stream_id: self.id,
+                    data: data.split_to(n),
+                    permit,
+                })
+                .await
+                .map_err(|_| StreamError::SessionClosed)?;
         }
         Ok(())
     }
@@ -321,6 +367,7 @@ impl Session {
         let (out_tx, out_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             out: out_tx,
+            queued: Arc::new(Semaphore::new(MAX_QUEUED)),
             last_accepted: Default::default(),
             flow: Mutex::new(Flow {
                 initial: DEFAULT_WINDOW,
@@ -340,55 +387,145 @@ impl Session {
     }
 }
 
+/// What the writer task sends with its next write: small frames and frame headers encoded
+/// into `head`, large payloads by reference, in order.
+#[derive(Default)]
+struct Batch {
+    head: Vec<u8>,
+    parts: Vec<Part>,
+    /// Queue permits of the payloads in `parts`, released once they are written.
+    permits: Vec<OwnedSemaphorePermit>,
+    /// Gathers `parts` for a writer without vectored writes.
+    flat: Vec<u8>,
+}
+
+enum Part {
+    /// `head[start..end]`.
+    Head(usize, usize),
+    Payload(Bytes),
+}
+
+impl Part {
+    fn bytes<'a>(&'a self, head: &'a [u8]) -> &'a [u8] {
+        match self {
+            Part::Head(s, e) => &head[*s..*e],
+            Part::Payload(b) => b,
+        }
+    }
+}
+
+impl Batch {
+    /// Appends what `encode` writes to `head`, extending the last part if it is a head too.
+    fn push_head(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.head.len();
+        encode(&mut self.head);
+        let end = self.head.len();
+        match self.parts.last_mut() {
+            Some(Part::Head(_, e)) if *e == start => *e = end,
+            _ => self.parts.push(Part::Head(start, end)),
+        }
+    }
+
+    fn push_frame(&mut self, f: &Frame, enc: &mut HeaderEncoder) {
+        self.push_head(|h| f.encode(enc, h));
+    }
+
+    fn push_data(&mut self, stream_id: u32, data: Bytes, permit: OwnedSemaphorePermit) {
+        if data.len() < COPY_BELOW {
+            self.push_head(|h| {
+                frame::encode_data_header(stream_id, 0, data.len(), h);
+                h.extend_from_slice(&data);
+            });
+        } else {
+            self.push_head(|h| frame::encode_data_header(stream_id, 0, data.len(), h));
+            self.parts.push(Part::Payload(data));
+        }
+        self.permits.push(permit);
+    }
+
+    /// Writes everything, then empties the batch (releasing its queue permits).
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if w.is_write_vectored() {
+            // Index of the first part not fully written, and how much of it was.
+            let (mut i, mut off) = (0, 0);
+            while i < self.parts.len() {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOVECS);
+                slices.push(IoSlice::new(&self.parts[i].bytes(&self.head)[off..]));
+                for p in self.parts[i + 1..].iter().take(MAX_IOVECS - 1) {
+                    slices.push(IoSlice::new(p.bytes(&self.head)));
+                }
+                let mut n = w.write_vectored(&slices).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                while n > 0 {
+                    let left = self.parts[i].bytes(&self.head).len() - off;
+                    if n >= left {
+                        n -= left;
+                        i += 1;
+                        off = 0;
+                    } else {
+                        off += n;
+                        n = 0;
+                    }
+                }
+            }
+        } else {
+            self.flat.clear();
+            for p in &self.parts {
+                self.flat.extend_from_slice(p.bytes(&self.head));
+            }
+            w.write_all(&self.flat).await?;
+        }
+        w.flush().await?;
+        self.head.clear();
+        self.parts.clear();
+        self.permits.clear();
+        Ok(())
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Out>,
     shared: Arc<Shared>,
 ) {
     let mut enc = HeaderEncoder::new();
-    let mut buf = Vec::with_capacity(MAX_SEND_FRAME + 64);
+    let mut batch = Batch::default();
     let mut closed = shared.closed_tx.subscribe();
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
             () = crate::streaming::flipped(&mut closed) => None,
         };
-        let Some(msg) = msg else { break };
-        buf.clear();
-        let last = match msg {
-            Out::Frame(f) => {
-                f.encode(&mut enc, &mut buf);
-                false
+        let Some(mut msg) = msg else { break };
+        // Everything already queued goes into one write (data is bounded by the queue
+        // permits, the rest here).
+        let shutdown = loop {
+            match msg {
+                Out::Frame(f) => batch.push_frame(&f, &mut enc),
+                Out::Data {
+                    stream_id,
+                    data,
+                    permit,
+                } => batch.push_data(stream_id, data, permit),
+                Out::Shutdown(code) => {
+                    batch.push_frame(&shared.go_away(code), &mut enc);
+                    break true;
+                }
             }
-            Out::Shutdown(code) => {
-                shared.go_away(code).encode(&mut enc, &mut buf);
-                true
+            if batch.head.len() >= MAX_BATCH_HEAD {
+                break false;
+            }
+            match rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => break false,
             }
         };
-        // Batch whatever else is queued into one write.
-        while !last && buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(Out::Frame(f)) => f.encode(&mut enc, &mut buf),
-                Ok(Out::Shutdown(code)) => {
-                    // Keep the order: write what we have, then come back for the shutdown.
-                    if w.write_all(&buf).await.is_err() {
-                        shared.close();
-                        return;
-                    }
-                    buf.clear();
-                    shared.go_away(code).encode(&mut enc, &mut buf);
-                    let _ = w.write_all(&buf).await;
-                    let _ = w.shutdown().await;
-                    shared.close();
-                    return;
-                }
-                Err(_) => break,
-            }
-        }
-        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+        if batch.write_to(&mut w).await.is_err() {
             break;
         }
-        if last {
+        if shutdown {
             let _ = w.shutdown().await;
             break;
         }
@@ -949,6 +1086,162 @@ mod tests {
         let f = s.handle.shared.flow.lock().unwrap();
         assert!(f.windows.is_empty(), "{:?}", f.windows);
         assert!(f.reset.is_empty());
+    }
+
+    /// A transport that takes at most `max` bytes per write, vectored or not, as a socket
+    /// with a full buffer does.
+    struct Trickle {
+        got: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl Trickle {
+        fn take(&mut self, bufs: &[IoSlice<'_>]) -> usize {
+            assert!(bufs.len() <= MAX_IOVECS);
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.max - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            n
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(self.take(&[IoSlice::new(buf)])))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(self.take(bufs)))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn vectored_batches_survive_partial_writes_byte_for_byte() {
+        const BUDGET: usize = 16 << 20;
+        let budget = Arc::new(Semaphore::new(BUDGET));
+        let mut enc = HeaderEncoder::new();
+        let mut batch = Batch::default();
+        let mut expect = Vec::new();
+        let mut expect_enc = HeaderEncoder::new();
+        // Frames of every kind and payloads on both sides of COPY_BELOW, more parts than
+        // one vectored write takes.
+        for i in 0..100u32 {
+            let len = [0, 1, COPY_BELOW - 1, COPY_BELOW, 70_000][i as usize % 5];
+            let data = Bytes::from((0..len).map(|b| (b as u32 + i) as u8).collect::<Vec<_>>());
+            if i % 7 == 0 {
+                let f = Frame::WindowUpdate {
+                    stream_id: i,
+                    delta: 9,
+                };
+                batch.push_frame(&f, &mut enc);
+                f.encode(&mut expect_enc, &mut expect);
+            }
+            let permit = budget.clone().acquire_many_owned(len as u32).await.unwrap();
+            batch.push_data(2 * i + 1, data.clone(), permit);
+            Frame::Data {
+                stream_id: 2 * i + 1,
+                flags: 0,
+                data,
+            }
+            .encode(&mut expect_enc, &mut expect);
+        }
+        let mut t = Trickle {
+            got: Vec::new(),
+            max: 7_777,
+            calls: 0,
+        };
+        batch.write_to(&mut t).await.unwrap();
+        assert_eq!(t.got.len(), expect.len());
+        assert!(t.got == expect, "bytes differ");
+        assert!(t.calls >= expect.len() / 7_777);
+        // Written: the payloads' queue permits are back, the batch is empty.
+        assert_eq!(budget.available_permits(), BUDGET);
+        assert!(batch.parts.is_empty() && batch.head.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_makes_writers_wait_not_the_daemon_buffer() {
+        // The transport holds 64 KiB: past that, only the session's queue can hold data.
+        const PIPE: usize = 64 * 1024;
+        let (a, b) = tokio::io::duplex(PIPE);
+        let (r, w) = tokio::io::split(b);
+        let mut s = Session::start(a, SessionLimits::default());
+        let mut p = Peer {
+            enc: HeaderEncoder::new(),
+            reader: FrameReader::new(r, Limits::default()),
+            w,
+        };
+        p.open(1, "data", false).await;
+        assert!(matches!(p.recv().await, Some(Frame::SynReply { .. })));
+        let st = s.streams.recv().await.unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        const TOTAL: usize = 8 << 20;
+        const PIECE: usize = 64 * 1024;
+        let (w, n) = (st.writer.clone(), accepted.clone());
+        let writer = tokio::spawn(async move {
+            for i in 0..TOTAL / PIECE {
+                w.write_bytes(Bytes::from(vec![i as u8; PIECE])).await?;
+                n.fetch_add(PIECE, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok::<_, StreamError>(())
+        });
+        // The client reads nothing: the writer stalls once the pipe and the queue are full.
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = accepted.load(std::sync::atomic::Ordering::SeqCst);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        assert!(!writer.is_finished());
+        assert!(
+            last <= PIPE + MAX_QUEUED,
+            "{last} bytes taken from a writer whose client reads nothing"
+        );
+        // Once the client reads, everything arrives, in order (piece i is bytes i).
+        let mut got = 0;
+        while got < TOTAL {
+            match p.recv().await {
+                Some(Frame::Data { data, .. }) => {
+                    for b in data.iter() {
+                        assert_eq!(*b, (got / PIECE) as u8, "byte {got}");
+                        got += 1;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, TOTAL);
+        writer.await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]
