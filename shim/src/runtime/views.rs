@@ -9,20 +9,18 @@ use super::{Container, Pod, Result, Runtime};
 use crate::container::{ContainerMeta, ContainerState};
 use crate::pod::PodRecord;
 
-/// One container as ContainerStatus reports it: fixed metadata, state, and the resource
-/// limits as last applied (UpdateContainerResources changes them after creation).
+/// One container as ContainerStatus reports it: its metadata, with the resource limits in
+/// force (UpdateContainerResources changes them after creation), and its state.
 #[derive(Debug, Clone)]
 pub struct ContainerView {
-    /// Fixed at creation.
+    /// Metadata; `spec.resources` are the limits in force when the view was taken.
     pub meta: ContainerMeta,
     /// The state when the view was taken.
     pub state: ContainerState,
-    /// Limits in force when the view was taken.
-    pub resources: crate::cgroups::Resources,
 }
 
 /// One sandbox as PodSandboxStatus reports it: its record and its containers' views,
-/// oldest container first.
+/// newest container first.
 #[derive(Debug, Clone)]
 pub struct PodView {
     /// Unix nanoseconds just before the view was taken: everything in it is at least this
@@ -30,7 +28,7 @@ pub struct PodView {
     pub taken_at: i64,
     /// Metadata and state.
     pub record: PodRecord,
-    /// The pod's containers, by creation time.
+    /// The pod's containers, newest first (the order the kubelet's relist uses).
     pub containers: Vec<ContainerView>,
 }
 
@@ -76,17 +74,18 @@ pub struct RuntimeStatus {
 }
 
 impl Container {
-    /// Fixed metadata.
+    /// Metadata fixed at creation. Its `spec.resources` are the limits the container was
+    /// created with; [`Container::view`] and [`Container::record`] carry those in force.
     pub fn meta(&self) -> &ContainerMeta {
         &self.meta
     }
 
     /// A consistent copy of everything ContainerStatus reports.
     pub fn view(&self) -> ContainerView {
+        let record = self.record();
         ContainerView {
-            meta: self.meta.clone(),
-            state: self.snapshot(),
-            resources: self.resources.lock().expect("resources lock").clone(),
+            meta: record.meta,
+            state: record.state,
         }
     }
 }

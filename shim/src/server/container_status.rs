@@ -99,7 +99,7 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         resources: Some(pb::ContainerResources {
-            linux: Some(convert::resources_back(&v.resources, spec.oom_score_adj)),
+            linux: Some(convert::resources_back(&spec.resources, spec.oom_score_adj)),
             windows: None,
         }),
         stop_signal: pb::Signal::Sigterm as i32,
