@@ -404,20 +404,8 @@ fn local_tags(d: &Daemon) -> String {
 
 /// Whether containerd itself holds `image`.
 async fn in_containerd(m: &Mixed, image: &str) -> bool {
-    m.ctrd
-        .img()
+    image_status_of(&mut m.ctrd.img().await, image)
         .await
-        .image_status(pb::ImageStatusRequest {
-            image: Some(pb::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
         .is_some()
 }
 

@@ -455,6 +455,42 @@ pub fn tar_image_layout_as(
 }
 
 /// Imports a guest as a wasm artifact image named `name`.
+/// ImageStatus of `image` on any CRI image service: the image, or `None` when it is absent.
+pub async fn image_status_of(
+    img: &mut ImageServiceClient<Channel>,
+    image: &str,
+) -> Option<pb::Image> {
+    img.image_status(pb::ImageStatusRequest {
+        image: Some(pb::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .image
+}
+
+/// A file of a container's cgroup in the v1 layout:
+/// `/sys/fs/cgroup/<controller>/<parent>/<container-id>/<file>`.
+pub fn cg_file(d: &Daemon, controller: &str, id: &str, file: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join(d.cgroup_parent.trim_start_matches('/'))
+        .join(id)
+        .join(file)
+}
+
+/// A file's contents, trimmed; panics naming the file.
+pub fn read_trimmed(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
 pub fn import_guest(d: &Daemon, target: &str, guest_name: &str, name: &str) {
     let dir = d.dir.path().join(format!("layout-{}", unique("l")));
     wasm_artifact_layout(&dir, &guest(target, guest_name), name);

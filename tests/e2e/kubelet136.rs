@@ -41,20 +41,7 @@ fn int64(value: i64) -> Option<pb::Int64Value> {
 }
 
 async fn image_status(d: &Daemon, name: &str) -> pb::Image {
-    d.img()
-        .await
-        .image_status(pb::ImageStatusRequest {
-            image: Some(pb::ImageSpec {
-                image: name.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap()
+    image_status_of(&mut d.img().await, name).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

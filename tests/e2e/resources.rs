@@ -1,7 +1,6 @@
 //! cgroup limits, OOM kills, CPU throttling, in-place updates, stats and leak-free churn,
 //! on the host's real cgroups (v1 here).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cri::v1 as pb;
@@ -9,22 +8,6 @@ use cri::v1 as pb;
 use crate::harness::*;
 
 const P1: &str = "wasm32-wasip1";
-
-fn cg_file(d: &Daemon, controller: &str, id: &str, file: &str) -> PathBuf {
-    // v1 layout: /sys/fs/cgroup/<controller>/<parent>/<container-id>/<file>.
-    PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join(d.cgroup_parent.trim_start_matches('/'))
-        .join(id)
-        .join(file)
-}
-
-fn read(p: &PathBuf) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .trim()
-        .to_string()
-}
 
 fn v1_available() -> bool {
     std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
@@ -70,18 +53,21 @@ async fn limits_oom_throttling_update_and_stats() {
     )
     .await;
     assert_eq!(
-        read(&cg_file(&d, "memory", &spin, "memory.limit_in_bytes")),
+        read_trimmed(&cg_file(&d, "memory", &spin, "memory.limit_in_bytes")),
         (64u64 << 20).to_string()
     );
     assert_eq!(
-        read(&cg_file(&d, "cpu", &spin, "cpu.cfs_quota_us")),
+        read_trimmed(&cg_file(&d, "cpu", &spin, "cpu.cfs_quota_us")),
         "20000"
     );
-    assert_eq!(read(&cg_file(&d, "cpu", &spin, "cpu.shares")), "512");
+    assert_eq!(
+        read_trimmed(&cg_file(&d, "cpu", &spin, "cpu.shares")),
+        "512"
+    );
     start(&mut rt, &spin).await;
     wait_log(&logs.join("spin/0.log"), "spinning", 10).await;
     // The runner is inside its cgroup.
-    let procs = read(&cg_file(&d, "cpu", &spin, "cgroup.procs"));
+    let procs = read_trimmed(&cg_file(&d, "cpu", &spin, "cgroup.procs"));
     assert!(!procs.is_empty(), "runner not in its cgroup");
 
     // A 0.2-CPU quota: about 20% of a core, measured from cgroup counters via ContainerStats.
@@ -118,7 +104,7 @@ async fn limits_oom_throttling_update_and_stats() {
     let mem = s1.memory.unwrap();
     assert!(mem.working_set_bytes.unwrap().value > 0);
     assert!(mem.usage_bytes.unwrap().value > 0);
-    let throttled: u64 = read(&cg_file(&d, "cpu", &spin, "cpu.stat"))
+    let throttled: u64 = read_trimmed(&cg_file(&d, "cpu", &spin, "cpu.stat"))
         .lines()
         .find_map(|l| l.strip_prefix("nr_throttled ").map(|v| v.parse().unwrap()))
         .unwrap();
@@ -138,11 +124,11 @@ async fn limits_oom_throttling_update_and_stats() {
     .await
     .unwrap();
     assert_eq!(
-        read(&cg_file(&d, "cpu", &spin, "cpu.cfs_quota_us")),
+        read_trimmed(&cg_file(&d, "cpu", &spin, "cpu.cfs_quota_us")),
         "50000"
     );
     assert_eq!(
-        read(&cg_file(&d, "memory", &spin, "memory.limit_in_bytes")),
+        read_trimmed(&cg_file(&d, "memory", &spin, "memory.limit_in_bytes")),
         (128u64 << 20).to_string()
     );
     let st = rt

@@ -82,23 +82,6 @@ async fn remove_image(d: &Daemon, image: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn image_present(d: &Daemon, image: &str) -> bool {
-    d.img()
-        .await
-        .image_status(pb::ImageStatusRequest {
-            image: Some(pb::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .is_some()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn image_volumes_mount_read_only_and_hold_their_image() {
     let Some(reg) = registry() else { return };
@@ -372,10 +355,10 @@ async fn image_volumes_mount_read_only_and_hold_their_image() {
         "{}",
         e.message()
     );
-    assert!(image_present(&d, &data).await);
+    assert!(image_status_of(&mut d.img().await, &data).await.is_some());
     remove_pod(&mut rt, &pod).await;
     remove_image(&d, &data).await.unwrap();
-    assert!(!image_present(&d, &data).await);
+    assert!(image_status_of(&mut d.img().await, &data).await.is_none());
     d.shutdown().await;
 }
 
@@ -427,7 +410,7 @@ async fn configured_images_are_pinned() {
     assert!(st.pinned);
     // Pinned is a recommendation to the kubelet's garbage collector: a removal is obeyed.
     remove_image(&d, &pause).await.unwrap();
-    assert!(!image_present(&d, &pause).await);
+    assert!(image_status_of(&mut d.img().await, &pause).await.is_none());
     d.shutdown().await;
 
     // An entry that is not a reference stops the daemon at start-up, not at first use.
@@ -447,21 +430,6 @@ async fn configured_images_are_pinned() {
         err.contains("pinned") && err.contains("Not A Reference"),
         "{err}"
     );
-}
-
-fn cg_file(d: &Daemon, controller: &str, id: &str, file: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join(d.cgroup_parent.trim_start_matches('/'))
-        .join(id)
-        .join(file)
-}
-
-fn read(p: &PathBuf) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .trim()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,8 +460,11 @@ async fn cpuset_only_update_keeps_the_other_limits() {
     });
     let id = create(&mut rt, &pod, &pod_cfg, cfg).await;
     start(&mut rt, &id).await;
-    assert_eq!(read(&cg_file(&d, "cpuset", &id, "cpuset.cpus")), "0");
-    let mems = read(&cg_file(&d, "cpuset", &id, "cpuset.mems"));
+    assert_eq!(
+        read_trimmed(&cg_file(&d, "cpuset", &id, "cpuset.cpus")),
+        "0"
+    );
+    let mems = read_trimmed(&cg_file(&d, "cpuset", &id, "cpuset.mems"));
 
     // What the static CPU manager sends: the cpuset alone.
     let update = |cpus: &str| pb::UpdateContainerResourcesRequest {
@@ -504,18 +475,27 @@ async fn cpuset_only_update_keeps_the_other_limits() {
         }),
         ..Default::default()
     };
-    let all_cpus = read(&PathBuf::from("/sys/fs/cgroup/cpuset/cpuset.cpus"));
+    let all_cpus = read_trimmed(&PathBuf::from("/sys/fs/cgroup/cpuset/cpuset.cpus"));
     let target = if all_cpus == "0" { "0" } else { "0-1" };
     rt.update_container_resources(update(target)).await.unwrap();
     let check = |cpus: &str| {
-        assert_eq!(read(&cg_file(&d, "cpuset", &id, "cpuset.cpus")), cpus);
-        assert_eq!(read(&cg_file(&d, "cpuset", &id, "cpuset.mems")), mems);
         assert_eq!(
-            read(&cg_file(&d, "memory", &id, "memory.limit_in_bytes")),
+            read_trimmed(&cg_file(&d, "cpuset", &id, "cpuset.cpus")),
+            cpus
+        );
+        assert_eq!(
+            read_trimmed(&cg_file(&d, "cpuset", &id, "cpuset.mems")),
+            mems
+        );
+        assert_eq!(
+            read_trimmed(&cg_file(&d, "memory", &id, "memory.limit_in_bytes")),
             (64u64 << 20).to_string()
         );
-        assert_eq!(read(&cg_file(&d, "cpu", &id, "cpu.shares")), "512");
-        assert_eq!(read(&cg_file(&d, "cpu", &id, "cpu.cfs_quota_us")), "50000");
+        assert_eq!(read_trimmed(&cg_file(&d, "cpu", &id, "cpu.shares")), "512");
+        assert_eq!(
+            read_trimmed(&cg_file(&d, "cpu", &id, "cpu.cfs_quota_us")),
+            "50000"
+        );
     };
     check(target);
     let res = |st: pb::ContainerStatus| st.resources.unwrap().linux.unwrap();
