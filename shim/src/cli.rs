@@ -503,13 +503,7 @@ fn container_using(config: &Config, id: &str) -> anyhow::Result<Option<String>> 
         let Some(rec) = wasmcri::store::load::<wasmcri::container::ContainerRecord>(&p)? else {
             continue;
         };
-        let uses = rec.meta.image_id == id
-            || rec
-                .meta
-                .spec
-                .mounts
-                .iter()
-                .any(|m| m.image.as_ref().is_some_and(|v| v.image_id == id));
+        let uses = rec.meta.image_use(id).is_some();
         if uses {
             return Ok(Some(rec.meta.id));
         }

@@ -138,6 +138,30 @@ pub struct ContainerMeta {
     pub additional_gids: Vec<u32>,
 }
 
+/// How a container uses an image, which keeps the image from being removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageUse<'a> {
+    /// The container runs from it (its rootfs is preopened).
+    Runs,
+    /// It is mounted as an image volume at this container path.
+    Mounts(&'a str),
+}
+
+impl ContainerMeta {
+    /// Whether, and how, this container uses the image `image_id`: the one check the daemon's
+    /// RemoveImage and the CLI's daemon-less `image rm` both make.
+    pub fn image_use(&self, image_id: &str) -> Option<ImageUse<'_>> {
+        if self.image_id == image_id {
+            return Some(ImageUse::Runs);
+        }
+        self.spec
+            .mounts
+            .iter()
+            .find(|m| m.image.as_ref().is_some_and(|v| v.image_id == image_id))
+            .map(|m| ImageUse::Mounts(&m.container_path))
+    }
+}
+
 /// Container phase: the CRI's states plus `Starting`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ContainerPhase {
@@ -484,6 +508,17 @@ mod tests {
             serde_json::to_value(&rec).unwrap(),
             serde_json::from_str::<serde_json::Value>(RECORD_BEFORE_SPEC).unwrap()
         );
+    }
+
+    #[test]
+    fn image_use_names_how_a_container_holds_an_image() {
+        let rec: ContainerRecord = serde_json::from_str(RECORD_BEFORE_SPEC).unwrap();
+        let m = &rec.meta;
+        assert_eq!(m.image_use("sha256:aaaa"), Some(ImageUse::Runs));
+        let at = m.spec.mounts[1].container_path.as_str();
+        assert_eq!(m.image_use("sha256:cccc"), Some(ImageUse::Mounts(at)));
+        assert_eq!(m.image_use("sha256:dddd"), None);
+        assert_eq!(m.image_use(""), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::views::{FsUsage, ImageView};
 use super::{Result, Runtime, RuntimeError};
+use crate::container::ImageUse;
 use crate::images::classify::ImageClass;
 use crate::images::{Image, ImageError, ImageFilter, Pinned, PullAuth};
 
@@ -115,29 +116,15 @@ impl Runtime {
     pub async fn remove_image(self: &Arc<Self>, reference: &str) -> Result<()> {
         let img = self.images.get(reference)?;
         for c in self.containers() {
-            if c.meta.image_id == img.id {
-                return Err(RuntimeError::precondition(
-                    "image",
-                    reference,
-                    format!("is in use by container {}", c.meta.id),
-                ));
-            }
-            if let Some(m) = c
-                .meta
-                .spec
-                .mounts
-                .iter()
-                .find(|m| m.image.as_ref().is_some_and(|v| v.image_id == img.id))
-            {
-                return Err(RuntimeError::precondition(
-                    "image",
-                    reference,
-                    format!(
-                        "is mounted as an image volume at {} by container {}",
-                        m.container_path, c.meta.id
-                    ),
-                ));
-            }
+            let what = match c.meta.image_use(&img.id) {
+                None => continue,
+                Some(ImageUse::Runs) => format!("is in use by container {}", c.meta.id),
+                Some(ImageUse::Mounts(path)) => format!(
+                    "is mounted as an image volume at {path} by container {}",
+                    c.meta.id
+                ),
+            };
+            return Err(RuntimeError::precondition("image", reference, what));
         }
         // The artifact is keyed by the wasm's bytes: find it before the bytes are gone.
         let artifact = img.wasm.as_ref().and_then(|w| {
