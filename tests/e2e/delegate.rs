@@ -606,8 +606,7 @@ async fn delegate_slow_killed_and_restarted() {
     };
 
     // Slow: a stopped containerd accepts connections and never answers.
-    let pid = nix::unistd::Pid::from_raw(m.ctrd.pid().unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    m.ctrd.pause();
     let t = Instant::now();
     let e = rt
         .container_status(pb::ContainerStatusRequest {
@@ -627,7 +626,7 @@ async fn delegate_slow_killed_and_restarted() {
         pods,
         "a slow delegate's pods stay listed"
     );
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    m.ctrd.resume();
     assert_eq!(
         status_when_back(&mut rt, &lctr, 10).await.state,
         pb::ContainerState::ContainerRunning as i32

@@ -1376,6 +1376,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.child.as_ref().map(|c| c.id() as i32)
     }
 
+    /// Stops containerd (SIGSTOP) and returns once every one of its threads has stopped.
+    /// `kill` returns before that: the kernel wakes one thread to begin the group stop, and
+    /// until it runs another thread may still answer. The parent's `waitpid(WUNTRACED)`
+    /// reports the stop only when the group stop is complete.
+    pub fn pause(&self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let pid = nix::unistd::Pid::from_raw(self.pid().expect("containerd runs"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WUNTRACED)) {
+                Ok(WaitStatus::Stopped(..)) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => panic!("containerd did not stop: {other:?}"),
+            }
+        }
+    }
+
+    /// Resumes containerd after [`Containerd::pause`].
+    pub fn resume(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid().expect("containerd runs"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+
     /// kill -9 of containerd (its shims and containers keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
