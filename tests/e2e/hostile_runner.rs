@@ -237,13 +237,21 @@ async fn standby_runner_idles_jailed_and_started_runner_keeps_no_host_fd() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
+    // Its own namespace comes first, the jail's root a moment later (nothing tells the
+    // daemon when): wait for the idle state, then require exactly the jail.
     for pid in idle {
-        let mut top: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        top.sort();
-        assert_eq!(top, ["dev", "etc"], "standby {pid}");
+        let top = || {
+            let mut top: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            top.sort();
+            top
+        };
+        while top() != ["dev", "etc"] && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(top(), ["dev", "etc"], "standby {pid}");
     }
 
     import_guest(&d, P1, "sleeper", "localhost/sleeper:v1");
