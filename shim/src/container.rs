@@ -239,32 +239,32 @@ pub enum TransitionError {
     },
 }
 
-/// What changes over a container's life. Fields are read freely; they change only through
-/// the transition methods.
+/// What changes over a container's life: read through its accessors, changed only through
+/// its transition methods.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerState {
     /// Phase.
-    pub phase: ContainerPhase,
+    phase: ContainerPhase,
     /// Runner PID while running.
-    pub pid: Option<i32>,
+    pid: Option<i32>,
     /// The runner's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
     /// reused PID is never mistaken for our runner after a daemon restart.
-    pub pid_start: Option<u64>,
+    pid_start: Option<u64>,
     /// Unix nanoseconds; 0 if never started.
-    pub started_at: i64,
+    started_at: i64,
     /// Unix nanoseconds; 0 if not finished.
-    pub finished_at: i64,
+    finished_at: i64,
     /// Exit code once exited.
-    pub exit_code: i32,
+    exit_code: i32,
     /// Why it exited; `None` before. Persisted as the CRI string, empty for `None`.
     #[serde(with = "reason_text")]
-    pub reason: Option<ExitReason>,
+    reason: Option<ExitReason>,
     /// Human-readable detail.
-    pub message: String,
+    message: String,
     /// RemoveContainer has begun. In memory only: a restarted daemon serves the kubelet's
     /// retry of the removal from the start.
     #[serde(skip)]
-    pub removing: bool,
+    removing: bool,
 }
 
 impl ContainerState {
@@ -281,6 +281,46 @@ impl ContainerState {
             message: String::new(),
             removing: false,
         }
+    }
+
+    /// Phase.
+    pub fn phase(&self) -> ContainerPhase {
+        self.phase
+    }
+
+    /// The runner's PID while running.
+    pub fn pid(&self) -> Option<i32> {
+        self.pid
+    }
+
+    /// The runner's start time in clock ticks since boot, while known.
+    pub fn pid_start(&self) -> Option<u64> {
+        self.pid_start
+    }
+
+    /// When it started (Unix nanoseconds); 0 if never.
+    pub fn started_at(&self) -> i64 {
+        self.started_at
+    }
+
+    /// When it finished (Unix nanoseconds); 0 if not.
+    pub fn finished_at(&self) -> i64 {
+        self.finished_at
+    }
+
+    /// Its exit code once exited.
+    pub fn exit_code(&self) -> i32 {
+        self.exit_code
+    }
+
+    /// Why it exited; `None` before.
+    pub fn reason(&self) -> Option<ExitReason> {
+        self.reason
+    }
+
+    /// Human-readable detail of the exit.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     fn expect(&self, phase: ContainerPhase, expected: &'static str) -> Result<(), TransitionError> {

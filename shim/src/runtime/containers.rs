@@ -438,7 +438,7 @@ impl Runtime {
 
     async fn stop_locked(&self, c: &Arc<Container>, timeout_s: i64) -> Result<()> {
         let st = c.snapshot();
-        if st.phase != ContainerPhase::Running {
+        if st.phase() != ContainerPhase::Running {
             // Exec runners die with the container's exit; this catches one that raced it.
             c.kill_execs();
             return Ok(());
@@ -497,7 +497,7 @@ impl Runtime {
     /// rotated it) and waits until the new file exists.
     pub async fn reopen_log(self: &Arc<Self>, id: &str) -> Result<()> {
         let c = self.container(id)?;
-        if c.snapshot().phase != ContainerPhase::Running {
+        if c.snapshot().phase() != ContainerPhase::Running {
             return Err(RuntimeError::not_running(&c.meta.id));
         }
         let Some(log) = c.meta.log_file.clone() else {
@@ -530,7 +530,7 @@ impl Runtime {
         if cmd.is_empty() {
             return Err(RuntimeError::InvalidArgument("exec cmd is empty".into()));
         }
-        if c.snapshot().phase != ContainerPhase::Running {
+        if c.snapshot().phase() != ContainerPhase::Running {
             return Err(RuntimeError::not_running(&c.meta.id));
         }
         let timeout_ms = (timeout_s.max(0) as u64) * 1000;

@@ -324,7 +324,7 @@ pub struct Container {
 
 impl Container {
     fn new(record: ContainerRecord) -> Arc<Self> {
-        let exited = record.state.phase == crate::container::ContainerPhase::Exited;
+        let exited = record.state.phase() == crate::container::ContainerPhase::Exited;
         Arc::new(Self {
             resources: Mutex::new(record.meta.spec.resources.clone()),
             meta: record.meta,

@@ -131,7 +131,7 @@ impl Runtime {
         if let Some(rec) = c.read_exit() {
             return rec;
         }
-        let started_at = c.snapshot().started_at;
+        let started_at = c.snapshot().started_at();
         let finished_at = crate::ids::now_ns();
         let oom = self
             .cgroups
@@ -207,7 +207,7 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::warn!(pid, error = %e, "pidfd_open failed; polling");
-                    while same_process(pid, c.snapshot().pid_start) {
+                    while same_process(pid, c.snapshot().pid_start()) {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
@@ -220,8 +220,8 @@ impl Runtime {
     /// Signals a running container's runner, if it is still the process we started.
     pub(super) fn signal(&self, c: &Container, sig: nix::sys::signal::Signal) {
         let st = c.snapshot();
-        if let Some(pid) = st.pid
-            && same_process(pid, st.pid_start)
+        if let Some(pid) = st.pid()
+            && same_process(pid, st.pid_start())
         {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
         }
@@ -253,7 +253,7 @@ impl Runtime {
         let mut child = cmd.spawn().map_err(RuntimeError::io("spawn exec runner"))?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         let _tracked = pid.map(|p| c.track_exec(p));
-        if c.snapshot().phase != crate::container::ContainerPhase::Running {
+        if c.snapshot().phase() != crate::container::ContainerPhase::Running {
             // Stopped while we spawned: the stop's sweep may have missed this one.
             return Err(RuntimeError::not_running(&c.meta.id));
         }

@@ -54,15 +54,15 @@ impl Runtime {
                 .expect("containers lock")
                 .insert(m.id.clone(), c.clone());
             let st = c.snapshot();
-            if st.phase == ContainerPhase::Created {
+            if st.phase() == ContainerPhase::Created {
                 // A runner started but not yet recorded (the daemon died inside
                 // StartContainer) is in the container's cgroup: end it, so the kubelet's
                 // retry starts the only one.
                 self.kill_unrecorded_runners(&c);
             }
-            if st.phase == ContainerPhase::Running {
-                match st.pid {
-                    Some(pid) if super::process::same_process(pid, st.pid_start) => {
+            if st.phase() == ContainerPhase::Running {
+                match st.pid() {
+                    Some(pid) if super::process::same_process(pid, st.pid_start()) => {
                         self.watch_pid(c.clone(), pid);
                     }
                     _ => {

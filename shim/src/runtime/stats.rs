@@ -96,7 +96,7 @@ impl Runtime {
     /// Running containers of a pod.
     fn running_of(&self, pod_id: &str) -> Vec<Arc<Container>> {
         let mut all = self.containers_of(pod_id);
-        all.retain(|c| c.snapshot().phase == ContainerPhase::Running);
+        all.retain(|c| c.snapshot().phase() == ContainerPhase::Running);
         all
     }
 
@@ -171,10 +171,11 @@ impl Runtime {
         pod.meta.netns.as_ref()?;
         self.containers_of(&pod.meta.id).iter().find_map(|c| {
             let st = c.snapshot();
-            let pid = st.pid.filter(|_| st.phase == ContainerPhase::Running)?;
+            let pid = st.pid().filter(|_| st.phase() == ContainerPhase::Running)?;
             let ifaces = crate::network::stats::of_process(pid).ok()?;
             // Read after the fact: still the runner we started, so still the pod's netns.
-            super::process::same_process(pid, st.pid_start).then(|| (crate::ids::now_ns(), ifaces))
+            super::process::same_process(pid, st.pid_start())
+                .then(|| (crate::ids::now_ns(), ifaces))
         })
     }
 

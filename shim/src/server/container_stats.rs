@@ -134,7 +134,7 @@ pub async fn list(
             convert::id_matches(&c.meta().id, &f.id)
                 && convert::id_matches(&c.meta().spec.pod_id, &f.pod_sandbox_id)
                 && convert::labels_match(&c.meta().spec.labels, &f.label_selector)
-                && c.snapshot().phase == crate::container::ContainerPhase::Running
+                && c.snapshot().phase() == crate::container::ContainerPhase::Running
         })
         .collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -30,7 +30,7 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
     let mut info = HashMap::new();
     if verbose {
         let v = serde_json::json!({
-            "pid": st.pid,
+            "pid": st.pid(),
             "wasm": m.wasm,
             "precompiled": m.precompiled,
             "args": m.args,
@@ -47,9 +47,9 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
         }),
         state: convert::container_state(st) as i32,
         created_at: m.created_at,
-        started_at: st.started_at,
-        finished_at: st.finished_at,
-        exit_code: st.exit_code,
+        started_at: st.started_at(),
+        finished_at: st.finished_at(),
+        exit_code: st.exit_code(),
         image: Some(pb::ImageSpec {
             image: spec.image.clone(),
             ..Default::default()
@@ -64,8 +64,8 @@ pub fn to_pb(v: &ContainerView, verbose: bool) -> (pb::ContainerStatus, HashMap<
                 supplemental_groups: m.additional_gids.iter().map(|g| *g as i64).collect(),
             }),
         }),
-        reason: st.reason.map(|r| r.to_string()).unwrap_or_default(),
-        message: st.message.clone(),
+        reason: st.reason().map(|r| r.to_string()).unwrap_or_default(),
+        message: st.message().to_owned(),
         labels: spec.labels.clone(),
         annotations: spec.annotations.clone(),
         mounts: spec

@@ -37,7 +37,7 @@ pub fn pod_state(p: PodPhase) -> pb::PodSandboxState {
 
 /// CRI container state.
 pub fn container_state(s: &ContainerState) -> pb::ContainerState {
-    match s.phase {
+    match s.phase() {
         ContainerPhase::Created | ContainerPhase::Starting => pb::ContainerState::ContainerCreated,
         ContainerPhase::Running => pb::ContainerState::ContainerRunning,
         ContainerPhase::Exited => pb::ContainerState::ContainerExited,

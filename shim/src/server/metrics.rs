@@ -447,7 +447,7 @@ fn pod_metrics(s: PodSample) -> pb::PodSandboxMetrics {
                 spec.namespace.clone(),
                 spec.name.clone(),
             ]);
-            series.container(stats, c.snapshot().started_at);
+            series.container(stats, c.snapshot().started_at());
             pb::ContainerMetrics {
                 container_id: c.meta().id.clone(),
                 metrics: series.out,
