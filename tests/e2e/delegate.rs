@@ -522,18 +522,10 @@ async fn images_are_routed_by_content() {
         "an image both hold is listed once: {listed:?}"
     );
     for image in [&artifact, &linux_index] {
-        let st = img
-            .image_status(pb::ImageStatusRequest {
-                image: Some(pb::ImageSpec {
-                    image: image.to_string(),
-                    ..Default::default()
-                }),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(st.image.is_some(), "ImageStatus {image}");
+        assert!(
+            image_status_of(&mut img, image).await.is_some(),
+            "ImageStatus {image}"
+        );
     }
     let fs = img
         .image_fs_info(pb::ImageFsInfoRequest {})

@@ -160,10 +160,10 @@ impl Daemon {
         }
         let child = cmd.spawn().unwrap();
         self.child = Some(child);
+        // Ready once a Version call is answered: a socket that accepts may still be the one
+        // a killed predecessor left (held open by a child it was forking when it died).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket.exists()
-            || std::os::unix::net::UnixStream::connect(&self.socket).is_err()
-        {
+        while !self.answers().await {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited {st}: {}", self.log());
             }
@@ -204,7 +204,27 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// Whether the daemon answers a Version call on its socket.
+    async fn answers(&self) -> bool {
+        if !self.socket.exists() {
+            return false;
+        }
+        match self.try_channel().await {
+            Ok(ch) => RuntimeServiceClient::new(ch)
+                .version(pb::VersionRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
     pub async fn channel(&self) -> Channel {
+        self.try_channel()
+            .await
+            .unwrap_or_else(|e| panic!("connect to the daemon: {e:?}; its log:\n{}", self.log()))
+    }
+
+    async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
         let path = self.socket.clone();
         Endpoint::try_from("http://[::]:50051")
             .unwrap()
@@ -217,7 +237,6 @@ impl Daemon {
                 }
             }))
             .await
-            .unwrap()
     }
 
     pub async fn rt(&self) -> RuntimeServiceClient<Channel> {
@@ -308,23 +327,7 @@ impl Drop for Daemon {
             if !root.exists() {
                 continue;
             }
-            let mut dirs = Vec::new();
-            collect_dirs(&root, &mut dirs);
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in &dirs {
-                if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            for d in &dirs {
-                let _ = std::fs::remove_dir(d);
-            }
+            kill_and_remove_cgroups(&root);
         }
         // Network namespaces the daemon mounted under our state dir.
         if let Ok(rd) = std::fs::read_dir(self.dir.path().join("state/netns")) {
@@ -332,6 +335,28 @@ impl Drop for Daemon {
                 let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
             }
         }
+    }
+}
+
+/// After a failed test: SIGKILLs the processes left in the cgroup tree at `root` (our own
+/// runners: the tree is this test's) and removes its cgroups, deepest first.
+fn kill_and_remove_cgroups(root: &Path) {
+    let mut dirs = Vec::new();
+    collect_dirs(root, &mut dirs);
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &dirs {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
@@ -1534,23 +1559,7 @@ impl Drop for Containerd {
                 if !root.exists() {
                     continue;
                 }
-                let mut dirs = Vec::new();
-                collect_dirs(&root, &mut dirs);
-                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-                for d in &dirs {
-                    if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                for d in &dirs {
-                    let _ = std::fs::remove_dir(d);
-                }
+                kill_and_remove_cgroups(&root);
             }
         }
         // Mounts under its root and state (rootfs overlays, shm), deepest first.

@@ -392,21 +392,7 @@ async fn configured_images_are_pinned() {
     for (p, tags) in &pinned {
         assert_eq!(*p, tags.contains(&pause), "{pinned:?}");
     }
-    let st = d
-        .img()
-        .await
-        .image_status(pb::ImageStatusRequest {
-            image: Some(pb::ImageSpec {
-                image: pause.clone(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let st = image_status_of(&mut d.img().await, &pause).await.unwrap();
     assert!(st.pinned);
     // Pinned is a recommendation to the kubelet's garbage collector: a removal is obeyed.
     remove_image(&d, &pause).await.unwrap();
