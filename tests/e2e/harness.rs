@@ -615,20 +615,30 @@ pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::Con
     .unwrap()
 }
 
-/// The pod's IP as PodSandboxStatus reports it (empty without one).
-pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String {
+/// PodSandboxStatus of `pod` (an ID or a unique prefix of one), with `info` if `verbose`.
+pub async fn pod_status(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    verbose: bool,
+) -> pb::PodSandboxStatusResponse {
     rt.pod_sandbox_status(pb::PodSandboxStatusRequest {
         pod_sandbox_id: pod.into(),
-        verbose: false,
+        verbose,
     })
     .await
-    .unwrap()
+    .unwrap_or_else(|e| panic!("PodSandboxStatus {pod}: {e:?}"))
     .into_inner()
-    .status
-    .unwrap()
-    .network
-    .map(|n| n.ip)
-    .unwrap_or_default()
+}
+
+/// The pod's IP as PodSandboxStatus reports it (empty without one).
+pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String {
+    pod_status(rt, pod, false)
+        .await
+        .status
+        .unwrap()
+        .network
+        .map(|n| n.ip)
+        .unwrap_or_default()
 }
 
 /// A TCP port mapping as the kubelet sends it (`host_port` 0: a `containerPort` only).

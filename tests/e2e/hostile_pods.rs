@@ -87,16 +87,7 @@ fn netns_pod(name: &str, logs: &Path) -> pb::PodSandboxConfig {
 }
 
 async fn pod_state(rt: &mut RuntimeServiceClient, pod: &str) -> i32 {
-    rt.pod_sandbox_status(pb::PodSandboxStatusRequest {
-        pod_sandbox_id: pod.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
-    .unwrap()
-    .state
+    pod_status(rt, pod, false).await.status.unwrap().state
 }
 
 type RuntimeServiceClient =

@@ -474,15 +474,7 @@ async fn v136_rpcs_stream_lists_and_record_pod_resources() {
     })
     .await
     .unwrap();
-    let info = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pods[0].clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
+    let info = pod_status(&mut rt, &pods[0], true).await.info;
     let rec: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
     assert_eq!(
         rec["state"]["resources"]["resources"]["memory_limit"],
@@ -598,14 +590,7 @@ async fn container_events_follow_the_lifecycle_with_pod_status() {
     }
     // PodSandboxStatus carries container statuses and a timestamp too.
     let pod2 = run_pod(&mut rt, pod_config(&unique("events2"), &logs)).await;
-    let st = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod2.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = pod_status(&mut rt, &pod2, false).await;
     assert!(st.timestamp > 0 && st.containers_statuses.is_empty());
     // Shutdown ends the stream instead of waiting on it.
     d.shutdown().await;
@@ -634,14 +619,7 @@ async fn pod_status_lists_the_newest_attempt_first() {
         cfg.log_path = format!("c/{attempt}.log");
         ids.push(create(&mut rt, &pod, &pod_cfg, cfg).await);
     }
-    let st = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = pod_status(&mut rt, &pod, false).await;
     let listed: Vec<_> = st
         .containers_statuses
         .iter()

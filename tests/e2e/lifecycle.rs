@@ -426,14 +426,7 @@ async fn names_are_reserved_and_handlers_checked() {
     // Freed by the removal.
     let again = run_pod(&mut rt, pod_cfg.clone()).await;
     assert_ne!(again, pod);
-    let st = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: again[..10].into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = pod_status(&mut rt, &again[..10], true).await;
     let s = st.status.unwrap();
     assert_eq!(s.id, again);
     assert_eq!(s.labels, pod_cfg.labels);

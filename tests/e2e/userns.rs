@@ -182,14 +182,8 @@ async fn userns_pod_runs_every_runner_with_the_kubelets_mapping() {
         ),
     );
     let pod = run_pod(&mut rt, cfg.clone()).await;
-    let reported = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
+    let reported = pod_status(&mut rt, &pod, false)
         .await
-        .unwrap()
-        .into_inner()
         .status
         .and_then(|s| s.linux)
         .and_then(|l| l.namespaces)
